@@ -1,0 +1,1 @@
+"""event-processor: the home-automation event hub (run it with `python -m app`)."""

@@ -1,0 +1,66 @@
+"""Every inproc URL between the hub's threads, and the typed messages that travel on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pylib.inproc import message
+
+# PULL side binds, PUSH side connects.
+HEARTBEAT_FILTER = "inproc://heartbeat-filter"  # sources -> HeartbeatFilter
+PROCESSOR = "inproc://event-processor"  # HeartbeatFilter, API -> EventProcessor
+CONTROL_PUBLISHER = "inproc://control-publisher"  # EventProcessor -> ControlPublisher
+
+
+@message
+@dataclass
+class Envelope:
+    """One inbound device message: where it came from, when it arrived, and its normalised body.
+
+    payload is {'timestamp': str | None, 'data': {...}} as returned by pylib.wire.decode_body.
+    changed_keys lists device keys the HeartbeatFilter inserted or updated, so the processor
+    refreshes its cached configuration for them.
+    """
+
+    origin: str
+    received_at: float
+    payload: dict[str, Any]
+    source: str = "rabbitmq"
+    routing_key: str = ""
+    changed_keys: list[str] = field(default_factory=list)
+
+
+@message
+@dataclass
+class Command:
+    """A request to change configuration or fire an input; only the EventProcessor applies it.
+
+    reply_to, when set, is an inproc URL the caller has bound a PULL socket on for the Reply.
+    """
+
+    action: str
+    args: dict[str, Any]
+    actor: str = "api"
+    reply_to: str | None = None
+
+
+@message
+@dataclass
+class Reply:
+    ok: bool
+    result: Any = None
+    error: str | None = None
+    field: str | None = None
+    status: int = 200
+
+
+@message
+@dataclass
+class ControlMessage:
+    """A trigger for a device: the exact AMQP body, where to send it, and when it goes stale."""
+
+    routing_key: str
+    body: bytes
+    expires_at: float  # unix time after which the trigger must not fire
+    output_key: str = ""

@@ -1,0 +1,175 @@
+"""SQLAlchemy 2.0 models: the original's tables and columns, plus the hub's new columns and tables."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class GeneralConfig(Base):
+    """Device-independent settings a person changes at run time (e.g. the global outputs switch)."""
+
+    __tablename__ = "general_config"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config_key: Mapped[str] = mapped_column(String(50), nullable=False)
+    config_value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class EventLog(Base):
+    """One row per triggered output (the original's audit table)."""
+
+    __tablename__ = "event_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_device: Mapped[str | None] = mapped_column(String(100), index=True)
+    output_device: Mapped[str | None] = mapped_column(String(100), index=True)
+    timestamp: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    decision_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+class InputConfig(Base):
+    __tablename__ = "input_config"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_key: Mapped[str] = mapped_column(String(100), nullable=False, unique=True, index=True)
+    device_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    device_label: Mapped[str | None] = mapped_column(String(100))
+    customized: Mapped[bool | None] = mapped_column(Boolean)
+    activation_interval: Mapped[int | None] = mapped_column(Integer)
+    auto_schedule: Mapped[bool | None] = mapped_column(Boolean)
+    auto_schedule_enable: Mapped[str | None] = mapped_column(String(5))
+    auto_schedule_disable: Mapped[str | None] = mapped_column(String(5))
+    device_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    multi_trigger: Mapped[bool | None] = mapped_column(Boolean)
+    group_name: Mapped[str | None] = mapped_column(String(100), index=True)
+    info_notify: Mapped[bool | None] = mapped_column(Boolean)
+    # new in the re-implementation
+    location: Mapped[str | None] = mapped_column(String(100))
+    origin: Mapped[str | None] = mapped_column(String(100))
+    label_customized: Mapped[bool | None] = mapped_column(Boolean)
+    multi_trigger_rate: Mapped[int | None] = mapped_column(Integer)
+    multi_trigger_interval: Mapped[int | None] = mapped_column(Integer)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    output_links: Mapped[list[OutputLink]] = relationship(
+        back_populates="input", cascade="all, delete-orphan"
+    )
+    input_links: Mapped[list[InputLink]] = relationship(back_populates="input", cascade="all, delete-orphan")
+    meter: Mapped[MeterConfig | None] = relationship(back_populates="input", cascade="all, delete-orphan")
+
+
+class OutputConfig(Base):
+    __tablename__ = "output_config"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_key: Mapped[str] = mapped_column(String(100), nullable=False, unique=True, index=True)
+    device_type: Mapped[str] = mapped_column(String(100), nullable=False)
+    device_label: Mapped[str | None] = mapped_column(String(100))
+    device_params: Mapped[str | None] = mapped_column(Text)
+    # new in the re-implementation
+    device_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    trigger_topic: Mapped[str | None] = mapped_column(String(255))
+    trigger_interval: Mapped[int | None] = mapped_column(Integer)
+    location: Mapped[str | None] = mapped_column(String(100))
+    origin: Mapped[str | None] = mapped_column(String(100))
+    label_customized: Mapped[bool | None] = mapped_column(Boolean)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    links: Mapped[list[OutputLink]] = relationship(back_populates="output", cascade="all, delete-orphan")
+
+
+class InputLink(Base):
+    """Input→input link: the input fires only if its linked inputs also triggered within its interval."""
+
+    __tablename__ = "input_link"
+    __table_args__ = (UniqueConstraint("input_device_id", "linked_device_id", name="unique_link"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_device_id: Mapped[int] = mapped_column(ForeignKey("input_config.id"), nullable=False, index=True)
+    linked_device_id: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    input: Mapped[InputConfig] = relationship(back_populates="input_links")
+
+
+class OutputLink(Base):
+    __tablename__ = "output_link"
+    __table_args__ = (UniqueConstraint("input_device_id", "output_device_id", name="unique_link"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_device_id: Mapped[int] = mapped_column(ForeignKey("input_config.id"), nullable=False, index=True)
+    output_device_id: Mapped[int] = mapped_column(ForeignKey("output_config.id"), nullable=False)
+
+    input: Mapped[InputConfig] = relationship(back_populates="output_links")
+    output: Mapped[OutputConfig] = relationship(back_populates="links")
+
+
+class MeterConfig(Base):
+    __tablename__ = "meter_config"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_device_id: Mapped[int] = mapped_column(ForeignKey("input_config.id"), nullable=False, index=True)
+    meter_value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    register_value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    meter_reading: Mapped[str] = mapped_column(String, nullable=False, default="0")
+    meter_iot_topic: Mapped[str] = mapped_column(String(100), nullable=False, default="")
+    meter_low_limit: Mapped[int | None] = mapped_column(Integer)
+    meter_high_limit: Mapped[int | None] = mapped_column(Integer)
+    meter_reset_value: Mapped[int | None] = mapped_column(Integer)
+    meter_reset_additive: Mapped[bool | None] = mapped_column(Boolean)
+    meter_reading_unit: Mapped[str | None] = mapped_column(String(10))
+    meter_reading_unit_factor: Mapped[int | None] = mapped_column(Integer)
+    meter_reading_unit_precision: Mapped[int | None] = mapped_column(Integer)
+
+    input: Mapped[InputConfig] = relationship(back_populates="meter")
+
+
+class Decision(Base):
+    """What the hub decided for one input event: fired, or blocked and why."""
+
+    __tablename__ = "decision"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+    input_device_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    input_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    input_label: Mapped[str | None] = mapped_column(String(100))
+    origin: Mapped[str | None] = mapped_column(String(100))
+    event_detail: Mapped[str | None] = mapped_column(String(255))
+    fired: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    reason: Mapped[str | None] = mapped_column(String(50))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    outputs: Mapped[list[DecisionOutput]] = relationship(
+        back_populates="decision", cascade="all, delete-orphan", order_by="DecisionOutput.id"
+    )
+
+
+class DecisionOutput(Base):
+    """One linked output of a decision: fired, or why not."""
+
+    __tablename__ = "decision_output"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    decision_id: Mapped[int] = mapped_column(
+        ForeignKey("decision.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    output_device_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    output_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    output_label: Mapped[str | None] = mapped_column(String(100))
+    fired: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    reason: Mapped[str | None] = mapped_column(String(50))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    decision: Mapped[Decision] = relationship(back_populates="outputs")
+
+
+Index("ix_decision_input_time", Decision.input_device_id, Decision.timestamp)

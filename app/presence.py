@@ -1,0 +1,44 @@
+"""Last-seen times per device key and per origin, kept in memory and flushed to the database."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._devices: dict[str, float] = {}
+        self._origins: dict[str, float] = {}
+        self._dirty: set[str] = set()
+
+    def seen(self, origin: str, keys: list[str], when: float | None = None) -> None:
+        when = time.time() if when is None else when
+        with self._lock:
+            self._origins[origin] = when
+            for key in keys:
+                self._devices[key] = when
+                self._dirty.add(key)
+
+    def last_seen(self, key: str) -> float | None:
+        with self._lock:
+            return self._devices.get(key)
+
+    def origin_last_seen(self, origin: str) -> float | None:
+        with self._lock:
+            return self._origins.get(origin)
+
+    def origins(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._origins)
+
+    def take_dirty(self) -> dict[str, float]:
+        """Keys seen since the last call, with their times (for the periodic database flush)."""
+        with self._lock:
+            out = {k: self._devices[k] for k in self._dirty}
+            self._dirty.clear()
+            return out
+
+
+presence = Presence()

@@ -1,0 +1,89 @@
+"""ZeroMQ inproc PUSH/PULL helpers carrying typed messages encoded with msgpack (never pickle)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, TypeVar
+
+import msgpack
+import zmq
+
+_context: zmq.Context | None = None
+_context_lock = threading.Lock()
+_registry: dict[str, type] = {}
+
+T = TypeVar("T")
+
+
+def context() -> zmq.Context:
+    """The process-wide ZeroMQ context (inproc endpoints only work within one context)."""
+    global _context
+    with _context_lock:
+        if _context is None or _context.closed:
+            _context = zmq.Context()
+            _context.setsockopt(zmq.LINGER, 0)
+        return _context
+
+
+def terminate() -> None:
+    """Destroy the context, closing any socket a thread left open, so shutdown cannot hang."""
+    global _context
+    with _context_lock:
+        if _context is not None and not _context.closed:
+            _context.destroy(linger=0)
+        _context = None
+
+
+def message(cls: type[T]) -> type[T]:
+    """Class decorator: register a dataclass as a message type that may cross an inproc socket."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} must be a dataclass")
+    _registry[cls.__name__] = cls
+    return cls
+
+
+class MessageError(ValueError):
+    """A frame that does not decode to a registered message type."""
+
+
+def encode(msg: Any) -> bytes:
+    name = type(msg).__name__
+    if _registry.get(name) is not type(msg):
+        raise MessageError(f"{name} is not a registered message type")
+    fields = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    return msgpack.packb([name, fields], use_bin_type=True)
+
+
+def decode(frame: bytes) -> Any:
+    try:
+        name, fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        cls = _registry[name]
+        return cls(**fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageError(f"undecodable inproc frame: {exc}") from exc
+
+
+def bind_pull(url: str) -> zmq.Socket:
+    sock = context().socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(url)
+    return sock
+
+
+def connect_push(url: str) -> zmq.Socket:
+    sock = context().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    return sock
+
+
+def send(sock: zmq.Socket, msg: Any) -> None:
+    sock.send(encode(msg))
+
+
+def recv(sock: zmq.Socket, timeout_ms: int | None = None) -> Any | None:
+    """Receive one message, or None when nothing arrives within timeout_ms."""
+    if timeout_ms is not None and not sock.poll(timeout_ms, zmq.POLLIN):
+        return None
+    return decode(sock.recv())
