@@ -12,6 +12,13 @@ import pytz
 from dotenv import dotenv_values
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "app.conf"
+# handler category -> the variable listing the device types it serves
+OUTPUT_TYPE_VARS = {
+    "ioboard": "OUTPUT_TYPE_SWITCH",
+    "snapshot": "OUTPUT_TYPE_SNAPSHOT",
+    "tts": "OUTPUT_TYPE_TTS",
+    "bluetooth": "OUTPUT_TYPE_BLUETOOTH",
+}
 SECRET_NAMES = frozenset({"RABBITMQ_PASSWORD", "DATABASE_URL"})
 
 
@@ -137,19 +144,12 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         database_url = "sqlite:///" + str(Path(path).expanduser())
     elif "://" not in database_url:
         raise SettingsError("DATABASE_URL", "is not a URL such as postgresql+psycopg://user@host/db")
-    output_types: dict[str, tuple[str, ...]] = {
-        "ioboard": _csv(v.get("OUTPUT_TYPE_SWITCH", "")),
-        "snapshot": _csv(v.get("OUTPUT_TYPE_SNAPSHOT", "")),
-        "tts": _csv(v.get("OUTPUT_TYPE_TTS", "")),
-        "bluetooth": _csv(v.get("OUTPUT_TYPE_BLUETOOTH", "")),
-    }
+    output_types = {handler: _csv(v.get(var, "")) for handler, var in OUTPUT_TYPE_VARS.items()}
     seen: dict[str, str] = {}
     for handler, types in output_types.items():
         for t in types:
             if t in seen and seen[t] != handler:
-                raise SettingsError(
-                    f"OUTPUT_TYPE_{handler.upper()}", f"type {t!r} is also mapped to {seen[t]}"
-                )
+                raise SettingsError(OUTPUT_TYPE_VARS[handler], f"type {t!r} is also mapped to {seen[t]}")
             seen[t] = handler
     bind = _text(v, "APP_FLASK_BIND_ADDRESS")
     exchange = _text(v, "RABBITMQ_EXCHANGE")
