@@ -11,6 +11,7 @@ from pylib.inproc import message
 HEARTBEAT_FILTER = "inproc://heartbeat-filter"  # sources -> HeartbeatFilter
 PROCESSOR = "inproc://event-processor"  # HeartbeatFilter, API -> EventProcessor
 CONTROL_PUBLISHER = "inproc://control-publisher"  # EventProcessor -> ControlPublisher
+AUDIT = "inproc://audit-writer"  # EventProcessor -> AuditWriter
 
 
 @message
@@ -64,3 +65,12 @@ class ControlMessage:
     body: bytes
     expires_at: float  # unix time after which the trigger must not fire
     output_key: str = ""
+
+
+@message
+@dataclass
+class AuditRecord:
+    """One decision (see models.Decision, with 'outputs') and the event_log rows of what fired."""
+
+    decision: dict[str, Any]
+    event_log: list[dict[str, Any]] = field(default_factory=list)

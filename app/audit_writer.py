@@ -1,0 +1,144 @@
+"""AuditWriter: stores decision records and event_log rows in batches, off the event path, and prunes them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import audit, health
+from app.channels import AUDIT, AuditRecord
+from app.models import Decision, DecisionOutput, EventLog
+from app.settings import Settings
+from pylib import inproc, threads
+
+log = logging.getLogger(__name__)
+
+BATCH_SECONDS = 0.1
+BATCH_SIZE = 500
+# A batch that cannot be written is retried this many times before it is counted as lost.
+MAX_RETRIES = 5
+FIRST_PRUNE_SECONDS = 300.0
+PRUNE_SECONDS = 86400.0
+
+
+def _naive_utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def write(session: Session, records: list[AuditRecord]) -> None:
+    for rec in records:
+        d = rec.decision
+        decision = Decision(
+            timestamp=_naive_utc(d["timestamp"]),
+            input_device_id=d.get("input_device_id"),
+            input_key=d["input_key"],
+            input_label=d.get("input_label"),
+            origin=d.get("origin"),
+            event_detail=d.get("event_detail"),
+            fired=bool(d.get("fired")),
+            reason=d.get("reason"),
+            detail=d.get("detail"),
+            outputs=[
+                DecisionOutput(
+                    output_device_id=o.get("output_device_id"),
+                    output_key=o["output_key"],
+                    output_label=o.get("output_label"),
+                    fired=bool(o.get("fired")),
+                    reason=o.get("reason"),
+                    detail=o.get("detail"),
+                )
+                for o in d.get("outputs", ())
+            ],
+        )
+        session.add(decision)
+        if rec.event_log:
+            session.flush()
+            for row in rec.event_log:
+                session.add(
+                    EventLog(
+                        input_device=row["input_device"],
+                        output_device=row["output_device"],
+                        timestamp=_naive_utc(row["timestamp"]),
+                        decision_id=decision.id,
+                    )
+                )
+    session.commit()
+
+
+class AuditWriter(threads.AppThread):
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
+        super().__init__("AuditWriter")
+        self._settings = settings
+        self._sessions = session_factory
+        self._pull = inproc.bind_pull(AUDIT)
+        self._next_prune = time.monotonic() + FIRST_PRUNE_SECONDS
+
+    def work(self) -> None:
+        health.set_state("audit_writer", "running")
+        batch: list[AuditRecord] = []
+        retries = 0
+        try:
+            while True:
+                stopping = threads.shutting_down.is_set()
+                deadline = time.monotonic() + BATCH_SECONDS
+                while len(batch) < BATCH_SIZE and not stopping:
+                    wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                    try:
+                        msg = inproc.recv(self._pull, timeout_ms=wait_ms)
+                    except inproc.MessageError as exc:
+                        log.warning("dropping undecodable frame: %s", exc)
+                        continue
+                    if msg is None:
+                        break
+                    if isinstance(msg, AuditRecord):
+                        batch.append(msg)
+                if stopping:
+                    batch.extend(self._drain())
+                if batch:
+                    retries = self._write(batch, retries)
+                    if retries == 0:
+                        batch = []
+                if stopping:
+                    return
+                if time.monotonic() >= self._next_prune:
+                    self._prune()
+        finally:
+            self._pull.close()
+
+    def _drain(self) -> list[AuditRecord]:
+        out = []
+        while (msg := inproc.recv(self._pull, timeout_ms=0)) is not None:
+            if isinstance(msg, AuditRecord):
+                out.append(msg)
+        return out
+
+    def _write(self, batch: list[AuditRecord], retries: int) -> int:
+        """Write a batch; returns 0 when done (or given up), else the retry count so far."""
+        try:
+            with self._sessions() as session:
+                write(session, batch)
+            health.count("audit.decisions", len(batch))
+            return 0
+        except SQLAlchemyError as exc:
+            retries += 1
+            if retries >= MAX_RETRIES:
+                health.count("audit.lost", len(batch))
+                log.error("gave up writing %d audit records: %s", len(batch), exc)
+                return 0
+            log.warning("could not write %d audit records (try %d): %s", len(batch), retries, exc)
+            threads.sleep(0.5 * retries)
+            return retries
+
+    def _prune(self) -> None:
+        self._next_prune = time.monotonic() + PRUNE_SECONDS
+        try:
+            deleted = audit.prune(
+                self._sessions, self._settings.event_log_retention_days, self._settings.event_log_max_rows
+            )
+            log.info("audit retention: deleted %s", deleted)
+        except SQLAlchemyError:
+            log.exception("audit retention failed; retrying tomorrow")

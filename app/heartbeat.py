@@ -1,0 +1,167 @@
+"""HeartbeatFilter: records last-seen, registers devices on first sight, then forwards to the processor."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import health, registry
+from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
+from app.presence import Presence
+from pylib import inproc, threads
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 30.0
+
+
+def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[str]]:
+    """Every device a message mentions (device_info inputs/outputs and active inputs), and problems."""
+    found: list[registry.Advert] = []
+    problems: list[str] = []
+    info = data.get("device_info")
+    groups: list[tuple[str, Any]] = []
+    if isinstance(info, dict):
+        groups += [("input", info.get("inputs")), ("output", info.get("outputs"))]
+    elif info is not None:
+        problems.append(f"device_info is a {type(info).__name__}, not a map")
+    # Dec 2023 clients also put inputs/outputs at the root of the body.
+    groups += [
+        ("input", data.get("inputs")),
+        ("output", data.get("outputs")),
+        ("input", data.get("active_devices")),
+    ]
+    for kind, devices in groups:
+        if devices is None:
+            continue
+        if not isinstance(devices, list):
+            problems.append(f"{kind} list is a {type(devices).__name__}")
+            continue
+        for device in devices:
+            try:
+                found.append(registry.advert(kind, device))
+            except registry.BadDevice as exc:
+                problems.append(str(exc))
+    return found, problems
+
+
+class HeartbeatFilter(threads.AppThread):
+    def __init__(self, session_factory: sessionmaker[Session], presence: Presence) -> None:
+        super().__init__("HeartbeatFilter")
+        self._sessions = session_factory
+        self._presence = presence
+        self._known: dict[tuple[str, str], tuple[str | None, str, str | None, str | None]] = {}
+        self._warned_conflicts: set[tuple[str, str]] = set()
+        self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
+
+    def work(self) -> None:
+        push = inproc.connect_push(PROCESSOR)
+        with self._sessions() as session:
+            self._known = registry.load_known(session)
+        health.set_state("heartbeat_filter", "running")
+        next_flush = time.monotonic() + FLUSH_SECONDS
+        try:
+            while not threads.shutting_down.is_set():
+                try:
+                    msg = inproc.recv(self._pull, timeout_ms=200)
+                except inproc.MessageError as exc:
+                    log.warning("dropping undecodable frame: %s", exc)
+                    continue
+                if isinstance(msg, Envelope):
+                    self._handle(msg, push)
+                if time.monotonic() >= next_flush:
+                    self._flush()
+                    next_flush = time.monotonic() + FLUSH_SECONDS
+        finally:
+            self._flush()
+            self._pull.close()
+            push.close()
+
+    def _handle(self, env: Envelope, push: Any) -> None:
+        data = env.payload.get("data") or {}
+        found, problems = adverts(data)
+        for problem in problems:
+            health.count("heartbeat_filter.bad_device")
+            log.warning(
+                "bad device from %s (%s): %s", env.origin, env.routing_key or env.source, problem[:200]
+            )
+        self._presence.seen(env.origin, [ad.device_key for ad in found], env.received_at)
+        try:
+            env.changed_keys = self._register(env.origin, found)
+        except SQLAlchemyError:
+            # The processor can still act on devices already known; registration retries next time.
+            health.count("heartbeat_filter.db_errors")
+            log.exception("could not register devices from %s", env.origin)
+        if env.changed_keys or data.get("active_devices"):
+            inproc.send(push, env)
+
+    def _register(self, origin: str, found: list[registry.Advert]) -> list[str]:
+        changed: list[str] = []
+        new: list[registry.Advert] = []
+        refreshed: list[registry.Advert] = []
+        for ad in found:
+            ident = (ad.kind, ad.device_key)
+            known = self._known.get(ident)
+            if known is None:
+                if ident not in {(a.kind, a.device_key) for a in new}:
+                    new.append(ad)
+                continue
+            label, dtype, location, known_origin = known
+            if known_origin and known_origin != origin:
+                if ident not in self._warned_conflicts:
+                    self._warned_conflicts.add(ident)
+                    log.warning(
+                        "%s %r already belongs to origin %r; ignoring its advert from %r",
+                        ad.kind,
+                        ad.device_key,
+                        known_origin,
+                        origin,
+                    )
+                health.count("heartbeat_filter.origin_conflict")
+                continue
+            if (label, dtype, location) != (ad.label, ad.device_type, ad.location):
+                refreshed.append(ad)
+        if not new and not refreshed:
+            return changed
+        try:
+            with self._sessions() as session:
+                for ad in new:
+                    registry.insert(session, ad, origin)
+                for ad in refreshed:
+                    registry.refresh(session, ad)
+                session.commit()
+        except IntegrityError:
+            # Someone else registered one of these keys; learn the table again and move on.
+            with self._sessions() as session:
+                self._known = registry.load_known(session)
+            return [ad.device_key for ad in new]
+        for ad in new:
+            self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
+            changed.append(ad.device_key)
+            log.info(
+                "new %s %r (%s) from %s, registered %s",
+                ad.kind,
+                ad.device_key,
+                ad.device_type,
+                origin,
+                "disabled" if ad.kind == "input" else "enabled",
+            )
+        for ad in refreshed:
+            self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
+            changed.append(ad.device_key)
+            log.info("%s %r changed its description", ad.kind, ad.device_key)
+        return changed
+
+    def _flush(self) -> None:
+        seen = self._presence.take_dirty()
+        if not seen:
+            return
+        try:
+            with self._sessions() as session:
+                registry.flush_last_seen(session, seen)
+        except SQLAlchemyError:
+            log.exception("could not store last-seen times")

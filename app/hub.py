@@ -1,0 +1,86 @@
+"""The hub's start-up as a list of init_* and start_* steps, and its orderly shutdown."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app import db, health, registry
+from app.api import create_app
+from app.audit_writer import AuditWriter
+from app.control import ControlPublisher
+from app.heartbeat import HeartbeatFilter
+from app.presence import presence
+from app.processor import EventProcessor
+from app.rabbit_source import RabbitSource
+from app.settings import Settings
+from app.web_server import WebServer
+from pylib import inproc, threads
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.engine: Engine | None = None
+        self.sessions: sessionmaker[Session] | None = None
+        self.web: WebServer | None = None
+        self.started_at = time.monotonic()
+
+    @property
+    def port(self) -> int:
+        assert self.web is not None
+        return self.web.port
+
+    def start(self) -> None:
+        self.init_database()
+        self.start_threads()
+        health.mark_ready()
+        log.info(
+            "start-up complete in %.2f s; API on %s:%d",
+            time.monotonic() - self.started_at,
+            self.settings.http_bind,
+            self.port,
+        )
+
+    def init_database(self) -> None:
+        self.engine = db.make_engine(self.settings.database_url, self.settings.db_timeout)
+        db.upgrade(self.engine)
+        self.sessions = db.session_factory(self.engine)
+        with self.sessions() as session:
+            registry.ensure_builtin(session, self.settings.device_name)
+        health.set_state("database", "ok", db.current_revision(self.engine))
+
+    def start_threads(self) -> None:
+        assert self.sessions is not None
+        # Every PULL socket is bound in its thread's constructor, so all of them exist before any PUSH sends.
+        audit_writer = AuditWriter(self.settings, self.sessions)
+        publisher = ControlPublisher(self.settings)
+        processor = EventProcessor(self.settings, self.sessions, self.clock)
+        heartbeat = HeartbeatFilter(self.sessions, presence)
+        source = RabbitSource(self.settings)
+        self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
+        for thread in (audit_writer, publisher, processor, heartbeat, source, self.web):
+            thread.start()
+
+    def stop(self, timeout: float = 4.0) -> None:
+        """Stop every thread and release sockets; returns within about `timeout` seconds."""
+        threads.shutting_down.set()
+        if self.web is not None:
+            self.web.stop()
+        deadline = time.monotonic() + timeout
+        for thread in threads.tracked():
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in threads.tracked() if t.is_alive()]
+        if stuck:
+            log.warning("threads still running at shutdown: %s", ", ".join(stuck))
+        inproc.terminate()
+        if self.engine is not None:
+            self.engine.dispose()
