@@ -33,6 +33,12 @@ class Presence:
         with self._lock:
             return dict(self._origins)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._devices.clear()
+            self._origins.clear()
+            self._dirty.clear()
+
     def take_dirty(self) -> dict[str, float]:
         """Keys seen since the last call, with their times (for the periodic database flush)."""
         with self._lock:

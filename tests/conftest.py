@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import health, settings
+from app.presence import presence
 from pylib import inproc, threads
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -30,6 +31,7 @@ def clean_process_state() -> Iterator[None]:
     """Each test starts with no tracked threads, no shutdown flag and a fresh ZeroMQ context."""
     threads.reset()
     health.reset()
+    presence.clear()
     yield
     threads.shutting_down.set()
     for t in threads.tracked():

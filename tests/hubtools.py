@@ -1,0 +1,139 @@
+"""Helpers for end-to-end tests: an in-process hub, a device publisher and a control-message consumer."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pika
+
+from app.hub import Hub
+from app.settings import Settings
+from pylib import wire
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def connection() -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+
+
+class Device:
+    """Publishes on the event exchange exactly as remote-monitor and snapshot-processor do."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.exchange = settings.rabbitmq_exchange
+        self.conn = connection()
+        self.channel = self.conn.channel()
+        self.channel.exchange_declare(self.exchange, exchange_type="topic")
+
+    def publish(
+        self, routing_key: str, data: Any = None, body: bytes | None = None, when: Any = None
+    ) -> None:
+        payload = body if body is not None else wire.make_payload(data, when)
+        self.channel.basic_publish(self.exchange, routing_key, payload)
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+
+class ControlConsumer:
+    """Binds an exclusive queue on <exchange>_control, as remote-monitor and snapshot-processor do."""
+
+    def __init__(self, settings: Settings, keys: tuple[str, ...] = ("event.control.ioboard",)) -> None:
+        self.conn = connection()
+        self.channel = self.conn.channel()
+        exchange = settings.control_exchange
+        self.channel.exchange_declare(exchange, exchange_type="direct")
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        for key in keys:
+            self.channel.queue_bind(self.queue, exchange, routing_key=key)
+        self.received: list[tuple[str, pika.BasicProperties, dict]] = []
+        self.channel.basic_consume(self.queue, self._on_message, auto_ack=True)
+
+    def _on_message(self, _ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
+        self.received.append((method.routing_key, props, msgpack.unpackb(body)))
+
+    def pump(self, seconds: float = 0.1) -> None:
+        self.conn.process_data_events(time_limit=seconds)
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[tuple[str, pika.BasicProperties, dict]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            self.pump(0.05)
+        assert len(self.received) >= count, f"got {len(self.received)} control messages, wanted {count}"
+        return self.received
+
+    def quiet(self, seconds: float = 1.0) -> list:
+        """Pump for a while and return everything received (to check nothing more arrives)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.pump(0.05)
+        return self.received
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+
+class Api:
+    def __init__(self, hub: Hub) -> None:
+        self.base = f"http://127.0.0.1:{hub.port}"
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def get(self, path: str) -> Any:
+        status, body = self.call("GET", path)
+        assert status == 200, (path, status, body)
+        return body
+
+    def device(self, kind: str, key: str) -> dict:
+        for dev in self.get("/api/devices")[kind]:
+            if dev["device_key"] == key:
+                return dev
+        raise KeyError(key)
+
+    def patch(self, kind: str, key: str, **fields: Any) -> dict:
+        dev = self.device(kind, key)
+        status, body = self.call("PATCH", f"/api/{kind}/{dev['id']}", fields)
+        assert status == 200, body
+        return body
+
+    def link(self, input_key: str, *output_keys: str) -> None:
+        inp = self.device("inputs", input_key)
+        ids = [self.device("outputs", k)["id"] for k in output_keys]
+        status, body = self.call("PUT", f"/api/inputs/{inp['id']}/outputs", {"output_ids": ids})
+        assert status == 200, body
+
+    def decisions(self, input_key: str) -> list[dict]:
+        return self.get(f"/api/events?input={urllib.parse.quote(input_key)}")
+
+
+def start_hub(settings: Settings) -> Hub:
+    hub = Hub(settings)
+    hub.start()
+    return hub

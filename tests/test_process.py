@@ -1,0 +1,155 @@
+"""The hub as a process: start-up, bad settings, signals, thread death and broker reconnects."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from app import __main__ as entry
+from app import health
+from pylib import threads
+from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
+from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, arm, notify
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def hub_env(tmp_path: Path, unique: str, **extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "TABLESPACE", "DATABASE_URL"))
+    }
+    env.update(
+        RABBITMQ_EXCHANGE=unique,
+        TABLESPACE_PATH=str(tmp_path / "hub.db"),
+        APP_FLASK_HTTP_PORT="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def test_bad_setting_stops_startup_with_a_line_naming_it(tmp_path, unique_name) -> None:
+    for name, value in [
+        ("RABBITMQ_SERVER_ADDRESS", "broker:notaport"),
+        ("APP_FLASK_HTTP_PORT", "eighty"),
+        ("USER_TZ", "Mars/Olympus"),
+        ("MAX_MESSAGE_VALIDITY_SECONDS", "-5"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "app"],
+            cwd=tmp_path,
+            env={**hub_env(tmp_path, unique_name("ep")), name: value, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2, (name, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0], lines
+
+
+def test_sigterm_shuts_down_cleanly_with_exit_zero(tmp_path, unique_name) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=tmp_path,
+        env={**hub_env(tmp_path, unique_name("ep")), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        port = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = re.search(r"API on [\d.]+:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "hub never reported start-up"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as resp:
+            assert json.loads(resp.read())["ready"] is True
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert (tmp_path / "hub.db").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_thread_dying_makes_the_process_exit_one() -> None:
+    class Doomed(threads.AppThread):
+        def work(self) -> None:
+            raise RuntimeError("boom")
+
+    class FakeHub:
+        stopped = False
+
+        def stop(self) -> None:
+            FakeHub.stopped = True
+
+    Doomed("Doomed").start()
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(entry.run(FakeHub(), nanny_interval=0.05)))
+    runner.start()
+    runner.join(timeout=10)
+    assert result == [1] and FakeHub.stopped
+
+
+def test_signal_path_exits_zero() -> None:
+    class FakeHub:
+        def stop(self) -> None:
+            pass
+
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(entry.run(FakeHub(), nanny_interval=0.05)))
+    runner.start()
+    threads.shutting_down.set()
+    runner.join(timeout=10)
+    assert result == [0]
+
+
+def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> None:
+    settings = make_settings()
+    hub = start_hub(settings)
+    device = Device(settings)
+    consumer = ControlConsumer(settings)
+    api = Api(hub)
+    try:
+        device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
+        wait_for(lambda: any(d["device_key"] == FRONT for d in api.get("/api/devices")["inputs"]))
+        arm(api, activation_interval=0)
+        device.publish("event.notify.ioboard.pi-hallway", notify())
+        consumer.wait(1)
+        device.close()
+        consumer.close()
+        subprocess.run(
+            ["rabbitmqctl", "-q", "close_all_connections", "test reconnect"], check=True, timeout=60
+        )
+        device = Device(settings)
+        consumer = ControlConsumer(settings)
+
+        def delivered() -> bool:
+            # The source re-binds a new exclusive queue after reconnecting; until then a message is lost
+            # at the broker, so keep activating (no latch) until one gets through.
+            device.publish("event.notify.ioboard.pi-hallway", notify())
+            consumer.pump(0.5)
+            return bool(consumer.received)
+
+        wait_for(delivered, timeout=45)
+        assert consumer.received[0][2]["data"] == ["Hallway Buzzer", 0]
+        assert health.components()["rabbitmq_source"]["state"] == "connected"
+        assert all(t.is_alive() for t in threads.tracked())
+    finally:
+        device.close()
+        consumer.close()
+        hub.stop()
