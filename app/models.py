@@ -106,7 +106,9 @@ class InputLink(Base):
 
 class OutputLink(Base):
     __tablename__ = "output_link"
-    __table_args__ = (UniqueConstraint("input_device_id", "output_device_id", name="unique_link"),)
+    # The original reused input_link's "unique_link" here; PostgreSQL needs constraint names unique
+    # per schema, so migration 0002 renames it (SQLite) and 0001 creates it so named (PostgreSQL).
+    __table_args__ = (UniqueConstraint("input_device_id", "output_device_id", name="unique_output_link"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     input_device_id: Mapped[int] = mapped_column(ForeignKey("input_config.id"), nullable=False, index=True)
     output_device_id: Mapped[int] = mapped_column(ForeignKey("output_config.id"), nullable=False)

@@ -1,0 +1,136 @@
+"""Database engine, sessions and in-place schema migration (Alembic) for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Enough idle connections for the hub's threads plus Flask's request threads without reconnecting;
+# the overflow is bounded so a session leak shows up as a pool timeout rather than "too many open files".
+_SQLITE_POOL_SIZE = 10
+_SQLITE_MAX_OVERFLOW = 40
+
+
+def _is_memory(database: str) -> bool:
+    return database == ":memory:" or "mode=memory" in database
+
+
+def make_engine(url: str, timeout: int = 30) -> Engine:
+    """An engine for url; SQLite gets WAL, a busy timeout of `timeout` seconds and cross-thread use."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        # pre-ping: a PostgreSQL restart would otherwise surface as one failed event per pooled connection
+        return sa.create_engine(url, pool_pre_ping=True)
+
+    database = parsed.database or ":memory:"
+    memory = _is_memory(database)
+    kwargs: dict[str, Any] = {
+        # pysqlite's own busy handler; the PRAGMA below sets the same value explicitly
+        "connect_args": {"check_same_thread": False, "timeout": timeout},
+    }
+    if memory:
+        # every connection to ":memory:" would be a different empty database: share one
+        kwargs["poolclass"] = StaticPool
+    else:
+        # not expanduser(): SQLite opens the path literally, so the directory must be that one
+        if not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.update(pool_size=_SQLITE_POOL_SIZE, max_overflow=_SQLITE_MAX_OVERFLOW, pool_timeout=timeout)
+    engine = sa.create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may briefly hold
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            if not memory:
+                # readers (Flask, the backup job) no longer block the event loop's writes, and vice versa
+                cursor.execute("PRAGMA journal_mode=WAL")
+                # in WAL mode NORMAL is still crash-safe for the database; only the last commits
+                # before a power cut may be lost, and it avoids an fsync per event
+                cursor.execute("PRAGMA synchronous=NORMAL")
+            # foreign_keys stays off as in the original: existing databases may hold orphaned links
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # env.py uses this connection, so no alembic.ini or URL is needed and the caller's engine
+    # (with its pragmas) runs the migrations
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate the database to the newest schema; a no-op when it is already there."""
+    with engine.begin() as connection:
+        command.upgrade(_alembic_config(connection), "head")
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database back to `revision` (for tests and manual recovery)."""
+    with engine.begin() as connection:
+        command.downgrade(_alembic_config(connection), revision)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: objects read in a session stay usable after commit in other threads' code
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None if it was never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def compare_type(
+    context: MigrationContext,
+    inspected_column: Any,
+    metadata_column: Any,
+    inspected_type: sa.types.TypeEngine[Any],
+    metadata_type: sa.types.TypeEngine[Any],
+) -> bool | None:
+    """Alembic type comparison that ignores VARCHAR length on SQLite.
+
+    SQLite stores any length in a VARCHAR column (type affinity TEXT) and the migrations deliberately
+    leave the original's VARCHAR(50) device_key alone there, so a length difference is not drift.
+    Returns False for "same", None for "use Alembic's default comparison".
+    """
+    if (
+        context.dialect.name == "sqlite"
+        and isinstance(inspected_type, sa.String)
+        and isinstance(metadata_type, sa.String)
+        and not isinstance(inspected_type, sa.Text)
+        and not isinstance(metadata_type, sa.Text)
+    ):
+        return False
+    return None
+
+
+def schema_differences(engine: Engine) -> list[Any]:
+    """Differences between the database and app.models (Alembic diff tuples); empty when in step."""
+    from app.models import Base
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": compare_type})
+        diffs = compare_metadata(context, Base.metadata)
+    return [d for d in diffs if not (d[0] == "remove_table" and d[1].name == "alembic_version")]
