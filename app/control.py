@@ -1,0 +1,231 @@
+"""ControlPublisher: publishes output triggers to `<exchange>_control` with a per-message TTL, never late."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import pika
+import pika.exceptions
+import zmq
+from pika.adapters.blocking_connection import BlockingChannel
+
+from app import channels, health
+from app.settings import Settings
+from pylib import inproc, rabbit, threads
+from pylib.threads import AppThread
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "control_publisher"
+# Triggers waiting for the broker. A Pi's outputs fire a few times a minute, so 1000 covers a long
+# outage; past it the oldest is dropped (and counted lost) because the newest matters most.
+MAX_PENDING = 1000
+IDLE_POLL_MS = 100  # how long one idle wait on the inproc socket lasts between broker I/O slices
+RECEIVE_BATCH = 500  # messages taken off the inproc socket per loop, so heartbeats are still answered
+
+
+class ControlPublisher(AppThread):
+    """Thread that takes ControlMessages off inproc and publishes them, retrying until they expire."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        heartbeat: int = rabbit.DEFAULT_HEARTBEAT,
+        confirm: bool = True,
+    ) -> None:
+        super().__init__("ControlPublisher")
+        self.settings = settings
+        self.connected = threading.Event()
+        # Publisher confirms: basic_publish returns only once the broker has taken the message, so
+        # a trigger is never reported published when it died in a socket buffer, and with
+        # mandatory=True a trigger no device queue is bound for is reported, not silently dropped.
+        # It costs one round trip per publish (about 0.1-0.3 ms on a LAN); triggers are a handful
+        # per input event, so that is far below anything the hub needs. `confirm=False` exists for
+        # measuring that cost.
+        self.confirm = confirm
+        spec = rabbit.BrokerSpec(
+            servers=settings.rabbitmq_servers,
+            user=settings.rabbitmq_user,
+            password=settings.rabbitmq_password,
+            vhost=settings.rabbitmq_vhost,
+            heartbeat=heartbeat,
+            name=f"{settings.app_name} ControlPublisher {settings.control_exchange}",
+        )
+        self._connector = rabbit.Connector(spec, "ControlPublisher", on_state=self._on_state)
+        self._pending: deque[channels.ControlMessage] = deque()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    @property
+    def connect_count(self) -> int:
+        """How many times a broker connection was opened (tests use it to see a reconnect)."""
+        return self._connector.connect_count
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def _on_state(self, state: str, detail: str | None) -> None:
+        if state != "connected":
+            self.connected.clear()
+        health.set_state(COMPONENT, state, detail)
+
+    def work(self) -> None:
+        pull = inproc.bind_pull(channels.CONTROL_PUBLISHER)
+        try:
+            while not threads.shutting_down.is_set():
+                if self._channel is None and self._connector.due():
+                    self._open()
+                self._receive(pull)
+                self._expire()
+                if self._channel is not None:
+                    self._publish_pending()
+                if self._connection is not None:
+                    self._service()
+        finally:
+            pull.close(linger=0)
+            for msg in self._pending:
+                self._lose(msg, "the hub is shutting down")
+            self._pending.clear()
+            self._drop()
+            health.set_state(COMPONENT, "down", "stopped")
+
+    # --- broker connection -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        connection = self._connector.attempt()
+        if connection is None:
+            return
+        try:
+            channel = connection.channel()
+            if self.confirm:
+                channel.confirm_delivery()
+            # Non-durable direct with no arguments, as the real consumers declare it. The original
+            # hub added x-message-ttl here, which does nothing on an exchange; the TTL now travels
+            # on each message as `expiration`.
+            channel.exchange_declare(
+                exchange=self.settings.control_exchange,
+                exchange_type="direct",
+                durable=False,
+                auto_delete=False,
+            )
+        except rabbit.BROKER_ERRORS as exc:
+            rabbit.close(connection)
+            if not threads.shutting_down.is_set():
+                self._connector.lost(exc)
+            return
+        self._connection = connection
+        self._channel = channel
+        self._connector.ready()
+        self.connected.set()
+
+    def _drop(self) -> None:
+        self.connected.clear()
+        rabbit.close(self._connection)
+        self._connection = None
+        self._channel = None
+
+    def _broken(self, exc: BaseException) -> None:
+        self._drop()
+        if not threads.shutting_down.is_set():
+            self._connector.lost(exc)
+
+    def _service(self) -> None:
+        """Answer broker heartbeats while idle (the original's idle publisher was dropped for this)."""
+        assert self._connection is not None
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except rabbit.BROKER_ERRORS as exc:
+            self._broken(exc)
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _receive(self, pull: zmq.Socket) -> None:
+        if self._pending and self._channel is not None:
+            timeout = 0
+        elif self._channel is None:
+            timeout = min(IDLE_POLL_MS, int(self._connector.seconds_until_due() * 1000))
+        else:
+            timeout = IDLE_POLL_MS
+        if not pull.poll(timeout, zmq.POLLIN):
+            return
+        for _ in range(RECEIVE_BATCH):
+            try:
+                frame = pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = inproc.decode(frame)
+            except inproc.MessageError as exc:
+                log.error("ControlPublisher dropped an undecodable inproc frame: %s", exc)
+                health.count("control.invalid")
+                continue
+            if not isinstance(msg, channels.ControlMessage):
+                log.error(
+                    "ControlPublisher dropped a %s: only ControlMessage belongs here", type(msg).__name__
+                )
+                health.count("control.invalid")
+                continue
+            if len(self._pending) >= MAX_PENDING:
+                self._lose(self._pending.popleft(), f"{MAX_PENDING} triggers were already waiting")
+            self._pending.append(msg)
+
+    def _expire(self) -> None:
+        if not self._pending:
+            return
+        now = time.time()
+        if all(msg.expires_at > now for msg in self._pending):
+            return
+        keep: deque[channels.ControlMessage] = deque()
+        for msg in self._pending:
+            if msg.expires_at > now:
+                keep.append(msg)
+            else:
+                self._lose(msg, f"expired {now - msg.expires_at:.1f}s ago before it could be published")
+        self._pending = keep
+
+    def _publish_pending(self) -> None:
+        exchange = self.settings.control_exchange
+        while self._pending and self._channel is not None:
+            msg = self._pending[0]
+            remaining_ms = int((msg.expires_at - time.time()) * 1000)
+            if remaining_ms <= 0:
+                self._pending.popleft()
+                self._lose(msg, "expired before it could be published")
+                continue
+            try:
+                self._channel.basic_publish(
+                    exchange=exchange,
+                    routing_key=msg.routing_key,
+                    body=msg.body,
+                    # per-message TTL, so a trigger that waits in a device's queue never fires late
+                    properties=pika.BasicProperties(expiration=str(remaining_ms)),
+                    mandatory=True,
+                )
+            except pika.exceptions.UnroutableError:
+                # reached the broker, but no device queue is bound for it: retrying would not help
+                self._pending.popleft()
+                log.warning(
+                    "control message for %r (%s) was unroutable: no consumer is bound on %s",
+                    msg.output_key,
+                    msg.routing_key,
+                    exchange,
+                )
+                health.count("control.unroutable")
+                continue
+            except rabbit.BROKER_ERRORS as exc:
+                # The message stays at the head of the queue and goes out after the reconnect. If
+                # only its confirm was lost the device may get it twice: a second buzzer pulse or
+                # snapshot is better than a missed one.
+                self._broken(exc)
+                return
+            self._pending.popleft()
+            health.count("control.published")
+            log.debug("published control message for %r on %s", msg.output_key, msg.routing_key)
+
+    def _lose(self, msg: channels.ControlMessage, reason: str) -> None:
+        # never log the body: camera triggers carry device credentials
+        log.warning("control message for %r (%s) lost: %s", msg.output_key, msg.routing_key, reason)
+        health.count("control.lost")
