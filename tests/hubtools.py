@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 import pika
 
+from app import health
 from app.hub import Hub
 from app.settings import Settings
 from pylib import wire
@@ -130,10 +131,13 @@ class Api:
         assert status == 200, body
 
     def decisions(self, input_key: str) -> list[dict]:
-        return self.get(f"/api/events?input={urllib.parse.quote(input_key)}")
+        return self.get(f"/api/events?input={urllib.parse.quote(input_key)}")["events"]
 
 
 def start_hub(settings: Settings) -> Hub:
+    """Start a hub and wait until both broker connections are up, so no test message is published early."""
     hub = Hub(settings)
     hub.start()
+    for component in ("rabbitmq_source", "control_publisher"):
+        wait_for(lambda c=component: health.components().get(c, {}).get("state") == "connected", 30)
     return hub

@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from app import __main__ as entry
 from app import health
 from pylib import threads
@@ -86,6 +88,7 @@ def test_sigterm_shuts_down_cleanly_with_exit_zero(tmp_path, unique_name) -> Non
             proc.kill()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_thread_dying_makes_the_process_exit_one() -> None:
     class Doomed(threads.AppThread):
         def work(self) -> None:
