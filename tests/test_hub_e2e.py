@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from app import health
 from pylib import threads, wire
 from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
+from tests.test_db import temporary_pg_database
 
 IOBOARD_HEARTBEAT = {
     "statistics": {"sample_count": 123456},
@@ -309,3 +311,40 @@ def test_oversize_body_is_counted(make_settings) -> None:
     finally:
         device.close()
         hub.stop()
+
+
+def test_device_label_and_type_changes_follow_unless_customised(rig) -> None:
+    _, _, device, _, api = rig
+    changed = copy.deepcopy(IOBOARD_HEARTBEAT)
+    changed["device_info"]["inputs"][0]["device_label"] = "Front Door PIR"
+    changed["device_info"]["inputs"][0]["type"] = "PIR"
+    device.publish("event.heartbeat.ioboard.pi-hallway", changed)
+    front = wait_for(lambda: (d := api.device("inputs", FRONT))["device_label"] == "Front Door PIR" and d)
+    assert front["device_type"] == "PIR"
+    api.patch("inputs", FRONT, device_label="Hall door")
+    changed["device_info"]["inputs"][0]["device_label"] = "Front Door Sensor"
+    changed["device_info"]["inputs"][0]["type"] = "Motion"
+    device.publish("event.heartbeat.ioboard.pi-hallway", changed)
+    front = wait_for(lambda: (d := api.device("inputs", FRONT))["device_type"] == "Motion" and d)
+    assert front["device_label"] == "Hall door"
+
+
+@pytest.mark.postgres
+def test_hub_runs_on_postgresql(make_settings) -> None:
+    with temporary_pg_database() as url:
+        settings = make_settings(DATABASE_URL=url)
+        hub = start_hub(settings)
+        device = Device(settings)
+        consumer = ControlConsumer(settings)
+        try:
+            api = Api(hub)
+            device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
+            wait_for(lambda: any(d["device_key"] == FRONT for d in api.get("/api/devices")["inputs"]))
+            arm(api)
+            device.publish("event.notify.ioboard.pi-hallway", notify())
+            assert consumer.wait(1)[0][2]["data"] == ["Hallway Buzzer", None]
+            assert wait_for(lambda: api.decisions(FRONT))[0]["fired"] is True
+        finally:
+            device.close()
+            consumer.close()
+            hub.stop()
