@@ -1,0 +1,415 @@
+"""JSON API for the dashboard: reads straight from the database, asks the EventProcessor for every change."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from sqlalchemy import inspect, or_, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, selectinload
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
+
+from app import commands, config_changes, health
+from app import presence as presence_module
+from app.channels import Reply
+from app.config_changes import ChangeError
+from app.models import Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+_EXTENSION = "event_processor_api"
+DEFAULT_EVENT_LIMIT = 100
+MAX_EVENT_LIMIT = 1000
+MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Context:
+    settings: Settings
+    session_factory: Callable[[], Session]
+    presence: presence_module.Presence
+
+
+class ApiError(Exception):
+    """An error answered as {"error": ..., "field": ...} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+def create_app(
+    settings: Settings,
+    session_factory: Callable[[], Session],
+    presence: presence_module.Presence = presence_module.presence,
+) -> Flask:
+    """The Flask app serving /api; session_factory gives a new Session per call (e.g. a sessionmaker)."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep columns in table order
+    app.extensions[_EXTENSION] = _Context(settings, session_factory, presence)
+    app.register_blueprint(bp)
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(InternalServerError, _internal_error)
+    app.register_error_handler(OperationalError, _database_error)
+    return app
+
+
+# ---- errors ---------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, field: str | None = None) -> tuple[Response, int]:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return jsonify(body), status
+
+
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return _error(exc.status, exc.message, exc.field)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    response, _ = _error(status, (exc.name or "error").lower())
+    response.status_code = status
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _internal_error(exc: InternalServerError) -> tuple[Response, int]:
+    original = getattr(exc, "original_exception", None) or exc
+    log.error("%s %s failed", request.method, request.path, exc_info=original)
+    return _error(500, "internal error")
+
+
+def _database_error(exc: OperationalError) -> tuple[Response, int]:
+    # A locked or vanished database is a passing condition, not a bug: the client should retry.
+    log.warning("%s %s: database unavailable: %s", request.method, request.path, exc.orig)
+    return _error(503, "the database is busy or unavailable; try again")
+
+
+def _raise_for(reply: Reply) -> None:
+    if not reply.ok:
+        raise ApiError(reply.status if reply.status >= 400 else 500, reply.error or "failed", reply.field)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _ctx() -> _Context:
+    ctx: _Context = current_app.extensions[_EXTENSION]
+    return ctx
+
+
+def _json_object() -> dict[str, Any]:
+    # force: a client that forgets the Content-Type header still gets its JSON read.
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat()
+
+
+def _iso_dt(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    # The database holds naive UTC times.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _seen(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> tuple[float | None, bool]:
+    """(last seen, online): the newer of in-memory presence and the flushed column."""
+    times = [t for t in (ctx.presence.last_seen(row.device_key), _epoch(row.last_seen)) if t is not None]
+    last = max(times, default=None)
+    # Built-in devices (panic button and the like) live in this process, so they are always there.
+    builtin = row.origin is not None and row.origin == ctx.settings.device_name
+    online = builtin or (last is not None and now - last <= ctx.settings.max_heartbeat_delay)
+    return last, online
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in inspect(row).mapper.column_attrs:
+        value = getattr(row, attr.key)
+        out[attr.columns[0].name] = _iso_dt(value) if isinstance(value, datetime) else value
+    return out
+
+
+def _summary(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
+    last, online = _seen(ctx, row, now)
+    # Outputs predate their flag, so NULL means on; the original treats a NULL input flag as off.
+    is_output = isinstance(row, OutputConfig)
+    enabled = row.device_enabled is not False if is_output else bool(row.device_enabled)
+    out = {
+        "id": row.id,
+        "device_key": row.device_key,
+        "device_label": row.device_label,
+        "device_type": row.device_type,
+        "device_enabled": enabled,
+        "online": online,
+        "last_seen": _iso(last),
+        "location": row.location,
+        "origin": row.origin,
+    }
+    if isinstance(row, InputConfig):
+        out["group_name"] = row.group_name
+    return out
+
+
+def _detail(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
+    out = _columns(row)
+    last, online = _seen(ctx, row, now)
+    out["online"] = online
+    out["last_seen"] = _iso(last)
+    return out
+
+
+def _output_ids(session: Session, input_id: int) -> list[int]:
+    stmt = select(OutputLink.output_device_id).where(OutputLink.input_device_id == input_id)
+    return sorted(set(session.scalars(stmt)))
+
+
+def _input_ids(session: Session, input_id: int) -> list[int]:
+    stmt = select(InputLink.linked_device_id).where(InputLink.input_device_id == input_id)
+    return sorted(set(session.scalars(stmt)))
+
+
+def _input_detail(input_id: int) -> dict[str, Any]:
+    ctx = _ctx()
+    with ctx.session_factory() as session:
+        row = session.get(InputConfig, input_id)
+        if row is None:
+            raise ApiError(404, f"there is no input with id {input_id}")
+        out = _detail(ctx, row, time.time())
+        out["output_ids"] = _output_ids(session, input_id)
+        out["input_ids"] = _input_ids(session, input_id)
+        return out
+
+
+def _output_detail(output_id: int) -> dict[str, Any]:
+    ctx = _ctx()
+    with ctx.session_factory() as session:
+        row = session.get(OutputConfig, output_id)
+        if row is None:
+            raise ApiError(404, f"there is no output with id {output_id}")
+        return _detail(ctx, row, time.time())
+
+
+def _change(action: str, args: dict[str, Any]) -> None:
+    """Ask the EventProcessor to apply a change; its refusal becomes an ApiError."""
+    _raise_for(commands.request(action, args, actor="api"))
+
+
+def _checked(check: Callable[..., Any], *args: Any) -> Any:
+    """Run a config_changes validator and turn its ChangeError into a 400 naming the field."""
+    try:
+        return check(*args)
+    except ChangeError as exc:
+        raise ApiError(exc.status, str(exc), exc.field) from None
+
+
+# ---- routes ---------------------------------------------------------------------------------
+
+
+@bp.url_value_preprocessor
+def _check_row_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    # A Python int beyond SQLite INTEGER cannot even be bound as a parameter; no such row exists.
+    for name, value in (values or {}).items():
+        if name.endswith("_id") and isinstance(value, int) and value > config_changes.MAX_ID:
+            raise ApiError(404, f"there is no row with id {value}")
+
+
+@bp.get("/health")
+def get_health() -> tuple[Response, int]:
+    ready = health.is_ready()
+    body = {"ready": ready, "components": health.components(), "counters": health.counters()}
+    return jsonify(body), 200 if ready else 503
+
+
+@bp.get("/devices")
+def get_devices() -> dict[str, Any]:
+    ctx = _ctx()
+    now = time.time()
+    with ctx.session_factory() as session:
+        inputs = session.scalars(select(InputConfig).order_by(InputConfig.device_key)).all()
+        outputs = session.scalars(select(OutputConfig).order_by(OutputConfig.device_key)).all()
+        return {
+            "inputs": [_summary(ctx, row, now) for row in inputs],
+            "outputs": [_summary(ctx, row, now) for row in outputs],
+        }
+
+
+@bp.get("/inputs/<int:input_id>")
+def get_input(input_id: int) -> dict[str, Any]:
+    return _input_detail(input_id)
+
+
+@bp.patch("/inputs/<int:input_id>")
+def patch_input(input_id: int) -> dict[str, Any]:
+    body = _json_object()
+    _checked(config_changes.validate_input_fields, body)
+    _change("update_input", {"id": input_id, "fields": body})
+    # Re-read so the answer shows what was saved (stripped, nulled), not what was sent.
+    return _input_detail(input_id)
+
+
+@bp.get("/outputs/<int:output_id>")
+def get_output(output_id: int) -> dict[str, Any]:
+    return _output_detail(output_id)
+
+
+@bp.patch("/outputs/<int:output_id>")
+def patch_output(output_id: int) -> dict[str, Any]:
+    body = _json_object()
+    _checked(config_changes.validate_output_fields, body)
+    _change("update_output", {"id": output_id, "fields": body})
+    return _output_detail(output_id)
+
+
+@bp.put("/inputs/<int:input_id>/outputs")
+def put_output_links(input_id: int) -> dict[str, Any]:
+    body = _json_object()
+    ids = _checked(config_changes.validate_id_list, body.get("output_ids"), "output_ids")
+    _change("set_output_links", {"input_id": input_id, "output_ids": ids})
+    with _ctx().session_factory() as session:
+        return {"input_id": input_id, "output_ids": _output_ids(session, input_id)}
+
+
+@bp.put("/inputs/<int:input_id>/inputs")
+def put_input_links(input_id: int) -> dict[str, Any]:
+    body = _json_object()
+    ids = _checked(config_changes.validate_id_list, body.get("input_ids"), "input_ids")
+    _change("set_input_links", {"input_id": input_id, "input_ids": ids})
+    with _ctx().session_factory() as session:
+        return {"input_id": input_id, "input_ids": _input_ids(session, input_id)}
+
+
+@bp.get("/outputs-enabled")
+def get_outputs_enabled() -> dict[str, Any]:
+    with _ctx().session_factory() as session:
+        return {"enabled": config_changes.outputs_enabled(session)}
+
+
+@bp.put("/outputs-enabled")
+def put_outputs_enabled() -> dict[str, Any]:
+    body = _json_object()
+    if not isinstance(body.get("enabled"), bool):
+        raise ApiError(400, "enabled must be true or false", "enabled")
+    _change("set_outputs_enabled", {"enabled": body["enabled"]})
+    return get_outputs_enabled()
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+def _limit_param() -> int:
+    raw = request.args.get("limit", "").strip()
+    if not raw:
+        return DEFAULT_EVENT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, f"limit must be a whole number, not {raw!r}", "limit") from None
+    if not 1 <= limit <= MAX_EVENT_LIMIT:
+        raise ApiError(400, f"limit must be from 1 to {MAX_EVENT_LIMIT}", "limit")
+    return limit
+
+
+def _since_param() -> datetime | None:
+    """since as a naive UTC datetime (how the database stores times), from ISO 8601 or unix seconds."""
+    raw = request.args.get("since", "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:
+        try:
+            if not math.isfinite(seconds):
+                raise ValueError(raw)
+            return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
+        except (ValueError, OverflowError, OSError):
+            raise ApiError(400, f"since {raw!r} is not a usable unix time", "since") from None
+    try:
+        when = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(400, f"since {raw!r} is not ISO 8601 or unix seconds", "since") from None
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _device_filter(id_column: Any, key_column: Any, value: str) -> Any:
+    """Match by row id when the value is a number, and by device key always (keys may be numeric)."""
+    clauses = [key_column == value]
+    if value.isascii() and value.isdigit() and len(value) <= 18:  # 18 digits fit SQLite INTEGER
+        clauses.append(id_column == int(value))
+    return or_(*clauses)
+
+
+def _decision(row: Decision) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": _iso_dt(row.timestamp),
+        "input_id": row.input_device_id,
+        "input_key": row.input_key,
+        "input_label": row.input_label,
+        "origin": row.origin,
+        "event_detail": row.event_detail,
+        "fired": row.fired,
+        "reason": row.reason,
+        "detail": row.detail,
+        "outputs": [
+            {
+                "output_id": out.output_device_id,
+                "output_key": out.output_key,
+                "output_label": out.output_label,
+                "fired": out.fired,
+                "reason": out.reason,
+                "detail": out.detail,
+            }
+            for out in row.outputs
+        ],
+    }
+
+
+@bp.get("/events")
+def get_events() -> dict[str, Any]:
+    limit = _limit_param()
+    since = _since_param()
+    stmt = select(Decision).options(selectinload(Decision.outputs))
+    input_value = request.args.get("input", "").strip()
+    if input_value:
+        stmt = stmt.where(_device_filter(Decision.input_device_id, Decision.input_key, input_value))
+    output_value = request.args.get("output", "").strip()
+    if output_value:
+        match = _device_filter(DecisionOutput.output_device_id, DecisionOutput.output_key, output_value)
+        stmt = stmt.where(Decision.outputs.any(match))
+    if since is not None:
+        stmt = stmt.where(Decision.timestamp >= since)
+    stmt = stmt.order_by(Decision.timestamp.desc(), Decision.id.desc()).limit(limit)
+    with _ctx().session_factory() as session:
+        return {"events": [_decision(row) for row in session.scalars(stmt)]}

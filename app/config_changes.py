@@ -1,0 +1,352 @@
+"""Configuration changes a person asks for, validated and applied inside the EventProcessor thread."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from app.channels import Command, Reply
+from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
+
+log = logging.getLogger(__name__)
+
+OUTPUTS_ENABLED_KEY = "outputs-enabled"
+MAX_LINKS = 1000
+MAX_ID = 2**63 - 1  # SQLite INTEGER; a larger Python int cannot even be bound as a parameter
+# Publishing with AMQP wildcards or spaces in a routing key is legal but never what a person meant.
+_ROUTING_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
+_FALSE_WORDS = frozenset({"0", "false", "off", "no"})
+
+
+class ChangeError(ValueError):
+    """A change that cannot be applied; field names the offending argument, status the HTTP status."""
+
+    def __init__(self, field: str | None, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+class _Invalid(ValueError):
+    """Raised by a field validator; the caller adds the field name."""
+
+
+Validator = Callable[[Any], Any]
+_Row = TypeVar("_Row", InputConfig, OutputConfig)
+
+
+def _boolean(value: Any) -> bool:
+    # 1, "yes" and "true" are refused so a client bug cannot silently flip a switch.
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _integer(low: int, high: int) -> Validator:
+    def check(value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be a whole number from {low} to {high}, or null")
+        if not low <= value <= high:
+            raise _Invalid(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
+
+
+def _text(
+    max_len: int | None = None, pattern: re.Pattern[str] | None = None, what: str = "text"
+) -> Validator:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise _Invalid(f"must be {what} or null")
+        value = value.strip()
+        if not value:
+            return None
+        if max_len is not None and len(value) > max_len:
+            raise _Invalid(f"must be at most {max_len} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise _Invalid(f"must be {what}")
+        return value
+
+    return check
+
+
+INPUT_FIELDS: dict[str, Validator] = {
+    "device_label": _text(100),
+    "device_enabled": _boolean,
+    "activation_interval": _integer(0, 86400),
+    "multi_trigger": _boolean,
+    "multi_trigger_rate": _integer(1, 120),
+    "multi_trigger_interval": _integer(1, 86400),
+    "group_name": _text(100),
+    "info_notify": _boolean,
+}
+
+OUTPUT_FIELDS: dict[str, Validator] = {
+    "device_label": _text(100),
+    "device_params": _text(),
+    "device_enabled": _boolean,
+    "trigger_topic": _text(
+        255, _ROUTING_KEY, "a routing key of letters, digits, '.', '_' and '-' (at most 255)"
+    ),
+    "trigger_interval": _integer(0, 86400),
+}
+
+# Values never written to the log: camera credentials and phone numbers live here.
+_SECRET_FIELDS = frozenset({"device_params"})
+
+
+def _validate(spec: dict[str, Validator], fields: Any) -> dict[str, Any]:
+    if not isinstance(fields, dict):
+        raise ChangeError("fields", "fields must be an object of field names and values")
+    if not fields:
+        raise ChangeError("fields", "no fields to change")
+    clean: dict[str, Any] = {}
+    for name, value in fields.items():
+        check = spec.get(name)
+        if check is None:
+            raise ChangeError(str(name), f"{name} is not a field that can be changed")
+        try:
+            clean[name] = check(value)
+        except _Invalid as exc:
+            raise ChangeError(name, f"{name} {exc}") from None
+    return clean
+
+
+def validate_input_fields(fields: Any) -> dict[str, Any]:
+    """Check and normalise an update_input field map; raises ChangeError naming the first bad field."""
+    return _validate(INPUT_FIELDS, fields)
+
+
+def validate_output_fields(fields: Any) -> dict[str, Any]:
+    """Check and normalise an update_output field map; raises ChangeError naming the first bad field."""
+    return _validate(OUTPUT_FIELDS, fields)
+
+
+def validate_id_list(value: Any, field: str) -> list[int]:
+    """A list of row ids, duplicates collapsed, in first-seen order; raises ChangeError naming field."""
+    if not isinstance(value, list):
+        raise ChangeError(field, f"{field} must be a list of ids")
+    if len(value) > MAX_LINKS:
+        raise ChangeError(field, f"{field} may hold at most {MAX_LINKS} ids")
+    ids: dict[int, None] = {}
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_ID:
+            raise ChangeError(field, f"{field} must hold whole-number ids, not {item!r}")
+        ids[item] = None
+    return list(ids)
+
+
+def outputs_enabled(session: Session) -> bool:
+    """The global outputs switch; on when never set, so a fresh install triggers its outputs."""
+    row = _outputs_enabled_row(session)
+    return row is None or row.config_value.strip().lower() not in _FALSE_WORDS
+
+
+def _outputs_enabled_row(session: Session) -> GeneralConfig | None:
+    stmt = (
+        select(GeneralConfig)
+        .where(GeneralConfig.config_key == OUTPUTS_ENABLED_KEY)
+        .order_by(GeneralConfig.id)
+    )
+    return session.scalars(stmt).first()
+
+
+@dataclass
+class _Done:
+    result: dict[str, Any]
+    summary: str
+
+
+def _row_id(args: dict[str, Any], field: str) -> int:
+    value = args.get(field)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ChangeError(field, f"{field} must be a whole-number id")
+    return value
+
+
+def _load(session: Session, model: type[_Row], args: dict[str, Any], field: str, what: str) -> _Row:
+    row_id = _row_id(args, field)
+    if not 1 <= row_id <= MAX_ID:
+        raise ChangeError(field, f"there is no {what} with id {row_id}", status=404)
+    # Refresh from the database: the processor's long-lived session may hold a copy older than
+    # what the HeartbeatFilter has committed since.
+    row = session.get(model, row_id, populate_existing=True)
+    if row is None:
+        raise ChangeError(field, f"there is no {what} with id {row_id}", status=404)
+    return row
+
+
+def _assign(row: Any, fields: dict[str, Any]) -> list[str]:
+    """Set the fields on the row; describe each real change for the log (secrets masked)."""
+    changes = []
+    for name, value in fields.items():
+        old = getattr(row, name)
+        if old == value:
+            continue
+        setattr(row, name, value)
+        if name in _SECRET_FIELDS:
+            changes.append(f"{name} {'cleared' if value is None else 'changed'}")
+        else:
+            changes.append(f"{name} {old!r} -> {value!r}")
+    return changes
+
+
+def _update_input(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "id", "input")
+    fields = validate_input_fields(args.get("fields"))
+    changes = _assign(row, fields)
+    if "device_label" in fields:
+        # A cleared label hands the label back to the device's own heartbeats.
+        row.label_customized = fields["device_label"] is not None
+    if any(name != "device_enabled" for name in fields):
+        row.customized = True
+    return _Done({"id": row.id}, f"input {row.device_key!r}: {', '.join(changes) or 'no change'}")
+
+
+def _update_output(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, OutputConfig, args, "id", "output")
+    fields = validate_output_fields(args.get("fields"))
+    changes = _assign(row, fields)
+    if "device_label" in fields:
+        row.label_customized = fields["device_label"] is not None
+    return _Done({"id": row.id}, f"output {row.device_key!r}: {', '.join(changes) or 'no change'}")
+
+
+def _keys(session: Session, model: type[InputConfig] | type[OutputConfig], ids: set[int]) -> list[str]:
+    if not ids:
+        return []
+    return sorted(session.scalars(select(model.device_key).where(model.id.in_(ids))))
+
+
+def _check_exist(
+    session: Session, model: type[InputConfig] | type[OutputConfig], ids: list[int], field: str, what: str
+) -> None:
+    found = set(session.scalars(select(model.id).where(model.id.in_(ids)))) if ids else set()
+    missing = sorted(set(ids) - found)
+    if missing:
+        raise ChangeError(field, f"there is no {what} with id {', '.join(map(str, missing))}")
+
+
+def _replace_links(
+    links: list[Any], id_of: Callable[[Any], int], make: Callable[[int], Any], wanted: list[int]
+) -> tuple[set[int], set[int]]:
+    """Make the relationship list hold exactly one link per wanted id; returns (added, removed) ids.
+
+    A diff rather than delete-all-then-insert: the unit of work flushes inserts before deletes,
+    so re-inserting a kept link would trip the unique constraint.
+    """
+    wanted_set = set(wanted)
+    kept: set[int] = set()
+    removed: set[int] = set()
+    for link in list(links):
+        linked = id_of(link)
+        if linked in wanted_set and linked not in kept:
+            kept.add(linked)
+        else:
+            links.remove(link)  # delete-orphan turns this into a DELETE
+            if linked not in wanted_set:
+                removed.add(linked)
+    added = [i for i in wanted if i not in kept]
+    links.extend(make(i) for i in added)
+    return set(added), removed
+
+
+def _set_output_links(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "input_id", "input")
+    wanted = validate_id_list(args.get("output_ids"), "output_ids")
+    _check_exist(session, OutputConfig, wanted, "output_ids", "output")
+    added, removed = _replace_links(
+        row.output_links, lambda link: link.output_device_id, lambda i: OutputLink(output_device_id=i), wanted
+    )
+    summary = (
+        f"input {row.device_key!r} output links: added {_keys(session, OutputConfig, added)}, "
+        f"removed {_keys(session, OutputConfig, removed)}"
+    )
+    return _Done({"id": row.id}, summary)
+
+
+def _set_input_links(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "input_id", "input")
+    wanted = validate_id_list(args.get("input_ids"), "input_ids")
+    if row.id in wanted:
+        raise ChangeError("input_ids", "an input cannot link to itself")
+    _check_exist(session, InputConfig, wanted, "input_ids", "input")
+    added, removed = _replace_links(
+        row.input_links, lambda link: link.linked_device_id, lambda i: InputLink(linked_device_id=i), wanted
+    )
+    summary = (
+        f"input {row.device_key!r} input links: added {_keys(session, InputConfig, added)}, "
+        f"removed {_keys(session, InputConfig, removed)}"
+    )
+    return _Done({"id": row.id}, summary)
+
+
+def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
+    enabled = args.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ChangeError("enabled", "enabled must be true or false")
+    value = "1" if enabled else "0"
+    row = _outputs_enabled_row(session)
+    if row is None:
+        session.add(GeneralConfig(config_key=OUTPUTS_ENABLED_KEY, config_value=value))
+    else:
+        row.config_value = value
+    return _Done({"enabled": enabled}, f"outputs {'enabled' if enabled else 'disabled'}")
+
+
+_ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
+    "update_input": _update_input,
+    "update_output": _update_output,
+    "set_output_links": _set_output_links,
+    "set_input_links": _set_input_links,
+    "set_outputs_enabled": _set_outputs_enabled,
+}
+ACTIONS = frozenset(_ACTIONS)
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        log.warning("rollback after a failed configuration change also failed", exc_info=True)
+
+
+def apply(session: Session, cmd: Command) -> Reply:
+    """Apply one configuration Command in one transaction; bad input becomes a 4xx Reply, never an exception.
+
+    Commits the session's transaction on success and rolls it back on any failure.
+    """
+    handler = _ACTIONS.get(cmd.action)
+    if handler is None:
+        return Reply(ok=False, error=f"unknown action {cmd.action!r}", field="action", status=400)
+    if not isinstance(cmd.args, dict):
+        return Reply(ok=False, error="args must be an object", field="args", status=400)
+    try:
+        done = handler(session, cmd.args)
+        session.commit()
+    except ChangeError as exc:
+        _rollback(session)
+        return Reply(ok=False, error=str(exc), field=exc.field, status=exc.status)
+    except OperationalError:
+        _rollback(session)
+        log.warning("configuration change %s by %s failed: database unavailable", cmd.action, cmd.actor)
+        return Reply(ok=False, error="the database is busy or unavailable; try again", status=503)
+    except Exception:
+        # The processor thread must survive a bug in one change; the caller gets no details.
+        _rollback(session)
+        log.exception("configuration change %s by %s failed", cmd.action, cmd.actor)
+        return Reply(ok=False, error="internal error", status=500)
+    log.info("configuration change by %s: %s", cmd.actor, done.summary)
+    return Reply(ok=True, result=done.result)
