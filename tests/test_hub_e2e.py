@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import health
+from app import commands, health
 from pylib import threads, wire
 from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
 from tests.test_db import temporary_pg_database
@@ -348,3 +348,16 @@ def test_hub_runs_on_postgresql(make_settings) -> None:
             device.close()
             consumer.close()
             hub.stop()
+
+
+def test_fire_input_command_runs_the_panic_button_through_the_rules(rig) -> None:
+    _, _, _, consumer, api = rig
+    reply = commands.request("fire_input", {"device_key": "App Panic Button"}, actor="test")
+    assert reply.ok and reply.result["reason"] == "disabled"
+    arm(api, "App Panic Button")
+    reply = commands.request("fire_input", {"device_key": "App Panic Button"}, actor="test")
+    assert reply.ok and reply.result["fired"] is True
+    assert consumer.wait(1)[0][2]["data"] == ["Hallway Buzzer", None]
+    assert commands.request("fire_input", {"device_key": "nope"}).status == 404
+    decision = wait_for(lambda: (d := api.decisions("App Panic Button")) and len(d) == 2 and d)[0]
+    assert decision["origin"] == "event-processor (test)" and decision["fired"] is True
