@@ -6,6 +6,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,42 +31,57 @@ def _naive_utc(ts: float) -> datetime:
 
 
 def write(session: Session, records: list[AuditRecord]) -> None:
-    for rec in records:
-        d = rec.decision
-        decision = Decision(
-            timestamp=_naive_utc(d["timestamp"]),
-            input_device_id=d.get("input_device_id"),
-            input_key=d["input_key"],
-            input_label=d.get("input_label"),
-            origin=d.get("origin"),
-            event_detail=d.get("event_detail"),
-            fired=bool(d.get("fired")),
-            reason=d.get("reason"),
-            detail=d.get("detail"),
-            outputs=[
-                DecisionOutput(
-                    output_device_id=o.get("output_device_id"),
-                    output_key=o["output_key"],
-                    output_label=o.get("output_label"),
-                    fired=bool(o.get("fired")),
-                    reason=o.get("reason"),
-                    detail=o.get("detail"),
-                )
-                for o in d.get("outputs", ())
-            ],
-        )
-        session.add(decision)
-        if rec.event_log:
-            session.flush()
-            for row in rec.event_log:
-                session.add(
-                    EventLog(
-                        input_device=row["input_device"],
-                        output_device=row["output_device"],
-                        timestamp=_naive_utc(row["timestamp"]),
-                        decision_id=decision.id,
-                    )
-                )
+    """Insert a batch of decisions with their outputs and event_log rows in one transaction.
+
+    Core executemany inserts (with RETURNING for the new decision ids) cost a fraction of the ORM
+    unit of work, which matters at thousands of events a second.
+    """
+    if not records:
+        return
+    decisions = [
+        {
+            "timestamp": _naive_utc(rec.decision["timestamp"]),
+            "input_device_id": rec.decision.get("input_device_id"),
+            "input_key": rec.decision["input_key"],
+            "input_label": rec.decision.get("input_label"),
+            "origin": rec.decision.get("origin"),
+            "event_detail": rec.decision.get("event_detail"),
+            "fired": bool(rec.decision.get("fired")),
+            "reason": rec.decision.get("reason"),
+            "detail": rec.decision.get("detail"),
+        }
+        for rec in records
+    ]
+    ids = session.scalars(
+        insert(Decision).returning(Decision.id, sort_by_parameter_order=True), decisions
+    ).all()
+    outputs = [
+        {
+            "decision_id": decision_id,
+            "output_device_id": o.get("output_device_id"),
+            "output_key": o["output_key"],
+            "output_label": o.get("output_label"),
+            "fired": bool(o.get("fired")),
+            "reason": o.get("reason"),
+            "detail": o.get("detail"),
+        }
+        for decision_id, rec in zip(ids, records, strict=True)
+        for o in rec.decision.get("outputs", ())
+    ]
+    if outputs:
+        session.execute(insert(DecisionOutput), outputs)
+    event_log = [
+        {
+            "input_device": row["input_device"],
+            "output_device": row["output_device"],
+            "timestamp": _naive_utc(row["timestamp"]),
+            "decision_id": decision_id,
+        }
+        for decision_id, rec in zip(ids, records, strict=True)
+        for row in rec.event_log
+    ]
+    if event_log:
+        session.execute(insert(EventLog), event_log)
     session.commit()
 
 

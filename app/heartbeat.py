@@ -19,23 +19,29 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 30.0
 
 
-def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[str]]:
-    """Every device a message mentions (device_info inputs/outputs and active inputs), and problems."""
-    found: list[registry.Advert] = []
+def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
+    """The devices a message describes (device_info), the active inputs it reports, and any problems.
+
+    Only descriptions refresh a registered device: active devices are often partial or spelled
+    differently (snapshot-processor reports type 'camera' for its 'Camera'), so they only register
+    a device never seen before.
+    """
+    described: list[registry.Advert] = []
+    active: list[registry.Advert] = []
     problems: list[str] = []
     info = data.get("device_info")
-    groups: list[tuple[str, Any]] = []
+    groups: list[tuple[str, Any, list[registry.Advert]]] = []
     if isinstance(info, dict):
-        groups += [("input", info.get("inputs")), ("output", info.get("outputs"))]
+        groups += [("input", info.get("inputs"), described), ("output", info.get("outputs"), described)]
     elif info is not None:
         problems.append(f"device_info is a {type(info).__name__}, not a map")
     # Dec 2023 clients also put inputs/outputs at the root of the body.
     groups += [
-        ("input", data.get("inputs")),
-        ("output", data.get("outputs")),
-        ("input", data.get("active_devices")),
+        ("input", data.get("inputs"), described),
+        ("output", data.get("outputs"), described),
+        ("input", data.get("active_devices"), active),
     ]
-    for kind, devices in groups:
+    for kind, devices, into in groups:
         if devices is None:
             continue
         if not isinstance(devices, list):
@@ -43,10 +49,10 @@ def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[str]]:
             continue
         for device in devices:
             try:
-                found.append(registry.advert(kind, device))
+                into.append(registry.advert(kind, device))
             except registry.BadDevice as exc:
                 problems.append(str(exc))
-    return found, problems
+    return described, active, problems
 
 
 class HeartbeatFilter(threads.AppThread):
@@ -83,15 +89,15 @@ class HeartbeatFilter(threads.AppThread):
 
     def _handle(self, env: Envelope, push: Any) -> None:
         data = env.payload.get("data") or {}
-        found, problems = adverts(data)
+        described, active, problems = adverts(data)
         for problem in problems:
             health.count("heartbeat_filter.bad_device")
             log.warning(
                 "bad device from %s (%s): %s", env.origin, env.routing_key or env.source, problem[:200]
             )
-        self._presence.seen(env.origin, [ad.device_key for ad in found], env.received_at)
+        self._presence.seen(env.origin, [ad.device_key for ad in described + active], env.received_at)
         try:
-            env.changed_keys = self._register(env.origin, found)
+            env.changed_keys = self._register(env.origin, described, active)
         except SQLAlchemyError:
             # The processor can still act on devices already known; registration retries next time.
             health.count("heartbeat_filter.db_errors")
@@ -99,16 +105,19 @@ class HeartbeatFilter(threads.AppThread):
         if env.changed_keys or data.get("active_devices"):
             inproc.send(push, env)
 
-    def _register(self, origin: str, found: list[registry.Advert]) -> list[str]:
+    def _register(
+        self, origin: str, described: list[registry.Advert], active: list[registry.Advert]
+    ) -> list[str]:
         changed: list[str] = []
-        new: list[registry.Advert] = []
+        new: dict[tuple[str, str], registry.Advert] = {}
         refreshed: list[registry.Advert] = []
-        for ad in found:
+        for ad, is_description in [(a, True) for a in described] + [(a, False) for a in active]:
             ident = (ad.kind, ad.device_key)
             known = self._known.get(ident)
             if known is None:
-                if ident not in {(a.kind, a.device_key) for a in new}:
-                    new.append(ad)
+                new.setdefault(ident, ad)
+                continue
+            if not is_description:
                 continue
             label, dtype, location, known_origin = known
             if known_origin and known_origin != origin:
@@ -129,7 +138,7 @@ class HeartbeatFilter(threads.AppThread):
             return changed
         try:
             with self._sessions() as session:
-                for ad in new:
+                for ad in new.values():
                     registry.insert(session, ad, origin)
                 for ad in refreshed:
                     registry.refresh(session, ad)
@@ -138,8 +147,8 @@ class HeartbeatFilter(threads.AppThread):
             # Someone else registered one of these keys; learn the table again and move on.
             with self._sessions() as session:
                 self._known = registry.load_known(session)
-            return [ad.device_key for ad in new]
-        for ad in new:
+            return [ad.device_key for ad in new.values()]
+        for ad in new.values():
             self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
             changed.append(ad.device_key)
             log.info(
