@@ -144,10 +144,15 @@ def _epoch(value: datetime | None) -> float | None:
 def _seen(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> tuple[float | None, bool]:
     """(last seen, online): the newer of in-memory presence and the flushed column."""
     times = [t for t in (ctx.presence.last_seen(row.device_key), _epoch(row.last_seen)) if t is not None]
+    reported = ctx.presence.reported(row.origin) if row.origin else None
+    if reported is not None and reported[1] is not None:
+        times.append(reported[1])
     last = max(times, default=None)
     # Built-in devices (panic button and the like) live in this process, so they are always there.
     builtin = row.origin is not None and row.origin == ctx.settings.device_name
     online = builtin or (last is not None and now - last <= ctx.settings.max_heartbeat_delay)
+    if reported is not None and not reported[0]:
+        online = False  # the device directory (mDash) says it is offline, whatever we last heard
     return last, online
 
 

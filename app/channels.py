@@ -12,6 +12,8 @@ HEARTBEAT_FILTER = "inproc://heartbeat-filter"  # sources -> HeartbeatFilter
 PROCESSOR = "inproc://event-processor"  # HeartbeatFilter, API -> EventProcessor
 CONTROL_PUBLISHER = "inproc://control-publisher"  # EventProcessor -> ControlPublisher
 AUDIT = "inproc://audit-writer"  # EventProcessor -> AuditWriter
+MQTT_PUBLISH = "inproc://mqtt-publish"  # EventProcessor -> MqttSource (meter resets)
+METER_WRITER = "inproc://meter-writer"  # EventProcessor -> MeterWriter (InfluxDB)
 
 
 @message
@@ -74,3 +76,27 @@ class AuditRecord:
 
     decision: dict[str, Any]
     event_log: list[dict[str, Any]] = field(default_factory=list)
+
+
+@message
+@dataclass
+class MqttPublish:
+    """A message for the MQTT broker, published by the MqttSource's client (queued while disconnected)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@message
+@dataclass
+class MeterPoint:
+    """One meter reading for InfluxDB (measurement 'meter')."""
+
+    device_key: str
+    location: str | None
+    metered: float | None
+    register: float | None
+    reading: float | None
+    timestamp: float

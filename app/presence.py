@@ -12,6 +12,8 @@ class Presence:
         self._devices: dict[str, float] = {}
         self._origins: dict[str, float] = {}
         self._dirty: set[str] = set()
+        # origin -> (online, last_seen) as an outside directory (mDash) reports it
+        self._reported: dict[str, tuple[bool, float | None]] = {}
 
     def seen(self, origin: str, keys: list[str], when: float | None = None) -> None:
         when = time.time() if when is None else when
@@ -33,8 +35,18 @@ class Presence:
         with self._lock:
             return dict(self._origins)
 
+    def report(self, origin: str, online: bool, last_seen: float | None) -> None:
+        """An outside directory's word on an origin's devices (e.g. mDash's online flag)."""
+        with self._lock:
+            self._reported[origin] = (online, last_seen)
+
+    def reported(self, origin: str) -> tuple[bool, float | None] | None:
+        with self._lock:
+            return self._reported.get(origin)
+
     def clear(self) -> None:
         with self._lock:
+            self._reported.clear()
             self._devices.clear()
             self._origins.clear()
             self._dirty.clear()

@@ -19,7 +19,9 @@ OUTPUT_TYPE_VARS = {
     "tts": "OUTPUT_TYPE_TTS",
     "bluetooth": "OUTPUT_TYPE_BLUETOOTH",
 }
-SECRET_NAMES = frozenset({"RABBITMQ_PASSWORD", "DATABASE_URL"})
+SECRET_NAMES = frozenset(
+    {"RABBITMQ_PASSWORD", "DATABASE_URL", "MQTT_PASSWORD", "INFLUXDB_TOKEN", "MDASH_API_KEY"}
+)
 
 
 class SettingsError(ValueError):
@@ -55,6 +57,33 @@ class Settings:
     event_log_max_rows: int = 200000
     http_port: int = 8080
     http_bind: str = "127.0.0.1"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str = ""
+    mqtt_password: str = field(default="", repr=False)
+    mqtt_tls: bool = False
+    mqtt_ca_certs: str = ""
+    mqtt_subscriptions: tuple[str, ...] = ("meter/electricity/#", "sensor/#", "+/heartbeat/+")
+    mqtt_meter_reset_topic: str = "meter/electricity/control"
+    mqtt_outbox_size: int = 1000
+    influxdb_url: str = ""
+    influxdb_token: str = field(default="", repr=False)
+    influxdb_org: str = ""
+    influxdb_bucket: str = ""
+    influxdb_buffer_size: int = 10000
+    mdash_api_key: str = field(default="", repr=False)
+    mdash_api_base_url: str = "https://mdash.net/api/v2/devices"
+    mdash_device_tags: tuple[str, ...] = ("meter", "sensor")
+    mdash_app_config_mqtt_pub_topic: str = "app.mqtt_pub_topic"
+    mdash_poll_seconds: int = 300
+
+    @property
+    def influxdb_enabled(self) -> bool:
+        return bool(self.influxdb_url and self.influxdb_token and self.influxdb_org and self.influxdb_bucket)
+
+    @property
+    def mdash_enabled(self) -> bool:
+        return bool(self.mdash_api_key)
 
     @property
     def control_exchange(self) -> str:
@@ -105,14 +134,14 @@ def _text(values: dict[str, str], name: str) -> str:
     return text
 
 
-def _servers(name: str, raw: str) -> tuple[tuple[str, int], ...]:
+def _servers(name: str, raw: str, default_port: int = 5672) -> tuple[tuple[str, int], ...]:
     servers = []
     for part in (p.strip() for p in raw.split(",")):
         if not part:
             continue
         host, sep, port_text = part.rpartition(":") if part.count(":") == 1 else (part, "", "")
         if not sep:
-            host, port_text = part, "5672"
+            host, port_text = part, str(default_port)
         try:
             port = int(port_text)
         except ValueError:
@@ -123,6 +152,31 @@ def _servers(name: str, raw: str) -> tuple[tuple[str, int], ...]:
     if not servers:
         raise SettingsError(name, "names no server")
     return tuple(servers)
+
+
+def _bool(values: dict[str, str], name: str) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingsError(name, f"{raw!r} is not true or false")
+
+
+def _host_port(name: str, raw: str, default_port: int) -> tuple[str, int]:
+    (host, port), *rest = _servers(name, raw, default_port)
+    if rest:
+        raise SettingsError(name, "names more than one server")
+    return host, port
+
+
+def _topics(name: str, raw: str) -> tuple[str, ...]:
+    topics = tuple(t.strip() for t in raw.split(",") if t.strip())
+    for topic in topics:
+        levels = topic.split("/")
+        if any(("#" in lv and lv != "#") or ("+" in lv and lv != "+") for lv in levels) or "#" in levels[:-1]:
+            raise SettingsError(name, f"{topic!r} is not a valid MQTT topic filter")
+    return topics
 
 
 def _csv(raw: str) -> tuple[str, ...]:
@@ -152,6 +206,20 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
                 raise SettingsError(OUTPUT_TYPE_VARS[handler], f"type {t!r} is also mapped to {seen[t]}")
             seen[t] = handler
     bind = _text(v, "APP_FLASK_BIND_ADDRESS")
+    mqtt_host, mqtt_port = _host_port("MQTT_SERVER_ADDRESS", _text(v, "MQTT_SERVER_ADDRESS"), 1883)
+    subscriptions = _topics("MQTT_PUB_TOPIC_CSV", v.get("MQTT_PUB_TOPIC_CSV", ""))
+    # Device heartbeats ('OK' on <kind>/heartbeat/<device_id>) are always wanted.
+    if "+/heartbeat/+" not in subscriptions:
+        subscriptions += ("+/heartbeat/+",)
+    ca_certs = v.get("MQTT_CA_CERTS", "").strip()
+    if ca_certs and not Path(ca_certs).is_file():
+        raise SettingsError("MQTT_CA_CERTS", f"{ca_certs!r} is not a file")
+    influx_url = v.get("INFLUXDB_URL", "").strip()
+    if influx_url and not influx_url.startswith(("http://", "https://")):
+        raise SettingsError("INFLUXDB_URL", f"{influx_url!r} is not an http(s) URL")
+    mdash_url = _text(v, "MDASH_API_BASE_URL")
+    if not mdash_url.startswith(("http://", "https://")):
+        raise SettingsError("MDASH_API_BASE_URL", f"{mdash_url!r} is not an http(s) URL")
     exchange = _text(v, "RABBITMQ_EXCHANGE")
     return Settings(
         app_name=_text(v, "APP_NAME"),
@@ -177,12 +245,32 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         event_log_max_rows=_int(v, "EVENT_LOG_MAX_ROWS", 100),
         http_port=_int(v, "APP_FLASK_HTTP_PORT", 0, 65535),
         http_bind=bind,
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+        mqtt_username=v.get("MQTT_USERNAME", "").strip(),
+        mqtt_password=v.get("MQTT_PASSWORD", ""),
+        mqtt_tls=_bool(v, "MQTT_TLS"),
+        mqtt_ca_certs=ca_certs,
+        mqtt_subscriptions=subscriptions,
+        mqtt_meter_reset_topic=_text(v, "MQTT_METER_RESET_TOPIC"),
+        mqtt_outbox_size=_int(v, "MQTT_OUTBOX_SIZE", 1, 1_000_000),
+        influxdb_url=influx_url,
+        influxdb_token=v.get("INFLUXDB_TOKEN", "").strip(),
+        influxdb_org=v.get("INFLUXDB_ORG", "").strip(),
+        influxdb_bucket=v.get("INFLUXDB_BUCKET", "").strip(),
+        influxdb_buffer_size=_int(v, "INFLUXDB_BUFFER_SIZE", 1, 10_000_000),
+        mdash_api_key=v.get("MDASH_API_KEY", "").strip(),
+        mdash_api_base_url=mdash_url,
+        mdash_device_tags=_csv(v.get("MDASH_DEVICE_TAGS_CSV", "")),
+        mdash_app_config_mqtt_pub_topic=_text(v, "MDASH_APP_CONFIG_MQTT_PUB_TOPIC"),
+        mdash_poll_seconds=_int(v, "MDASH_POLL_SECONDS", 10, 86400),
     )
 
 
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings for a start-up log line, with secrets left out."""
-    out = {k: v for k, v in settings.__dict__.items() if k not in ("rabbitmq_password", "database_url")}
+    hidden = ("rabbitmq_password", "database_url", "mqtt_password", "influxdb_token", "mdash_api_key")
+    out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url
     out["database"] = url.split("@")[-1] if "@" in url else url
     return out
