@@ -9,28 +9,33 @@ the AuditWriter. This thread is also the only one that changes configuration (`_
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes, health, registry, rules
+from app import commands, config_changes, health, meters, registry, rules
 from app.channels import (
     AUDIT,
     CONTROL_PUBLISHER,
+    METER_WRITER,
+    MQTT_PUBLISH,
     PROCESSOR,
     AuditRecord,
     Command,
     ControlMessage,
     Envelope,
+    MeterPoint,
+    MqttPublish,
     Reply,
 )
-from app.models import InputConfig, InputLink, OutputConfig, OutputLink
+from app.models import InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
 from app.settings import Settings
 from pylib import inproc, threads, wire
 
@@ -48,6 +53,7 @@ class Snapshot:
     inputs_by_id: dict[int, rules.InputRule] = field(default_factory=dict)
     outputs_by_id: dict[int, rules.OutputRule] = field(default_factory=dict)
     output_links: dict[int, list[int]] = field(default_factory=dict)
+    meters: dict[int, meters.MeterRule] = field(default_factory=dict)
     outputs_enabled: bool = True
 
 
@@ -69,6 +75,7 @@ def load_snapshot(session: Session) -> Snapshot:
             multi_trigger_interval=row.multi_trigger_interval,
             linked_input_ids=tuple(sorted(input_links.get(row.id, ()))),
             info_notify=bool(row.info_notify),
+            device_type=row.device_type,
         )
         snap.inputs_by_key[rule.device_key] = rule
         snap.inputs_by_id[rule.id] = rule
@@ -91,7 +98,23 @@ def load_snapshot(session: Session) -> Snapshot:
             snap.output_links.setdefault(input_id, []).append(output_id)
     for ids in snap.output_links.values():
         ids.sort(key=lambda i: snap.outputs_by_id[i].device_key)
+    for m in session.scalars(select(MeterConfig)):
+        snap.meters[m.input_device_id] = meters_rule(m)
     return snap
+
+
+def meters_rule(m: MeterConfig) -> meters.MeterRule:
+    return meters.MeterRule(
+        input_id=m.input_device_id,
+        unit=m.meter_reading_unit,
+        factor=m.meter_reading_unit_factor,
+        precision=m.meter_reading_unit_precision,
+        low_limit=m.meter_low_limit,
+        high_limit=m.meter_high_limit,
+        iot_topic=m.meter_iot_topic or None,
+        reset_value=m.meter_reset_value,
+        reset_additive=bool(m.meter_reset_additive),
+    )
 
 
 class EventProcessor(threads.AppThread):
@@ -114,16 +137,23 @@ class EventProcessor(threads.AppThread):
         self._snap = Snapshot()
         self._input_state: dict[int, rules.InputState] = {}
         self._output_state: dict[int, rules.OutputState] = {}
+        self._meter_zone: dict[int, str] = {}
         # Bound here, before any thread starts, so nothing sent early is lost.
         self._pull = inproc.bind_pull(PROCESSOR)
         self._control: Any = None
         self._audit: Any = None
+        self._mqtt: Any = None
+        self._meter_writer: Any = None
 
     # ---- loop -------------------------------------------------------------------------------
 
     def work(self) -> None:
         self._control = inproc.connect_push(CONTROL_PUBLISHER)
         self._audit = inproc.connect_push(AUDIT)
+        self._mqtt = inproc.connect_push(MQTT_PUBLISH)
+        # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
+        if self._settings.influxdb_enabled:
+            self._meter_writer = inproc.connect_push(METER_WRITER)
         self._reload()
         health.set_state("event_processor", "running")
         next_reload = time.monotonic() + RELOAD_SECONDS
@@ -147,8 +177,9 @@ class EventProcessor(threads.AppThread):
                     self._reload()
                     next_reload = time.monotonic() + RELOAD_SECONDS
         finally:
-            for sock in (self._pull, self._control, self._audit):
-                sock.close()
+            for sock in (self._pull, self._control, self._audit, self._mqtt, self._meter_writer):
+                if sock is not None:
+                    sock.close()
 
     def _reload(self) -> None:
         try:
@@ -163,6 +194,8 @@ class EventProcessor(threads.AppThread):
     def _on_command(self, cmd: Command) -> None:
         if cmd.action == "fire_input":
             reply = self._fire_input(cmd)
+        elif cmd.action == "meter_reset":
+            reply = self._meter_reset(cmd)
         else:
             with self._sessions() as session:
                 reply = config_changes.apply(session, cmd)
@@ -226,9 +259,14 @@ class EventProcessor(threads.AppThread):
             health.count("processor.unregistered")
             log.warning("input %r from %s is not registered; ignoring", key, origin)
             return {"fired": False, "reason": "unregistered"}
-        decision = self._record(now, rule, origin, detail, actor)
-
         verdict = rules.check_stale(event_ts, now, self._defaults)
+        if verdict.fire and registry.is_meter(rule.device_type) and "sample_values" in device:
+            entered = self._meter_reading(rule, device, now)
+            if entered is None:
+                # A routine reading: stored and charted, not an event for the audit trail.
+                return {"fired": False, "reason": "meter_reading"}
+            detail = entered
+        decision = self._record(now, rule, origin, detail, actor)
         if verdict.fire:
             state = self._input_state.setdefault(rule.id, rules.InputState())
             rules.record_trigger(state, now)
@@ -265,6 +303,97 @@ class EventProcessor(threads.AppThread):
             decision["detail"] = "no linked outputs"
         self._send_audit(decision, event_log)
         return {"fired": True, "outputs": decision["outputs"]}
+
+    def _meter_reading(self, rule: rules.InputRule, device: dict[str, Any], now: float) -> str | None:
+        """Store a meter reading; returns the crossing detail when it leaves the allowed range."""
+        values = device.get("sample_values")
+        if not isinstance(values, dict):
+            health.count("processor.malformed")
+            log.warning("meter %r sent sample_values of type %s", rule.device_key, type(values).__name__)
+            return None
+        register, metered = values.get("register"), values.get("meter")
+        if not all(
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in (register, metered)
+        ):
+            health.count("processor.malformed")
+            log.warning("meter %r sent non-numeric values", rule.device_key)
+            return None
+        meter = self._snap.meters.get(rule.id)
+        if meter is None:
+            meter = self._create_meter(rule)
+        value = meters.normalise(register, meter)
+        stored: dict[str, Any] = {"meter_reading": meters.reading_text(value, meter)}
+        if value is not None:
+            stored["register_value"] = int(register)  # type: ignore[arg-type]
+        if metered is not None:
+            stored["meter_value"] = int(metered)
+        with self._sessions() as session:
+            session.execute(
+                update(MeterConfig).where(MeterConfig.input_device_id == rule.id).values(**stored)
+            )
+            session.commit()
+        health.count("processor.meter_readings")
+        if self._meter_writer is not None:
+            location = device.get("location")
+            inproc.send(
+                self._meter_writer,
+                MeterPoint(
+                    device_key=rule.device_key,
+                    location=location if isinstance(location, str) else None,
+                    metered=None if metered is None else float(metered),
+                    register=None if value is None else float(register),  # type: ignore[arg-type]
+                    reading=value,
+                    timestamp=now,
+                ),
+            )
+        zone = meters.zone(value, meter)
+        entered = meters.crossing(self._meter_zone.get(rule.id), zone)
+        if zone is not None:
+            self._meter_zone[rule.id] = zone
+        if entered is None or value is None:
+            return None
+        detail = meters.crossing_detail(entered, meter)
+        log.info("meter %r is %s: %s", rule.device_key, detail, meters.reading_text(value, meter))
+        return detail
+
+    def _create_meter(self, rule: rules.InputRule) -> meters.MeterRule:
+        """A meter input without a meter_config row (e.g. from an original database) gets one."""
+        with self._sessions() as session:
+            row = registry.new_meter_config()
+            row.input_device_id = rule.id
+            session.add(row)
+            session.commit()
+            meter = meters_rule(row)
+        self._snap.meters[rule.id] = meter
+        log.info("created meter settings for %r", rule.device_key)
+        return meter
+
+    def _meter_reset(self, cmd: Command) -> Reply:
+        """Reset a meter's register: tell the device over MQTT and keep the local reading in step."""
+        input_id = cmd.args.get("input_id")
+        rule = self._snap.inputs_by_id.get(input_id) if isinstance(input_id, int) else None
+        if rule is None or not registry.is_meter(rule.device_type):
+            return Reply(ok=False, error=f"no meter with input id {input_id!r}", field="input_id", status=404)
+        value, mode = cmd.args.get("value"), cmd.args.get("mode")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return Reply(ok=False, error="value must be a whole number", field="value", status=400)
+        if mode not in (None, "set", "adjust"):
+            return Reply(ok=False, error="mode must be 'set' or 'adjust'", field="mode", status=400)
+        meter = self._snap.meters.get(rule.id) or self._create_meter(rule)
+        with self._sessions() as session:
+            row = session.scalars(select(MeterConfig).where(MeterConfig.input_device_id == rule.id)).one()
+            mode, amount, register = meters.reset(meter, row.register_value, value, mode)
+            row.register_value = register
+            row.meter_reading = meters.reading_text(meters.normalise(register, meter), meter)
+            reading = row.meter_reading
+            session.commit()
+        topic = meter.iot_topic or self._settings.mqtt_meter_reset_topic
+        key = "adjust_register" if mode == "adjust" else "set_register"
+        inproc.send(self._mqtt, MqttPublish(topic=topic, payload=json.dumps({key: amount}).encode()))
+        log.info("meter %r reset by %s: %s %d on %s", rule.device_key, cmd.actor, key, amount, topic)
+        result = {"input_id": rule.id, "mode": mode, "value": amount, "topic": topic}
+        result.update(register_value=register, meter_reading=reading)
+        return Reply(ok=True, result=result)
 
     def _trigger(
         self, rule: rules.InputRule, output: rules.OutputRule, now: float, message: str

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import InputConfig, OutputConfig
+from app.models import InputConfig, MeterConfig, OutputConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,10 @@ def insert(session: Session, ad: Advert, origin: str) -> None:
         last_seen=now,
     )
     if ad.kind == "input":
-        session.add(InputConfig(**common, device_enabled=False))
+        row = InputConfig(**common, device_enabled=False)
+        if is_meter(ad.device_type):
+            row.meter = new_meter_config()
+        session.add(row)
     else:
         session.add(OutputConfig(**common, device_enabled=True))
 
@@ -113,6 +116,15 @@ def refresh(session: Session, ad: Advert) -> None:
         )
         .values(device_label=ad.label)
     )
+
+
+def is_meter(device_type: str | None) -> bool:
+    return bool(device_type) and "meter" in device_type.lower()
+
+
+def new_meter_config() -> MeterConfig:
+    """A meter's settings row, created with its input so a reading never finds it missing."""
+    return MeterConfig(meter_value=0, register_value=0, meter_reading="unset", meter_iot_topic="")
 
 
 def ensure_builtin(session: Session, device_name: str) -> None:

@@ -49,6 +49,7 @@ class InputRule:
     multi_trigger_interval: int | None = None
     linked_input_ids: tuple[int, ...] = ()
     info_notify: bool = False
+    device_type: str = ""
 
 
 @dataclass(frozen=True)
