@@ -328,6 +328,48 @@ def put_outputs_enabled() -> dict[str, Any]:
     return get_outputs_enabled()
 
 
+# ---- meters ---------------------------------------------------------------------------------
+
+
+def _meter_detail(input_id: int) -> dict[str, Any]:
+    with _ctx().session_factory() as session:
+        row = session.get(InputConfig, input_id)
+        if row is None or row.meter is None:
+            raise ApiError(404, f"there is no meter with input id {input_id}")
+        out = _columns(row.meter)
+        out.update(device_key=row.device_key, device_label=row.device_label)
+        return out
+
+
+@bp.get("/meters/<int:input_id>")
+def get_meter(input_id: int) -> dict[str, Any]:
+    return _meter_detail(input_id)
+
+
+@bp.patch("/meters/<int:input_id>")
+def patch_meter(input_id: int) -> dict[str, Any]:
+    body = _json_object()
+    _checked(config_changes.validate_meter_fields, body)
+    _change("update_meter", {"input_id": input_id, "fields": body})
+    return _meter_detail(input_id)
+
+
+@bp.post("/meters/<int:input_id>/reset")
+def reset_meter(input_id: int) -> dict[str, Any]:
+    """Reset a meter's register: {"value": N, "mode": "set"|"adjust"}, both optional."""
+    body = _json_object() if request.content_length else {}
+    value, mode = body.get("value"), body.get("mode")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ApiError(400, "value must be a whole number", "value")
+    if mode not in (None, "set", "adjust"):
+        raise ApiError(400, "mode must be 'set' or 'adjust'", "mode")
+    reply = commands.request("meter_reset", {"input_id": input_id, "value": value, "mode": mode}, actor="api")
+    _raise_for(reply)
+    out = _meter_detail(input_id)
+    out["reset"] = reply.result
+    return out
+
+
 # ---- events ---------------------------------------------------------------------------------
 
 

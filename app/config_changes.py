@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from app import registry
 from app.channels import Command, Reply
 from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -103,6 +104,17 @@ OUTPUT_FIELDS: dict[str, Validator] = {
     "trigger_interval": _integer(0, 86400),
 }
 
+METER_FIELDS: dict[str, Validator] = {
+    "meter_low_limit": _integer(-(2**31), 2**31 - 1),
+    "meter_high_limit": _integer(-(2**31), 2**31 - 1),
+    "meter_reset_value": _integer(-(2**31), 2**31 - 1),
+    "meter_reset_additive": _boolean,
+    "meter_reading_unit": _text(10),
+    "meter_reading_unit_factor": _integer(1, 10**9),  # any positive whole number, 1 included
+    "meter_reading_unit_precision": _integer(0, 9),
+    "meter_iot_topic": _text(100, re.compile(r"[^#+\s]+"), "an MQTT topic without wildcards (at most 100)"),
+}
+
 # Values never written to the log: camera credentials and phone numbers live here.
 _SECRET_FIELDS = frozenset({"device_params"})
 
@@ -132,6 +144,11 @@ def validate_input_fields(fields: Any) -> dict[str, Any]:
 def validate_output_fields(fields: Any) -> dict[str, Any]:
     """Check and normalise an update_output field map; raises ChangeError naming the first bad field."""
     return _validate(OUTPUT_FIELDS, fields)
+
+
+def validate_meter_fields(fields: Any) -> dict[str, Any]:
+    """Check and normalise an update_meter field map; raises ChangeError naming the first bad field."""
+    return _validate(METER_FIELDS, fields)
 
 
 def validate_id_list(value: Any, field: str) -> list[int]:
@@ -224,6 +241,25 @@ def _update_output(session: Session, args: dict[str, Any]) -> _Done:
     return _Done({"id": row.id}, f"output {row.device_key!r}: {', '.join(changes) or 'no change'}")
 
 
+def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "input_id", "input")
+    if row.meter is None:
+        if "meter" not in row.device_type.lower():
+            raise ChangeError("input_id", f"input {row.device_key!r} is not a meter", status=404)
+        row.meter = registry.new_meter_config()
+    fields = validate_meter_fields(args.get("fields"))
+    if "meter_iot_topic" in fields and fields["meter_iot_topic"] is None:
+        fields["meter_iot_topic"] = ""  # NOT NULL in the original schema; empty means the default topic
+    low = fields.get("meter_low_limit", row.meter.meter_low_limit)
+    high = fields.get("meter_high_limit", row.meter.meter_high_limit)
+    if low is not None and high is not None and low > high:
+        field = "meter_low_limit" if "meter_low_limit" in fields else "meter_high_limit"
+        raise ChangeError(field, f"the low limit {low} is above the high limit {high}")
+    changes = _assign(row.meter, fields)
+    row.customized = True
+    return _Done({"id": row.id}, f"meter {row.device_key!r}: {', '.join(changes) or 'no change'}")
+
+
 def _keys(session: Session, model: type[InputConfig] | type[OutputConfig], ids: set[int]) -> list[str]:
     if not ids:
         return []
@@ -312,6 +348,7 @@ _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "set_output_links": _set_output_links,
     "set_input_links": _set_input_links,
     "set_outputs_enabled": _set_outputs_enabled,
+    "update_meter": _update_meter,
 }
 ACTIONS = frozenset(_ACTIONS)
 
