@@ -14,6 +14,9 @@ from app.api import create_app
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
+from app.mdash import MdashDiscovery
+from app.meter_writer import MeterWriter
+from app.mqtt_source import MqttSource
 from app.presence import presence
 from app.processor import EventProcessor
 from app.rabbit_source import RabbitSource
@@ -64,9 +67,27 @@ class Hub:
         publisher = ControlPublisher(self.settings)
         processor = EventProcessor(self.settings, self.sessions, self.clock)
         heartbeat = HeartbeatFilter(self.sessions, presence)
-        source = RabbitSource(self.settings)
+        mqtt = MqttSource(self.settings)
+        rabbit = RabbitSource(self.settings)
         self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
-        for thread in (audit_writer, publisher, processor, heartbeat, source, self.web):
+        started: list[threads.AppThread] = [
+            audit_writer,
+            publisher,
+            processor,
+            heartbeat,
+            mqtt,
+            rabbit,
+            self.web,
+        ]
+        if self.settings.influxdb_enabled:
+            started.append(MeterWriter(self.settings))
+        else:
+            log.info("InfluxDB off: set INFLUXDB_URL, _TOKEN, _ORG and _BUCKET to write meter readings")
+        if self.settings.mdash_enabled:
+            started.append(MdashDiscovery(self.settings, presence))
+        else:
+            log.info("mDash discovery off: set MDASH_API_KEY to use it")
+        for thread in started:
             thread.start()
 
     def stop(self, timeout: float = 4.0) -> None:
