@@ -20,9 +20,10 @@ from pylib.threads import AppThread
 log = logging.getLogger(__name__)
 
 COMPONENT = "control_publisher"
-# Triggers waiting for the broker. A Pi's outputs fire a few times a minute, so 1000 covers a long
-# outage; past it the oldest is dropped (and counted lost) because the newest matters most.
-MAX_PENDING = 1000
+# Triggers waiting for the broker. A Pi's outputs fire a few times a minute, so this covers a long
+# outage; past it the oldest is dropped (and counted lost) because the newest matters most. While the
+# broker is up the queue is drained every loop, so only an outage can fill it.
+MAX_PENDING = 10000
 IDLE_POLL_MS = 100  # how long one idle wait on the inproc socket lasts between broker I/O slices
 RECEIVE_BATCH = 500  # messages taken off the inproc socket per loop, so heartbeats are still answered
 PUBLISH_BATCH = 200  # messages per transaction
@@ -82,7 +83,7 @@ class ControlPublisher(AppThread):
                     self._open()
                 self._receive(pull)
                 self._expire()
-                if self._channel is not None:
+                while self._pending and self._channel is not None:
                     self._publish_pending()
                 if self._connection is not None:
                     self._service()

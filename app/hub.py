@@ -14,8 +14,6 @@ from app.api import create_app
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
-from app.mdash import MdashDiscovery
-from app.meter_writer import MeterWriter
 from app.mqtt_source import MqttSource
 from app.presence import presence
 from app.processor import EventProcessor
@@ -79,11 +77,17 @@ class Hub:
             rabbit,
             self.web,
         ]
+        # Optional integrations are imported only when configured: influxdb-client and requests
+        # would cost a Pi ~15 MB of memory for nothing.
         if self.settings.influxdb_enabled:
+            from app.meter_writer import MeterWriter
+
             started.append(MeterWriter(self.settings))
         else:
             log.info("InfluxDB off: set INFLUXDB_URL, _TOKEN, _ORG and _BUCKET to write meter readings")
         if self.settings.mdash_enabled:
+            from app.mdash import MdashDiscovery
+
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
