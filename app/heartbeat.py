@@ -72,13 +72,15 @@ class HeartbeatFilter(threads.AppThread):
         next_flush = time.monotonic() + FLUSH_SECONDS
         try:
             while not threads.shutting_down.is_set():
-                try:
-                    msg = inproc.recv(self._pull, timeout_ms=200)
-                except inproc.MessageError as exc:
-                    log.warning("dropping undecodable frame: %s", exc)
-                    continue
-                if isinstance(msg, Envelope):
-                    self._handle(msg, push)
+                if self._pull.poll(200):
+                    frame = self._pull.recv()
+                    try:
+                        msg = inproc.decode(frame)
+                    except inproc.MessageError as exc:
+                        log.warning("dropping undecodable frame: %s", exc)
+                        continue
+                    if isinstance(msg, Envelope):
+                        self._handle(msg, frame, push)
                 if time.monotonic() >= next_flush:
                     self._flush()
                     next_flush = time.monotonic() + FLUSH_SECONDS
@@ -87,7 +89,7 @@ class HeartbeatFilter(threads.AppThread):
             self._pull.close()
             push.close()
 
-    def _handle(self, env: Envelope, push: Any) -> None:
+    def _handle(self, env: Envelope, frame: bytes, push: Any) -> None:
         data = env.payload.get("data") or {}
         described, active, problems = adverts(data)
         for problem in problems:
@@ -102,8 +104,10 @@ class HeartbeatFilter(threads.AppThread):
             # The processor can still act on devices already known; registration retries next time.
             health.count("heartbeat_filter.db_errors")
             log.exception("could not register devices from %s", env.origin)
-        if env.changed_keys or data.get("active_devices"):
+        if env.changed_keys:
             inproc.send(push, env)
+        elif data.get("active_devices"):
+            push.send(frame)  # unchanged: pass the frame on as it came, no second encoding
 
     def _register(
         self, origin: str, described: list[registry.Advert], active: list[registry.Advert]
