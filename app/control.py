@@ -13,6 +13,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app import channels, health
+from app.rabbit_source import broker_spec
 from app.settings import Settings
 from pylib import inproc, rabbit, threads
 from pylib.threads import AppThread
@@ -49,14 +50,7 @@ class ControlPublisher(AppThread):
         # broker hand back a trigger no device queue is bound for, and that is counted.
         # `confirm=False` exists for measuring that cost.
         self.confirm = confirm
-        spec = rabbit.BrokerSpec(
-            servers=settings.rabbitmq_servers,
-            user=settings.rabbitmq_user,
-            password=settings.rabbitmq_password,
-            vhost=settings.rabbitmq_vhost,
-            heartbeat=heartbeat,
-            name=f"{settings.app_name} ControlPublisher {settings.control_exchange}",
-        )
+        spec = broker_spec(settings, "ControlPublisher", settings.control_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "ControlPublisher", on_state=self._on_state)
         self._pending: deque[channels.ControlMessage] = deque()
         self._connection: pika.BlockingConnection | None = None

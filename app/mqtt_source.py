@@ -42,7 +42,6 @@ MAX_REMEMBERED_DEVICES = 1024  # device_id -> descriptions, for heartbeats; a fl
 # waits; loop() returns as soon as the socket has data, so inbound messages are not delayed by it.
 LOOP_SECONDS = 0.1
 MAX_REQUESTS_PER_LOOP = 100  # publish requests taken per loop, so a flood cannot starve the network
-SEND_WAIT_MS = 100  # one wait for room on the inproc socket before shutdown is checked again
 _INPUT_KEY = re.compile(r"input_(\d{1,6})")
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what msgpack can carry
 
@@ -355,13 +354,5 @@ class MqttSource(AppThread):
         self._send(inproc.encode(envelope))
 
     def _send(self, frame: bytes) -> None:
-        """Send without blocking forever: a stalled HeartbeatFilter must not stop shutdown."""
         assert self._push is not None
-        while True:
-            try:
-                self._push.send(frame, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                if threads.shutting_down.is_set():
-                    return
-                self._push.poll(SEND_WAIT_MS, zmq.POLLOUT)
+        inproc.send_patiently(self._push, frame, threads.shutting_down)

@@ -30,7 +30,18 @@ BINDING_KEY = "event.#"
 PREFETCH_COUNT = 1000
 ACK_EVERY = 250
 SLICE_SECONDS = 0.2  # broker I/O slice: how quickly shutdown is noticed while idle
-SEND_WAIT_MS = 100  # how long one wait for room on the inproc socket lasts before shutdown is checked
+
+
+def broker_spec(settings: Settings, component: str, exchange: str, heartbeat: int) -> rabbit.BrokerSpec:
+    """The broker login from the settings; the connection is named for rabbitmqctl and the management UI."""
+    return rabbit.BrokerSpec(
+        servers=settings.rabbitmq_servers,
+        user=settings.rabbitmq_user,
+        password=settings.rabbitmq_password,
+        vhost=settings.rabbitmq_vhost,
+        heartbeat=heartbeat,
+        name=f"{settings.app_name} {component} {exchange}",
+    )
 
 
 class RabbitSource(AppThread):
@@ -40,14 +51,7 @@ class RabbitSource(AppThread):
         super().__init__("RabbitSource")
         self.settings = settings
         self.connected = threading.Event()
-        spec = rabbit.BrokerSpec(
-            servers=settings.rabbitmq_servers,
-            user=settings.rabbitmq_user,
-            password=settings.rabbitmq_password,
-            vhost=settings.rabbitmq_vhost,
-            heartbeat=heartbeat,
-            name=f"{settings.app_name} RabbitSource {settings.rabbitmq_exchange}",
-        )
+        spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
         self._push: zmq.Socket | None = None
         self._last_tag = 0
@@ -148,13 +152,5 @@ class RabbitSource(AppThread):
         health.count("rabbitmq_source.received")
 
     def _send(self, frame: bytes) -> None:
-        """Send without blocking forever: a stalled HeartbeatFilter must not stop shutdown."""
         assert self._push is not None
-        while True:
-            try:
-                self._push.send(frame, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                if threads.shutting_down.is_set():
-                    return
-                self._push.poll(SEND_WAIT_MS, zmq.POLLOUT)
+        inproc.send_patiently(self._push, frame, threads.shutting_down)

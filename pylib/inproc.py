@@ -82,6 +82,22 @@ def send(sock: zmq.Socket, msg: Any) -> None:
     sock.send(encode(msg))
 
 
+def send_patiently(sock: zmq.Socket, frame: bytes, give_up: threading.Event, wait_ms: int = 100) -> bool:
+    """Send a frame, waiting while the peer's queue is full, but never past `give_up` (shutdown).
+
+    A plain blocking send into a stalled peer would keep its thread from ever seeing shutdown.
+    Returns False when it gave up.
+    """
+    while True:
+        try:
+            sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            if give_up.is_set():
+                return False
+            sock.poll(wait_ms, zmq.POLLOUT)
+
+
 def recv(sock: zmq.Socket, timeout_ms: int | None = None) -> Any | None:
     """Receive one message, or None when nothing arrives within timeout_ms."""
     if timeout_ms is not None and not sock.poll(timeout_ms, zmq.POLLIN):

@@ -121,7 +121,7 @@ class Connection:
         self._refused: str | None = None
         self._next_attempt = 0.0
         self._failures = 0
-        self._last_warning: tuple[str, float] | None = None
+        self._warnings = threads.QuietRepeats(_REPEAT_WARNING_SECONDS)
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -280,7 +280,7 @@ class Connection:
         # Backoff resets only here, not on TCP connect, so a broker that accepts connections and
         # then refuses us is retried with growing delays instead of in a tight loop.
         self._failures = 0
-        self._last_warning = None
+        self._warnings.reset()
         self._backoff.reset()
         self.connected.set()
         self._state("connected", self.spec.describe())
@@ -317,10 +317,7 @@ class Connection:
         self._failures += 1
         delay = self._schedule()
         self._state("down", detail)
-        now = threads.monotonic()
-        last = self._last_warning
-        if last is None or last[0] != detail or now - last[1] >= _REPEAT_WARNING_SECONDS:
-            self._last_warning = (detail, now)
+        if self._warnings.should_log(detail):
             log.warning(
                 "%s cannot connect to MQTT %s (attempt %d): %s; retrying in %.1fs",
                 self.component,

@@ -91,7 +91,7 @@ class Connector:
         self._backoff = backoff or threads.Backoff(initial=0.5, maximum=30.0)
         self._next_attempt = 0.0
         self._failures = 0
-        self._last_warning: tuple[str, float] | None = None
+        self._warnings = threads.QuietRepeats(_REPEAT_WARNING_SECONDS)
         self.connect_count = 0
 
     def _state(self, state: str, detail: str | None = None) -> None:
@@ -125,7 +125,7 @@ class Connector:
         instead of in a tight loop.
         """
         self._failures = 0
-        self._last_warning = None
+        self._warnings.reset()
         self._backoff.reset()
         self._state("connected", self.spec.describe())
         log.info("%s connected to RabbitMQ %s", self.component, self.spec.describe())
@@ -135,10 +135,7 @@ class Connector:
         delay = self._backoff.next_delay()
         self._next_attempt = threads.monotonic() + delay
         self._state("down", detail)
-        now = threads.monotonic()
-        last = self._last_warning
-        if last is None or last[0] != detail or now - last[1] >= _REPEAT_WARNING_SECONDS:
-            self._last_warning = (detail, now)
+        if self._warnings.should_log(detail):
             log.warning(
                 "%s cannot connect to RabbitMQ %s (attempt %d): %s; retrying in %.1fs",
                 self.component,

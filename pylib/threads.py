@@ -103,3 +103,21 @@ class Backoff:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+class QuietRepeats:
+    """Lets the same message through once per interval: a long outage must not fill the disk."""
+
+    def __init__(self, interval: float = 300.0) -> None:
+        self.interval = interval
+        self._last: tuple[str, float] | None = None
+
+    def should_log(self, message: str) -> bool:
+        now = time.monotonic()
+        if self._last is None or self._last[0] != message or now - self._last[1] >= self.interval:
+            self._last = (message, now)
+            return True
+        return False
+
+    def reset(self) -> None:
+        self._last = None

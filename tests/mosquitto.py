@@ -10,13 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import free_port
+
 MOSQUITTO = "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -15,7 +15,8 @@ from app import channels, health
 from app.control import ControlPublisher
 from app.settings import Settings
 from pylib import inproc, threads, wire
-from tests.test_rabbit_source import BROKER, Forwarder, close_connection_named, free_port, wait_for
+from tests.support import free_port, wait_for
+from tests.test_rabbit_source import BROKER, Forwarder, close_connection_named
 
 IOBOARD_KEY = "event.control.ioboard"
 

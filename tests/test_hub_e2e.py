@@ -10,7 +10,8 @@ import pytest
 
 from app import commands, health
 from pylib import threads, wire
-from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
+from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.support import wait_for
 from tests.test_db import temporary_pg_database
 
 IOBOARD_HEARTBEAT = {

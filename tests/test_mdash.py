@@ -16,7 +16,7 @@ from app.presence import presence
 from app.settings import Settings
 from pylib import threads
 from tests.http_standin import MdashStandIn
-from tests.test_rabbit_source import free_port, wait_for
+from tests.support import free_port, wait_for
 
 KEY = "mdash-key-Pq7/Zx+9&w=="  # characters that URL-encode differently, to catch an encoded leak
 GARAGE_SEEN = "2023-11-20T10:00:00Z"

@@ -18,7 +18,7 @@ from app import channels, health, meter_writer
 from app.meter_writer import MeterWriter
 from app.settings import Settings
 from pylib import inproc, threads
-from tests.test_rabbit_source import free_port, wait_for
+from tests.support import free_port, wait_for
 from tests.victoria import VictoriaMetrics
 
 TOKEN = "influx-token-Zq81xKv"

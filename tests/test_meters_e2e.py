@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app import health
-from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
+from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.support import wait_for
 
 METER = "Electricity Meter"
 HEARTBEAT = {

@@ -10,8 +10,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from app import health
-from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
-from tests.mosquitto import Mosquitto, free_port
+from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.mosquitto import Mosquitto
+from tests.support import free_port, wait_for
 from tests.victoria import VictoriaMetrics
 
 SENSOR_TOPIC = "sensor/garage/esp32_7D8E9F"

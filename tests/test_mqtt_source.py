@@ -23,6 +23,7 @@ from app.mqtt_source import MqttSource, is_number, outgoing, parse_json, sensor_
 from app.settings import Settings
 from pylib import inproc, threads
 from tests.mosquitto import Mosquitto
+from tests.support import wait_for
 
 # wire-format.md §5.1, exactly as meter-app publishes it on meter/electricity.
 METER_TOPIC = "meter/electricity"
@@ -84,17 +85,6 @@ def sensor_input_changed(index: int, value: Any = None, **fields: Any) -> bytes:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; fail with `what` after timeout (no timing assertions)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def counter(name: str) -> int:

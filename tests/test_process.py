@@ -18,7 +18,8 @@ import pytest
 from app import __main__ as entry
 from app import health
 from pylib import threads
-from tests.hubtools import Api, ControlConsumer, Device, start_hub, wait_for
+from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.support import wait_for
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, arm, notify
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import msgpack
 import pika
@@ -20,28 +19,12 @@ from app import channels, health
 from app.rabbit_source import RabbitSource
 from app.settings import Settings
 from pylib import inproc, threads, wire
+from tests.support import free_port, wait_for
 
 BROKER = ("127.0.0.1", 5672)
 
 
 # --- helpers shared with test_control_publisher ---------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until predicate() is truthy; fail with `what` after timeout (no timing assertions)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def close_connection_named(name: str, timeout: float = 10.0) -> None:
