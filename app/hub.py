@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import db, health, registry
-from app.api import create_app
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -19,7 +18,8 @@ from app.presence import presence
 from app.processor import EventProcessor
 from app.rabbit_source import RabbitSource
 from app.settings import Settings
-from app.web_server import WebServer
+from app.web import create_app
+from app.web.server import WebServer
 from pylib import inproc, threads
 
 log = logging.getLogger(__name__)

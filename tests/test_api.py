@@ -21,12 +21,13 @@ from flask.testing import FlaskClient
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import api, channels, commands, config_changes, health
+from app import channels, commands, config_changes, health
 from app.channels import Command, Reply
 from app.models import Base, Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
 from app.presence import Presence
 from app.settings import Settings
-from app.web_server import WebServer
+from app.web import api, create_app
+from app.web.server import WebServer
 from pylib import inproc, threads
 
 
@@ -100,7 +101,7 @@ def hub(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator[Hub]
     processor = StandInProcessor(sessions)
     processor.start()
     presence = Presence()
-    app = api.create_app(settings, sessions, presence)
+    app = create_app(settings, sessions, presence)
     yield Hub(settings, sessions, presence, app, app.test_client(), processor, ids)
     processor.done.set()
     processor.join(timeout=5)
@@ -577,7 +578,7 @@ def test_processor_timeout_is_a_503(hub: Hub, monkeypatch: pytest.MonkeyPatch) -
 def test_unexpected_errors_are_logged_and_answered_without_details(
     hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = api.create_app(hub.settings, hub.sessions, hub.presence)
+    app = create_app(hub.settings, hub.sessions, hub.presence)
 
     def boom() -> str:
         raise RuntimeError("password=hunter2 in an exception message")
@@ -588,7 +589,7 @@ def test_unexpected_errors_are_logged_and_answered_without_details(
     app.add_url_rule("/api/boom", view_func=boom)
     app.add_url_rule("/api/locked", view_func=locked)
     client = app.test_client()
-    with caplog.at_level(logging.ERROR, logger="app.api"):
+    with caplog.at_level(logging.ERROR, logger="app.web.api"):
         response = client.get("/api/boom")
     assert response.status_code == 500
     assert response.json == {"error": "internal error"}

@@ -6,38 +6,29 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import inspect, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 from app import commands, config_changes, health
-from app import presence as presence_module
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
-from app.settings import Settings
+from app.web.context import WebContext
+from app.web.context import ctx as web_ctx
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-_EXTENSION = "event_processor_api"
 DEFAULT_EVENT_LIMIT = 100
 MAX_EVENT_LIMIT = 1000
 MAX_BODY_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class _Context:
-    settings: Settings
-    session_factory: Callable[[], Session]
-    presence: presence_module.Presence
 
 
 class ApiError(Exception):
@@ -50,22 +41,8 @@ class ApiError(Exception):
         self.field = field
 
 
-def create_app(
-    settings: Settings,
-    session_factory: Callable[[], Session],
-    presence: presence_module.Presence = presence_module.presence,
-) -> Flask:
-    """The Flask app serving /api; session_factory gives a new Session per call (e.g. a sessionmaker)."""
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep columns in table order
-    app.extensions[_EXTENSION] = _Context(settings, session_factory, presence)
-    app.register_blueprint(bp)
-    app.register_error_handler(ApiError, _api_error)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(InternalServerError, _internal_error)
-    app.register_error_handler(OperationalError, _database_error)
-    return app
+def is_api_request() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -78,11 +55,11 @@ def _error(status: int, message: str, field: str | None = None) -> tuple[Respons
     return jsonify(body), status
 
 
-def _api_error(exc: ApiError) -> tuple[Response, int]:
+def api_error(exc: ApiError) -> tuple[Response, int]:
     return _error(exc.status, exc.message, exc.field)
 
 
-def _http_error(exc: HTTPException) -> Response:
+def http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     response, _ = _error(status, (exc.name or "error").lower())
     response.status_code = status
@@ -91,13 +68,13 @@ def _http_error(exc: HTTPException) -> Response:
     return response
 
 
-def _internal_error(exc: InternalServerError) -> tuple[Response, int]:
+def internal_error(exc: InternalServerError) -> tuple[Response, int]:
     original = getattr(exc, "original_exception", None) or exc
     log.error("%s %s failed", request.method, request.path, exc_info=original)
     return _error(500, "internal error")
 
 
-def _database_error(exc: OperationalError) -> tuple[Response, int]:
+def database_error(exc: OperationalError) -> tuple[Response, int]:
     # A locked or vanished database is a passing condition, not a bug: the client should retry.
     log.warning("%s %s: database unavailable: %s", request.method, request.path, exc.orig)
     return _error(503, "the database is busy or unavailable; try again")
@@ -109,11 +86,6 @@ def _raise_for(reply: Reply) -> None:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def _ctx() -> _Context:
-    ctx: _Context = current_app.extensions[_EXTENSION]
-    return ctx
 
 
 def _json_object() -> dict[str, Any]:
@@ -141,7 +113,7 @@ def _epoch(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def _seen(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> tuple[float | None, bool]:
+def _seen(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> tuple[float | None, bool]:
     """(last seen, online): the newer of in-memory presence and the flushed column."""
     times = [t for t in (ctx.presence.last_seen(row.device_key), _epoch(row.last_seen)) if t is not None]
     reported = ctx.presence.reported(row.origin) if row.origin else None
@@ -164,7 +136,7 @@ def _columns(row: Any) -> dict[str, Any]:
     return out
 
 
-def _summary(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
+def _summary(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
     last, online = _seen(ctx, row, now)
     # Outputs predate their flag, so NULL means on; the original treats a NULL input flag as off.
     is_output = isinstance(row, OutputConfig)
@@ -185,7 +157,7 @@ def _summary(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> dict
     return out
 
 
-def _detail(ctx: _Context, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
+def _detail(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
     out = _columns(row)
     last, online = _seen(ctx, row, now)
     out["online"] = online
@@ -204,7 +176,7 @@ def _input_ids(session: Session, input_id: int) -> list[int]:
 
 
 def _input_detail(input_id: int) -> dict[str, Any]:
-    ctx = _ctx()
+    ctx = web_ctx()
     with ctx.session_factory() as session:
         row = session.get(InputConfig, input_id)
         if row is None:
@@ -216,7 +188,7 @@ def _input_detail(input_id: int) -> dict[str, Any]:
 
 
 def _output_detail(output_id: int) -> dict[str, Any]:
-    ctx = _ctx()
+    ctx = web_ctx()
     with ctx.session_factory() as session:
         row = session.get(OutputConfig, output_id)
         if row is None:
@@ -257,7 +229,7 @@ def get_health() -> tuple[Response, int]:
 
 @bp.get("/devices")
 def get_devices() -> dict[str, Any]:
-    ctx = _ctx()
+    ctx = web_ctx()
     now = time.time()
     with ctx.session_factory() as session:
         inputs = session.scalars(select(InputConfig).order_by(InputConfig.device_key)).all()
@@ -300,7 +272,7 @@ def put_output_links(input_id: int) -> dict[str, Any]:
     body = _json_object()
     ids = _checked(config_changes.validate_id_list, body.get("output_ids"), "output_ids")
     _change("set_output_links", {"input_id": input_id, "output_ids": ids})
-    with _ctx().session_factory() as session:
+    with web_ctx().session_factory() as session:
         return {"input_id": input_id, "output_ids": _output_ids(session, input_id)}
 
 
@@ -309,13 +281,13 @@ def put_input_links(input_id: int) -> dict[str, Any]:
     body = _json_object()
     ids = _checked(config_changes.validate_id_list, body.get("input_ids"), "input_ids")
     _change("set_input_links", {"input_id": input_id, "input_ids": ids})
-    with _ctx().session_factory() as session:
+    with web_ctx().session_factory() as session:
         return {"input_id": input_id, "input_ids": _input_ids(session, input_id)}
 
 
 @bp.get("/outputs-enabled")
 def get_outputs_enabled() -> dict[str, Any]:
-    with _ctx().session_factory() as session:
+    with web_ctx().session_factory() as session:
         return {"enabled": config_changes.outputs_enabled(session)}
 
 
@@ -332,7 +304,7 @@ def put_outputs_enabled() -> dict[str, Any]:
 
 
 def _meter_detail(input_id: int) -> dict[str, Any]:
-    with _ctx().session_factory() as session:
+    with web_ctx().session_factory() as session:
         row = session.get(InputConfig, input_id)
         if row is None or row.meter is None:
             raise ApiError(404, f"there is no meter with input id {input_id}")
@@ -458,5 +430,5 @@ def get_events() -> dict[str, Any]:
     if since is not None:
         stmt = stmt.where(Decision.timestamp >= since)
     stmt = stmt.order_by(Decision.timestamp.desc(), Decision.id.desc()).limit(limit)
-    with _ctx().session_factory() as session:
+    with web_ctx().session_factory() as session:
         return {"events": [_decision(row) for row in session.scalars(stmt)]}

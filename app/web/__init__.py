@@ -1,0 +1,36 @@
+"""The Flask app: the JSON API and the dashboard pages, all behind login."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from app import presence as presence_module
+from app.settings import Settings
+from app.web import api, assets, auth, charts, config_pages, dashboard, errors, events, formatting
+from app.web.context import WebContext, install
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    session_factory: Callable[[], Session],
+    presence: presence_module.Presence = presence_module.presence,
+) -> Flask:
+    """The hub's web app; session_factory gives a new Session per call (e.g. a sessionmaker)."""
+    app = Flask("app", template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep columns in table order
+    app.jinja_env.add_extension("jinja2.ext.loopcontrols")
+    install(app, WebContext(settings, session_factory, presence))
+    formatting.init_app(app)
+    errors.init_app(app)
+    auth.init_app(app)  # login, CSRF and bearer tokens guard everything registered here
+    for blueprint in (api.bp, assets.bp, dashboard.bp, events.bp, charts.bp, config_pages.bp):
+        app.register_blueprint(blueprint)
+    return app

@@ -1,0 +1,9 @@
+"""(being written) login, CSRF protection and API tokens."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def init_app(app: Flask) -> None:
+    pass

@@ -1,0 +1,30 @@
+"""What every request handler needs (settings, database sessions, presence), stored on the Flask app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+from sqlalchemy.orm import Session
+
+from app.presence import Presence
+from app.settings import Settings
+
+_EXTENSION = "event_processor"
+
+
+@dataclass(frozen=True)
+class WebContext:
+    settings: Settings
+    session_factory: Callable[[], Session]
+    presence: Presence
+
+
+def install(app: Flask, context: WebContext) -> None:
+    app.extensions[_EXTENSION] = context
+
+
+def ctx() -> WebContext:
+    context: WebContext = current_app.extensions[_EXTENSION]
+    return context

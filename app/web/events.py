@@ -1,0 +1,7 @@
+"""(being written) events pages of the dashboard."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("events", __name__)

@@ -1,0 +1,10 @@
+// Progressive enhancement only: every page works without JavaScript.
+// Buttons and forms with data-confirm ask first (the server also asks when JS is off).
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  const submitter = event.submitter;
+  const message = (submitter && submitter.dataset.confirm) || form.dataset.confirm;
+  if (message && !window.confirm(message)) {
+    event.preventDefault();
+  }
+});
