@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Decision, DecisionOutput, EventLog
+from app.models import Decision, DecisionOutput, EventLog, MeterHistory
 from pylib import threads
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ def _delete_decisions(session: Session, ids: list[int]) -> dict[str, int]:
     return {"decision": decisions.rowcount, "decision_output": outputs.rowcount}  # type: ignore[attr-defined]
 
 
+def _delete_meter_history(session: Session, ids: list[int]) -> dict[str, int]:
+    result = session.execute(
+        delete(MeterHistory).where(MeterHistory.id.in_(ids)), execution_options={"synchronize_session": False}
+    )
+    return {"meter_history": result.rowcount}  # type: ignore[attr-defined]
+
+
 def _delete_events(session: Session, ids: list[int]) -> dict[str, int]:
     result = session.execute(
         delete(EventLog).where(EventLog.id.in_(ids)), execution_options={"synchronize_session": False}
@@ -54,12 +62,12 @@ class _Pruner:
         self.factory = factory
         self.batch_size = batch_size
         self.pause = pause
-        self.counts = {"decision": 0, "decision_output": 0, "event_log": 0}
+        self.counts = {"decision": 0, "decision_output": 0, "event_log": 0, "meter_history": 0}
         self.stopped = False
 
     def run(
         self,
-        model: type[Decision] | type[EventLog],
+        model: type[Decision] | type[EventLog] | type[MeterHistory],
         where: ColumnElement[bool] | None,
         limit: int | None,
         remove: Callable[[Session, list[int]], dict[str, int]],
@@ -86,7 +94,7 @@ class _Pruner:
             # doubles as the pause between batches; a shutdown leaves the rest for the next prune
             self.stopped = threads.shutting_down.wait(self.pause)
 
-    def excess(self, model: type[Decision] | type[EventLog], max_rows: int) -> int:
+    def excess(self, model: type[Decision] | type[EventLog] | type[MeterHistory], max_rows: int) -> int:
         with self.factory() as session:
             total = session.scalar(select(func.count()).select_from(model)) or 0
         return max(0, total - max_rows)
@@ -105,11 +113,16 @@ def prune(
 
     Applies to decision (with its decision_output rows) and event_log independently. `now` is
     naive UTC like the stored timestamps (an aware datetime is converted). Returns the number of
-    rows deleted per table: {"decision": n, "decision_output": n, "event_log": n}.
+    rows deleted per table: {"decision": n, "decision_output": n, "event_log": n, "meter_history": n}.
     """
     cutoff = _utc_naive(now) - timedelta(days=retention_days)
     pruner = _Pruner(session_factory, max(1, batch_size), pause)
-    for model, remove in ((Decision, _delete_decisions), (EventLog, _delete_events)):
+    tables: tuple[tuple[Any, Callable[[Session, list[int]], dict[str, int]]], ...] = (
+        (Decision, _delete_decisions),
+        (EventLog, _delete_events),
+        (MeterHistory, _delete_meter_history),  # the charts' reading history, bounded the same way
+    )
+    for model, remove in tables:
         pruner.run(model, model.timestamp < cutoff, None, remove)
         # counted once: rows written meanwhile are newer than every row this deletes
         pruner.run(model, None, pruner.excess(model, max_rows), remove)

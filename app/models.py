@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -175,3 +176,47 @@ class DecisionOutput(Base):
 
 
 Index("ix_decision_input_time", Decision.input_device_id, Decision.timestamp)
+
+
+class User(Base):
+    """A person who may log in to the dashboard; only a password hash is stored."""
+
+    __tablename__ = "app_user"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), nullable=False, unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_login: Mapped[datetime | None] = mapped_column(DateTime)
+    failed_logins: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ApiToken(Base):
+    """A bearer token for scripts; only its SHA-256 is stored, the token is shown once."""
+
+    __tablename__ = "api_token"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), nullable=False, index=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(String(12), nullable=False)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_used: Mapped[datetime | None] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    user: Mapped[User] = relationship()
+
+
+class MeterHistory(Base):
+    """Meter readings over time for the dashboard charts (bounded by the daily retention)."""
+
+    __tablename__ = "meter_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    input_device_id: Mapped[int] = mapped_column(Integer, nullable=False)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    register_value: Mapped[int | None] = mapped_column(Integer)
+    meter_value: Mapped[int | None] = mapped_column(Integer)
+    reading: Mapped[float | None] = mapped_column(Float)
+
+
+Index("ix_meter_history_input_time", MeterHistory.input_device_id, MeterHistory.timestamp)

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -35,7 +36,7 @@ from app.channels import (
     MqttPublish,
     Reply,
 )
-from app.models import InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
+from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
 from app.settings import Settings
 from pylib import inproc, threads, wire
 
@@ -330,6 +331,15 @@ class EventProcessor(threads.AppThread):
         with self._sessions() as session:
             session.execute(
                 update(MeterConfig).where(MeterConfig.input_device_id == rule.id).values(**stored)
+            )
+            session.add(
+                MeterHistory(
+                    input_device_id=rule.id,
+                    timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+                    register_value=stored.get("register_value"),
+                    meter_value=stored.get("meter_value"),
+                    reading=value,
+                )
             )
             session.commit()
         health.count("processor.meter_readings")

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import audit, db
-from app.models import Decision, DecisionOutput, EventLog
+from app.models import Decision, DecisionOutput, EventLog, MeterHistory
 from tests.test_db import temporary_pg_database
 
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -86,7 +86,7 @@ def test_prune_by_age(factory: sessionmaker[Session]) -> None:
 
     counts = audit.prune(factory, retention_days=90, max_rows=1000, now=NOW)
 
-    assert counts == {"decision": 3, "decision_output": 6, "event_log": 3}
+    assert counts == {"decision": 3, "decision_output": 6, "event_log": 3, "meter_history": 0}
     assert decision_ids(factory) == ids[3:]
     # the outputs of the deleted decisions went with them, the others stayed
     assert output_parents(factory) == [i for i in ids[3:] for _ in range(2)]
@@ -103,7 +103,7 @@ def test_prune_by_count_keeps_the_newest(factory: sessionmaker[Session]) -> None
     counts = audit.prune(factory, retention_days=30, max_rows=4, now=NOW, batch_size=2, pause=0)
 
     newest = sorted(ids, key=lambda i: stamps[ids.index(i)], reverse=True)[:4]
-    assert counts == {"decision": 5, "decision_output": 5, "event_log": 6}
+    assert counts == {"decision": 5, "decision_output": 5, "event_log": 6, "meter_history": 0}
     assert decision_ids(factory) == sorted(newest)
     assert output_parents(factory) == sorted(newest)
     # the timestamp-less event counts as the oldest
@@ -123,6 +123,7 @@ def test_prune_with_nothing_to_do(factory: sessionmaker[Session]) -> None:
         "decision": 0,
         "decision_output": 0,
         "event_log": 0,
+        "meter_history": 0,
     }
     add_decisions(factory, [NOW])
     add_events(factory, [NOW])
@@ -130,6 +131,7 @@ def test_prune_with_nothing_to_do(factory: sessionmaker[Session]) -> None:
         "decision": 0,
         "decision_output": 0,
         "event_log": 0,
+        "meter_history": 0,
     }
 
 
@@ -141,7 +143,7 @@ def test_prune_across_many_batches(sqlite_factory: sessionmaker[Session]) -> Non
 
     counts = audit.prune(sqlite_factory, retention_days=90, max_rows=20, now=NOW, batch_size=100, pause=0)
 
-    assert counts == {"decision": 1060, "decision_output": 1060, "event_log": 1060}
+    assert counts == {"decision": 1060, "decision_output": 1060, "event_log": 1060, "meter_history": 0}
     assert len(decision_ids(sqlite_factory)) == len(output_parents(sqlite_factory)) == 20
     with sqlite_factory() as session:
         assert session.scalar(select(func.min(Decision.timestamp))) == recent[19]
@@ -205,3 +207,13 @@ def test_prune_while_other_threads_write(sqlite_factory: sessionmaker[Session]) 
         kept = session.scalar(select(func.count()).select_from(Decision)) or 0
         kept += session.scalar(select(func.count()).select_from(EventLog)) or 0
     assert kept == len(written)
+
+
+def test_meter_history_is_pruned_by_age_and_count(factory: sessionmaker[Session]) -> None:
+    with factory() as session, session.begin():
+        for days in (200, 100, 1, 0):
+            session.add(MeterHistory(input_device_id=1, timestamp=NOW - timedelta(days=days), reading=1.0))
+    assert audit.prune(factory, retention_days=90, max_rows=100, now=NOW)["meter_history"] == 2
+    assert audit.prune(factory, retention_days=90, max_rows=1, now=NOW)["meter_history"] == 1
+    with factory() as session:
+        assert [row.timestamp for row in session.scalars(select(MeterHistory))] == [NOW]

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import db
 from app.models import (
+    ApiToken,
     Base,
     Decision,
     DecisionOutput,
@@ -31,8 +32,10 @@ from app.models import (
     InputConfig,
     InputLink,
     MeterConfig,
+    MeterHistory,
     OutputConfig,
     OutputLink,
+    User,
 )
 
 ORIGINAL_SCHEMA = Path(__file__).parent / "data" / "original_db_schema.sql"
@@ -209,7 +212,7 @@ def test_fresh_sqlite_migrates_to_head_and_matches_models(
     engine = engines(sqlite_url(tmp_path / "hub.db"))
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == HEAD == "0002_hub_columns"
+    assert db.current_revision(engine) == HEAD == "0003_dashboard"
     assert db.schema_differences(engine) == []
 
 
@@ -504,6 +507,9 @@ def _one_of_each(stamp: datetime) -> list[Any]:
             output_device_id=1, output_key="cam", output_label="Hall Camera", fired=False, reason="disabled"
         )
     )
+    user = User(
+        username="admin", password_hash="scrypt:32768:8:1$salt$hash", created_at=stamp, failed_logins=0
+    )
     return [
         GeneralConfig(config_key="auto_scheduler", config_value="true"),
         door,
@@ -515,6 +521,9 @@ def _one_of_each(stamp: datetime) -> list[Any]:
         decision,
         *decision.outputs,
         EventLog(input_device="Front Door", output_device="Hall Camera", timestamp=stamp, decision_id=1),
+        user,
+        ApiToken(user=user, name="backup script", token_hash="ab" * 32, prefix="ep_abcd", created_at=stamp),
+        MeterHistory(input_device_id=1, timestamp=stamp, register_value=50, meter_value=3, reading=0.05),
     ]
 
 
