@@ -57,6 +57,12 @@ class Settings:
     event_log_max_rows: int = 200000
     http_port: int = 8080
     http_bind: str = "127.0.0.1"
+    admin_user: str = "admin"
+    admin_password_hash: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    login_max_failures: int = 5
+    login_lockout_seconds: int = 300
+    session_cookie_secure: str = "auto"  # auto: Secure when the request came over HTTPS
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_username: str = ""
@@ -206,6 +212,15 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
                 raise SettingsError(OUTPUT_TYPE_VARS[handler], f"type {t!r} is also mapped to {seen[t]}")
             seen[t] = handler
     bind = _text(v, "APP_FLASK_BIND_ADDRESS")
+    admin_hash = v.get("APP_ADMIN_PASSWORD_HASH", "").strip()
+    if admin_hash and not admin_hash.startswith(("scrypt:", "pbkdf2:")):
+        raise SettingsError(
+            "APP_ADMIN_PASSWORD_HASH",
+            "is not a werkzeug generate_password_hash string (scrypt:… or pbkdf2:…)",
+        )
+    cookie_secure = v.get("APP_SESSION_COOKIE_SECURE", "auto").strip().lower() or "auto"
+    if cookie_secure not in ("auto", "true", "false"):
+        raise SettingsError("APP_SESSION_COOKIE_SECURE", f"{cookie_secure!r} is not auto, true or false")
     mqtt_host, mqtt_port = _host_port("MQTT_SERVER_ADDRESS", _text(v, "MQTT_SERVER_ADDRESS"), 1883)
     subscriptions = _topics("MQTT_PUB_TOPIC_CSV", v.get("MQTT_PUB_TOPIC_CSV", ""))
     # Device heartbeats ('OK' on <kind>/heartbeat/<device_id>) are always wanted.
@@ -245,6 +260,12 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         event_log_max_rows=_int(v, "EVENT_LOG_MAX_ROWS", 100),
         http_port=_int(v, "APP_FLASK_HTTP_PORT", 0, 65535),
         http_bind=bind,
+        admin_user=_text(v, "APP_ADMIN_USER"),
+        admin_password_hash=admin_hash,
+        secret_key=v.get("APP_SECRET_KEY", "").strip(),
+        login_max_failures=_int(v, "APP_LOGIN_MAX_FAILURES", 1, 1000),
+        login_lockout_seconds=_int(v, "APP_LOGIN_LOCKOUT_SECONDS", 1, 86400),
+        session_cookie_secure=cookie_secure,
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
         mqtt_username=v.get("MQTT_USERNAME", "").strip(),
@@ -269,7 +290,15 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
 
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings for a start-up log line, with secrets left out."""
-    hidden = ("rabbitmq_password", "database_url", "mqtt_password", "influxdb_token", "mdash_api_key")
+    hidden = (
+        "rabbitmq_password",
+        "database_url",
+        "mqtt_password",
+        "influxdb_token",
+        "mdash_api_key",
+        "admin_password_hash",
+        "secret_key",
+    )
     out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url
     out["database"] = url.split("@")[-1] if "@" in url else url

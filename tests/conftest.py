@@ -51,6 +51,7 @@ def make_settings(tmp_path: Path, unique_name: Callable[[str], str]) -> Callable
             "RABBITMQ_EXCHANGE": unique_name("ep"),
             "TABLESPACE_PATH": str(tmp_path / "event_processor.db"),
             "APP_FLASK_HTTP_PORT": "0",
+            "APP_FLASK_BIND_ADDRESS": "127.0.0.1",
         }
         base.update(env)
         return settings.load(env=base, dotenv_path=tmp_path / "no.env")

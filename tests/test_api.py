@@ -102,6 +102,8 @@ def hub(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator[Hub]
     processor.start()
     presence = Presence()
     app = create_app(settings, sessions, presence)
+    # These tests are about the API's behaviour; login and CSRF have tests of their own (test_auth).
+    app.config.update(WTF_CSRF_ENABLED=False, LOGIN_DISABLED=True)
     yield Hub(settings, sessions, presence, app, app.test_client(), processor, ids)
     processor.done.set()
     processor.join(timeout=5)
@@ -579,6 +581,7 @@ def test_unexpected_errors_are_logged_and_answered_without_details(
     hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(hub.settings, hub.sessions, hub.presence)
+    app.config.update(WTF_CSRF_ENABLED=False, LOGIN_DISABLED=True)
 
     def boom() -> str:
         raise RuntimeError("password=hunter2 in an exception message")
