@@ -56,7 +56,7 @@ class Settings:
     event_log_retention_days: int = 90
     event_log_max_rows: int = 200000
     http_port: int = 8080
-    http_bind: str = "127.0.0.1"
+    http_bind: str = "0.0.0.0"  # login guards every page, and the container needs it
     admin_user: str = "admin"
     admin_password_hash: str = field(default="", repr=False)
     secret_key: str = field(default="", repr=False)

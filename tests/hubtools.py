@@ -15,6 +15,7 @@ import pika
 from app import health
 from app.hub import Hub
 from app.settings import Settings
+from app.web import auth
 from pylib import wire
 from tests.support import wait_for
 
@@ -83,13 +84,19 @@ class ControlConsumer:
 
 
 class Api:
+    """The JSON API over real HTTP, authenticated with a bearer token made straight in the hub's database."""
+
     def __init__(self, hub: Hub) -> None:
         self.base = f"http://127.0.0.1:{hub.port}"
+        assert hub.sessions is not None, "start the hub first"
+        with hub.sessions() as session:
+            self.token = auth.create_token(session, hub.settings.admin_user, "end-to-end tests")
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
