@@ -8,3 +8,9 @@ document.addEventListener("submit", (event) => {
     event.preventDefault();
   }
 });
+
+// With JS the panic button's confirm dialog (data-confirm) has already asked, so its form may
+// carry confirm=yes; without JS that field stays disabled and /panic asks on a page of its own.
+document.querySelectorAll("input.js-only-confirm").forEach((input) => {
+  input.disabled = false;
+});

@@ -1,7 +1,343 @@
-"""(being written) dashboard pages of the dashboard."""
+"""The dashboard page: devices with their toggles, meters, the outputs switch, health and the panic button."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+from werkzeug.wrappers import Response
+
+from app import commands, config_changes, health, registry
+from app.channels import Reply
+from app.models import InputConfig, OutputConfig
+from app.web.api import _seen
+from app.web.context import ctx
 
 bp = Blueprint("dashboard", __name__)
+
+ACTOR = "dashboard"
+# The hub's own buttons: the panic button has its own big button, the dash button is for scripts.
+BUILTIN_KEYS = frozenset({registry.PANIC_BUTTON, registry.DASH_BUTTON})
+BUILTIN_TYPES = frozenset({"Panic Button", "Dash Button"})
+MAX_METER_VALUE = 2**31 - 1  # the register is a signed 32-bit number on the meter device
+ON_OFF = {"1": True, "0": False}
+
+
+@dataclass
+class Row:
+    """One line of the inputs or outputs table: a device, or an input group collapsed to one line."""
+
+    label: str
+    device_type: str
+    enabled: bool
+    online: bool
+    last_seen: float | None
+    device_id: int | None = None
+    group: str | None = None
+    members: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class Meter:
+    input_id: int
+    label: str
+    reading: str
+    reset_value: int | None
+    additive: bool
+
+
+def label_of(row: InputConfig | OutputConfig) -> str:
+    return row.device_label or row.device_key
+
+
+def _input_enabled(row: InputConfig) -> bool:
+    return bool(row.device_enabled)  # the original treats a NULL input flag as off
+
+
+def _output_enabled(row: OutputConfig) -> bool:
+    return row.device_enabled is not False  # outputs predate their flag, so NULL means on
+
+
+def is_builtin(row: InputConfig) -> bool:
+    return row.device_key in BUILTIN_KEYS or row.device_type in BUILTIN_TYPES
+
+
+def _device_row(row: InputConfig | OutputConfig, now: float) -> Row:
+    last, online = _seen(ctx(), row, now)
+    enabled = _input_enabled(row) if isinstance(row, InputConfig) else _output_enabled(row)
+    return Row(label_of(row), row.device_type, enabled, online, last, device_id=row.id)
+
+
+def input_rows(inputs: list[InputConfig], now: float) -> list[Row]:
+    """Inputs with each group collapsed to one row, in the order of the first member (sorted by label)."""
+    rows: list[Row] = []
+    groups: dict[str, Row] = {}
+    for inp in inputs:
+        if is_builtin(inp):
+            continue
+        device = _device_row(inp, now)
+        name = (inp.group_name or "").strip()
+        if not name:
+            rows.append(device)
+            continue
+        group = groups.get(name)
+        if group is None:
+            group = groups[name] = Row(name, "Group", False, False, None, group=name)
+            rows.append(group)
+        group.members.append(device)
+        # As in the original: a group is on when any member is on, online when any member is.
+        group.enabled = group.enabled or device.enabled
+        group.online = group.online or device.online
+        if device.last_seen is not None:
+            group.last_seen = max(group.last_seen or 0.0, device.last_seen)
+    types = {r.group: {m.device_type for m in r.members} for r in rows if r.group}
+    for r in rows:
+        if r.group and len(types[r.group]) == 1:
+            r.device_type = next(iter(types[r.group]))
+    return rows
+
+
+def _components() -> list[tuple[str, str, str]]:
+    """(name, text, Bootstrap colour) for the health strip."""
+    states = health.components()
+
+    def badge(name: str, *components: str, absent: str = "off") -> tuple[str, str, str]:
+        found = [states[c] for c in components if c in states]
+        if not found:
+            return name, absent, "secondary"
+        bad = [s for s in found if s.get("state") not in ("connected", "ok", "running", "listening")]
+        if bad:
+            return name, str(bad[0].get("state") or "unknown"), "danger"
+        return name, "ok", "success"
+
+    return [
+        badge("RabbitMQ", "rabbitmq_source", "control_publisher", absent="unknown"),
+        badge("MQTT", "mqtt", absent="unknown"),
+        ("Telegram", "off", "secondary"),  # the Telegram bot is not part of the hub yet
+        badge("InfluxDB", "influxdb"),
+        ("Last backup", "not configured", "secondary"),  # backups are not part of the hub yet
+    ]
+
+
+def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[str, Any] | None = None) -> Any:
+    """Render the dashboard; errors and form (keyed by meter id) put messages and typed values back."""
+    now = time.time()
+    with ctx().session_factory() as session:
+        inputs = list(
+            session.scalars(
+                select(InputConfig).options(selectinload(InputConfig.meter)).order_by(InputConfig.device_key)
+            )
+        )
+        outputs = list(session.scalars(select(OutputConfig).order_by(OutputConfig.device_key)))
+        inputs.sort(key=lambda r: label_of(r).lower())
+        outputs.sort(key=lambda r: label_of(r).lower())
+        meters = [
+            Meter(
+                inp.id,
+                label_of(inp),
+                inp.meter.meter_reading if inp.meter else "",
+                inp.meter.meter_reset_value if inp.meter else None,
+                bool(inp.meter and inp.meter.meter_reset_additive),
+            )
+            for inp in inputs
+            if registry.is_meter(inp.device_type)
+        ]
+        html = render_template(
+            "dashboard.html",
+            inputs=input_rows(inputs, now),
+            outputs=[_device_row(out, now) for out in outputs],
+            meters=meters,
+            outputs_enabled=config_changes.outputs_enabled(session),
+            health=_components(),
+            errors=errors or {},
+            form=form or {},
+        )
+    return html, status
+
+
+@bp.get("/")
+def index() -> Any:
+    return _page()
+
+
+def _back() -> Response:
+    return redirect(url_for("dashboard.index"))
+
+
+def _send(action: str, args: dict[str, Any]) -> Reply:
+    return commands.request(action, args, actor=ACTOR)
+
+
+def _on_off() -> bool | None:
+    """The submitted enabled value; a bad one is flashed (the toggle buttons have no field to show it)."""
+    value = ON_OFF.get(request.form.get("enabled", ""))
+    if value is None:
+        flash("Nothing changed: enabled must be 1 or 0.", "danger")
+    return value
+
+
+def _failed(reply: Reply, what: str) -> bool:
+    if reply.ok:
+        return False
+    if reply.status == 404:
+        abort(404)
+    flash(f"{what} was not changed: {reply.error}", "danger")
+    return True
+
+
+def _saved_input(session: Session, input_id: int) -> str:
+    row = session.get(InputConfig, input_id)
+    return "gone" if row is None else ("enabled" if _input_enabled(row) else "disabled")
+
+
+@bp.post("/inputs/<int:input_id>/enabled")
+def toggle_input(input_id: int) -> Response:
+    with ctx().session_factory() as session:
+        row = session.get(InputConfig, input_id) if input_id <= config_changes.MAX_ID else None
+        if row is None:
+            abort(404)
+        label = label_of(row)
+    enabled = _on_off()
+    if enabled is None:
+        return _back()
+    reply = _send("update_input", {"id": input_id, "fields": {"device_enabled": enabled}})
+    if not _failed(reply, label):
+        # Report what the database now holds, not what the button asked for.
+        with ctx().session_factory() as session:
+            flash(f"{label} is now {_saved_input(session, input_id)}.", "success")
+    return _back()
+
+
+@bp.post("/groups/enabled")
+def toggle_group() -> Response:
+    name = request.form.get("group", "").strip()
+    with ctx().session_factory() as session:
+        ids = list(
+            session.scalars(
+                select(InputConfig.id).where(InputConfig.group_name == name).order_by(InputConfig.id)
+            )
+        )
+    if not name or not ids:
+        abort(404)
+    enabled = _on_off()
+    if enabled is None:
+        return _back()
+    # One command per member: each goes through the EventProcessor like any other change.
+    failures = []
+    for input_id in ids:
+        reply = _send("update_input", {"id": input_id, "fields": {"device_enabled": enabled}})
+        if not reply.ok:
+            failures.append(reply.error or "failed")
+    with ctx().session_factory() as session:
+        states = {_saved_input(session, i) for i in ids}
+    if failures:
+        flash(f"Group {name}: {len(failures)} of {len(ids)} members not changed ({failures[0]}).", "danger")
+    state = states.pop() if len(states) == 1 else "partly enabled"
+    flash(f"Group {name} ({len(ids)} inputs) is now {state}.", "success" if not failures else "warning")
+    return _back()
+
+
+@bp.post("/outputs/<int:output_id>/enabled")
+def toggle_output(output_id: int) -> Response:
+    with ctx().session_factory() as session:
+        row = session.get(OutputConfig, output_id) if output_id <= config_changes.MAX_ID else None
+        if row is None:
+            abort(404)
+        label = label_of(row)
+    enabled = _on_off()
+    if enabled is None:
+        return _back()
+    reply = _send("update_output", {"id": output_id, "fields": {"device_enabled": enabled}})
+    if not _failed(reply, label):
+        with ctx().session_factory() as session:
+            saved = session.get(OutputConfig, output_id)
+            state = "gone" if saved is None else ("enabled" if _output_enabled(saved) else "disabled")
+        flash(f"{label} is now {state}.", "success")
+    return _back()
+
+
+@bp.post("/outputs-enabled")
+def outputs_switch() -> Response:
+    enabled = _on_off()
+    if enabled is None:
+        return _back()
+    reply = _send("set_outputs_enabled", {"enabled": enabled})
+    if not _failed(reply, "The outputs switch"):
+        with ctx().session_factory() as session:
+            on = config_changes.outputs_enabled(session)
+        flash(f"All outputs are now {'on' if on else 'off'}.", "success")
+    return _back()
+
+
+def _parse_reset(raw_value: str, raw_mode: str) -> tuple[int | None, str | None, dict[str, str]]:
+    errors: dict[str, str] = {}
+    value: int | None = None
+    raw_value = raw_value.strip()
+    if raw_value:
+        try:
+            value = int(raw_value)
+        except ValueError:
+            errors["value"] = f"{raw_value!r} is not a whole number."
+        else:
+            if not -MAX_METER_VALUE - 1 <= value <= MAX_METER_VALUE:
+                errors["value"] = f"The value must be from {-MAX_METER_VALUE - 1} to {MAX_METER_VALUE}."
+    mode = raw_mode if raw_mode in ("set", "adjust") else None
+    if mode is None:
+        errors["mode"] = "Choose set or adjust."
+    return value, mode, errors
+
+
+@bp.post("/meters/<int:input_id>/reset")
+def meter_reset(input_id: int) -> Any:
+    with ctx().session_factory() as session:
+        row = session.get(InputConfig, input_id) if input_id <= config_changes.MAX_ID else None
+        if row is None or not registry.is_meter(row.device_type):
+            abort(404)
+        label = label_of(row)
+    raw_value, raw_mode = request.form.get("value", ""), request.form.get("mode", "")
+    value, mode, errors = _parse_reset(raw_value, raw_mode)
+    if errors:
+        # Shown beside the fields of this meter's form; nothing is sent.
+        return _page(
+            400, {f"{input_id}.{k}": v for k, v in errors.items()}, {input_id: (raw_value, raw_mode)}
+        )
+    reply = _send("meter_reset", {"input_id": input_id, "value": value, "mode": mode})
+    if reply.ok:
+        result = reply.result or {}
+        verb = "adjusted by" if result.get("mode") == "adjust" else "set to"
+        reading = result.get("meter_reading") or ""
+        flash(f"{label} {verb} {result.get('value')}; the reading is now {reading}.", "success")
+    elif reply.status == 404:
+        abort(404)
+    elif reply.field in ("value", "mode"):
+        return _page(400, {f"{input_id}.{reply.field}": reply.error or ""}, {input_id: (raw_value, raw_mode)})
+    else:
+        flash(f"{label} was not reset: {reply.error}", "danger")
+    return _back()
+
+
+@bp.post("/panic")
+def panic() -> Any:
+    # Without JavaScript the first press lands here without confirm=yes: ask on a page of its own.
+    if request.form.get("confirm") != "yes":
+        return render_template("panic_confirm.html")
+    reply = _send("fire_input", {"device_key": registry.PANIC_BUTTON})
+    result = reply.result if reply.ok and isinstance(reply.result, dict) else None
+    if result is None:
+        flash(f"The panic button did not fire: {reply.error or 'no answer'}.", "danger")
+    elif result.get("fired"):
+        outputs = result.get("outputs") or []
+        fired = [o.get("output_label") or o.get("output_key") for o in outputs if o.get("fired")]
+        if fired:
+            flash(f"Panic button fired: triggered {', '.join(map(str, fired))}.", "success")
+        else:
+            flash("Panic button fired, but no linked output was triggered.", "warning")
+    else:
+        reason = result.get("reason") or "unknown"
+        detail = result.get("detail")
+        flash(f"The panic button did not fire: {reason}{f' ({detail})' if detail else ''}.", "warning")
+    return _back()

@@ -1,0 +1,178 @@
+"""Browser tests: Debian's chromium (Playwright) against a real hub with remote-monitor's devices."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from werkzeug.security import generate_password_hash
+
+from app import registry
+from app.models import Decision, InputConfig, OutputConfig
+from app.settings import Settings
+from tests.hubtools import Device, start_hub
+from tests.support import wait_for
+from tests.test_hub_e2e import IOBOARD_HEARTBEAT
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+PASSWORD = "correct horse battery staple"
+FRONT = "Front Door Motion (Hallway)"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def rig(make_settings: Callable[..., Settings]) -> Iterator[tuple[Any, str]]:
+    settings = make_settings(APP_ADMIN_PASSWORD_HASH=generate_password_hash(PASSWORD))
+    hub = start_hub(settings)
+    device = Device(settings)
+    device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
+    assert hub.sessions is not None
+
+    def registered() -> bool:
+        with hub.sessions() as s:
+            return s.query(OutputConfig).filter_by(device_key="Hallway Buzzer").count() == 1
+
+    wait_for(registered)
+    yield hub, f"http://127.0.0.1:{hub.port}"
+    device.close()
+    hub.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """Save a screenshot as a test artifact and as the README's copy."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
+
+
+def log_in(page: Any, base: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("form button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def row_id(hub: Any, model: type[Any], key: str) -> int:
+    with hub.sessions() as s:
+        row = s.query(model).filter_by(device_key=key).one()
+        return int(row.id)
+
+
+def api(page: Any, base: str, method: str, path: str, body: dict[str, Any]) -> None:
+    """A JSON API call with the page's session cookie and CSRF token, as the dashboard's own scripts would."""
+    page.goto(f"{base}/")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    response = page.request.fetch(f"{base}{path}", method=method, data=body, headers={"X-CSRFToken": token})
+    assert response.ok, (path, response.status, response.text())
+
+
+def test_log_in_enable_link_fire_panic_and_see_the_decision(rig: tuple[Any, str], browser: Any) -> None:
+    hub, base = rig
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    log_in(page, base)
+
+    # Enable an input from its dashboard row; the flash reports the saved state.
+    row = page.locator('li.device-row[data-label="Front Door Motion"]')
+    row.locator("button[type=submit]").click()
+    page.wait_for_url(f"{base}/")
+    assert "Front Door Motion is now enabled." in page.inner_text(".alert")
+    assert "On" in row.locator("button[type=submit]").inner_text()
+
+    # Link the panic button to the buzzer and arm it. The links page (config_pages.links) belongs
+    # to the configuration pages; the JSON API makes the same change through the EventProcessor.
+    panic = row_id(hub, InputConfig, registry.PANIC_BUTTON)
+    buzzer = row_id(hub, OutputConfig, "Hallway Buzzer")
+    api(page, base, "PUT", f"/api/inputs/{panic}/outputs", {"output_ids": [buzzer]})
+    api(page, base, "PATCH", f"/api/inputs/{panic}", {"device_enabled": True})
+    page.goto(f"{base}/")
+
+    # Fire the panic button: the JS confirm dialog asks, and accepting it sends confirm=yes.
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.click("button.panic-button")
+    page.wait_for_url(f"{base}/")
+    assert dialogs == ["Fire the panic button now?"]
+    assert "Panic button fired: triggered Hallway Buzzer." in page.inner_text(".alert")
+    shot(page, "dashboard")
+
+    def decided() -> bool:
+        with hub.sessions() as s:
+            return s.query(Decision).filter_by(input_key=registry.PANIC_BUTTON).count() == 1
+
+    wait_for(decided)
+    page.goto(f"{base}/events")
+    event = page.locator("li.event-row").first
+    assert "Panic Button" in event.inner_text()
+    assert "fired" in event.inner_text() and "Hallway Buzzer: triggered" in event.inner_text()
+    shot(page, "events")
+
+    page.goto(f"{base}/charts")
+    assert page.locator(".chart-hourly svg").count() >= 1
+    shot(page, "charts")
+    context.close()
+
+
+def test_panic_confirmation_page_without_javascript(rig: tuple[Any, str], browser: Any) -> None:
+    hub, base = rig
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    log_in(page, base)
+    page.click("button.panic-button")
+    page.wait_for_url(f"{base}/panic")
+    assert "Fire the panic button?" in page.inner_text("main")
+    page.click("text=Yes, fire it")
+    page.wait_for_url(f"{base}/")
+    # The panic button is registered disabled, so the hub records and reports why it did not fire.
+    assert "The panic button did not fire: disabled" in page.inner_text(".alert")
+    context.close()
+
+
+def test_dashboard_fits_a_phone(rig: tuple[Any, str], browser: Any) -> None:
+    _, base = rig
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    log_in(page, base)
+    for path in ("/", "/events", "/charts"):
+        page.goto(f"{base}{path}")
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px on a phone"
+    page.goto(f"{base}/")
+    assert page.locator("button.panic-button").bounding_box()["width"] > 300
+    shot(page, "phone-dashboard")
+    context.close()
