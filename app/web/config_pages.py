@@ -1,7 +1,559 @@
-"""(being written) config_pages pages of the dashboard."""
+"""Configuration pages (inputs, outputs, links): server-rendered forms; the EventProcessor saves."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import re
+from collections.abc import Callable
+from typing import Any
 
-bp = Blueprint("config_pages", __name__)
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
+
+from app import commands, config_changes, registry
+from app.channels import Reply
+from app.config_changes import ChangeError
+from app.models import InputConfig, OutputConfig
+from app.web import api
+from app.web.context import ctx
+
+bp = Blueprint("config_pages", __name__, url_prefix="/config")
+
+ACTOR = "web"
+# The hub's own buttons have nothing to configure on the inputs page; they still appear on the links page.
+BUTTON_TYPES = frozenset({"panic button", "dash button"})
+
+INPUT_TEXT = ("device_label", "group_name")
+INPUT_NUMBERS = ("activation_interval", "multi_trigger_rate", "multi_trigger_interval")
+INPUT_CHECKBOXES = ("multi_trigger", "info_notify")
+METER_TEXT = ("meter_iot_topic", "meter_reading_unit")
+METER_NUMBERS = (
+    "meter_reading_unit_factor",
+    "meter_reading_unit_precision",
+    "meter_reset_value",
+    "meter_low_limit",
+    "meter_high_limit",
+)
+METER_CHECKBOXES = ("meter_reset_additive",)
+OUTPUT_TEXT = ("device_label", "device_params", "trigger_topic")
+OUTPUT_NUMBERS = ("trigger_interval",)
+OUTPUT_CHECKBOXES = ("device_enabled",)
+
+MASK = "••••••"
+_MASK_CHAR = "•"
+_CAMERA = re.compile(r"(?P<user>[^:@,;\s]*):(?P<password>[^@]*)@(?P<rest>.+)", re.DOTALL)
+_PHONE_ENTRY = re.compile(r"(?P<name>[^;,]*);(?P<number>\+?[0-9][0-9 ()\-]{3,})")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+# More digits than any field accepts: parsed as "too large" instead of feeding int() a megabyte of digits.
+_MAX_DIGITS = 30
+
+Errors = dict[str, str]
+Values = dict[str, Any]
+
+
+# ---- ids and form parsing -------------------------------------------------------------------
+
+
+def _parse_id(raw: str | None) -> int | None:
+    """A row id from a query or form value; None for anything that cannot name a row."""
+    raw = (raw or "").strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= config_changes.MAX_ID else None
+
+
+def _posted_id() -> int:
+    if "id" not in request.form:
+        abort(400)
+    device_id = _parse_id(request.form.get("id"))
+    if device_id is None:
+        abort(404)
+    return device_id
+
+
+def _open_id() -> int | None:
+    """The card to show open (?id=); an id that cannot exist is a 404 like an unknown one."""
+    if "id" not in request.args:
+        return None
+    device_id = _parse_id(request.args.get("id"))
+    if device_id is None:
+        abort(404)
+    return device_id
+
+
+def _number(raw: str) -> int | str | None:
+    """Form text to a typed value: '' → None, '12' → 12; anything else is left for the validator to refuse."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    if _WHOLE_NUMBER.fullmatch(raw):
+        digits = raw.lstrip("+-")
+        if len(digits) > _MAX_DIGITS:
+            return -(10**_MAX_DIGITS) if raw.startswith("-") else 10**_MAX_DIGITS
+        return int(raw)
+    return raw
+
+
+def _typed(
+    form: MultiDict[str, str], text: tuple[str, ...], numbers: tuple[str, ...], boxes: tuple[str, ...]
+) -> Values:
+    fields: Values = {name: form.get(name, "") for name in text}
+    fields.update({name: _number(form.get(name, "")) for name in numbers})
+    # An unticked checkbox is simply absent from the form.
+    fields.update({name: name in form for name in boxes})
+    return fields
+
+
+def _typed_back(form: MultiDict[str, str], text: tuple[str, ...], boxes: tuple[str, ...]) -> Values:
+    """What was typed, for showing the form again after a refusal."""
+    values: Values = {name: form.get(name, "") for name in text}
+    values.update({name: name in form for name in boxes})
+    return values
+
+
+def _check_each(validate: Callable[[Any], dict[str, Any]], fields: Values) -> tuple[Values, Errors]:
+    """Run the shared validator field by field, so each bad field gets its own message."""
+    clean: Values = {}
+    errors: Errors = {}
+    for name, value in fields.items():
+        try:
+            clean.update(validate({name: value}))
+        except ChangeError as exc:
+            errors[name] = _message(name, str(exc))
+    return clean, errors
+
+
+def _message(field: str, text: str) -> str:
+    # The validators name the field ("activation_interval must be ..."); beside the field that reads oddly.
+    prefix = f"{field} "
+    text = text[len(prefix) :] if text.startswith(prefix) else text
+    return text[:1].upper() + text[1:]
+
+
+def _send_all(steps: list[tuple[str, dict[str, Any]]], what: list[str]) -> tuple[Reply, str]:
+    """Send the commands in order, stopping at the first refusal; returns it and a note of what was saved.
+
+    Everything was validated first, so a refusal here is rare (a timeout, a row removed meanwhile).
+    """
+    saved: list[str] = []
+    reply = Reply(ok=True)
+    for (action, args), name in zip(steps, what, strict=True):
+        reply = commands.request(action, args, actor=ACTOR)
+        if not reply.ok:
+            break
+        saved.append(name)
+    note = f" The {' and '.join(saved)} were saved; the rest was not." if saved and not reply.ok else ""
+    return reply, note
+
+
+def _display(value: Any) -> Any:
+    """A stored value as a form shows it: numbers as text, NULL as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return value
+    return str(value)
+
+
+def _name(row: InputConfig | OutputConfig) -> str:
+    return row.device_label or row.device_key
+
+
+def _is_button(row: InputConfig) -> bool:
+    return (row.device_type or "").strip().lower() in BUTTON_TYPES
+
+
+def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    return render_template(template, **context), status
+
+
+# ---- masking of device_params ---------------------------------------------------------------
+
+
+def _mask_digits(number: str) -> str:
+    """Every digit but the last three becomes a bullet; '+', spaces and dashes stay for readability."""
+    digits = sum(ch.isdigit() for ch in number)
+    out = []
+    for ch in number:
+        if ch.isdigit():
+            out.append(_MASK_CHAR if digits > 3 else ch)
+            digits -= 1
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _phone_entries(value: str) -> list[re.Match[str]] | None:
+    entries = [_PHONE_ENTRY.fullmatch(part.strip()) for part in value.split(",")]
+    if not entries or any(match is None for match in entries):
+        return None
+    return [match for match in entries if match is not None]
+
+
+def mask_params(value: str | None) -> str:
+    """device_params as shown on the page: camera password and phone numbers hidden, anything else fully."""
+    if not value:
+        return ""
+    camera = _CAMERA.fullmatch(value)
+    if camera:
+        return f"{camera['user']}:{MASK}@{camera['rest']}"
+    phones = _phone_entries(value)
+    if phones:
+        return ",".join(f"{m['name']};{_mask_digits(m['number'])}" for m in phones)
+    return MASK
+
+
+def unmask_params(submitted: str, stored: str | None) -> str | None:
+    """The value to save for a submitted device_params, putting back what the mask hid.
+
+    Returns None when nothing changed. Raises ChangeError when bullets would otherwise be saved.
+    """
+    submitted = submitted.strip()
+    if submitted == mask_params(stored):
+        return None
+    if _MASK_CHAR not in submitted:
+        return submitted
+    # Edited around the mask: keep the stored password (camera) or the stored entries (phone list).
+    new_camera, old_camera = _CAMERA.fullmatch(submitted), _CAMERA.fullmatch(stored or "")
+    if new_camera and old_camera and new_camera["password"] == MASK:
+        return f"{new_camera['user']}:{old_camera['password']}@{new_camera['rest']}"
+    old_phones = _phone_entries(stored or "") or []
+    by_mask = {f"{m['name']};{_mask_digits(m['number'])}": m.group(0) for m in old_phones}
+    parts = [by_mask.get(part.strip(), part.strip()) for part in submitted.split(",")]
+    joined = ",".join(parts)
+    if _MASK_CHAR in joined:
+        raise ChangeError("device_params", "Still holds hidden (•) characters; type the whole value again")
+    return joined
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+
+def _input_rows(session: Session) -> list[InputConfig]:
+    rows = session.scalars(select(InputConfig).options(selectinload(InputConfig.meter))).all()
+    return sorted((r for r in rows if not _is_button(r)), key=lambda r: (_name(r).lower(), r.id))
+
+
+def _input_values(row: InputConfig) -> Values:
+    values = {name: _display(getattr(row, name)) for name in INPUT_TEXT + INPUT_NUMBERS}
+    values.update({name: bool(getattr(row, name)) for name in INPUT_CHECKBOXES})
+    meter = row.meter
+    for name in METER_TEXT + METER_NUMBERS:
+        values[name] = _display(getattr(meter, name)) if meter is not None else ""
+    values["meter_reset_additive"] = bool(meter.meter_reset_additive) if meter is not None else False
+    return values
+
+
+def _render_inputs(
+    session: Session,
+    open_id: int | None,
+    typed: Values | None = None,
+    errors: Errors | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    rows = _input_rows(session)
+    if open_id is not None and open_id not in {r.id for r in rows}:
+        abort(404)
+    values = {row.id: _input_values(row) for row in rows}
+    if typed is not None and open_id is not None:
+        values[open_id].update(typed)
+    return _render(
+        "config_inputs.html",
+        status,
+        rows=rows,
+        values=values,
+        errors=errors or {},
+        open_id=open_id,
+        is_meter=lambda row: registry.is_meter(row.device_type),
+        settings=ctx().settings,
+    )
+
+
+def _input_summary(row: InputConfig) -> str:
+    settings = ctx().settings
+    latch = (
+        row.activation_interval
+        if row.activation_interval is not None
+        else settings.default_activation_interval
+    )
+    parts = [f"latch {latch} s"]
+    if row.multi_trigger:
+        rate = row.multi_trigger_rate or settings.default_multi_trigger_rate
+        window = row.multi_trigger_interval or settings.default_trigger_window
+        parts.append(f"multi-trigger {rate} within {window} s")
+    else:
+        parts.append("multi-trigger off")
+    parts.append(f"info-notify {'on' if row.info_notify else 'off'}")
+    if row.group_name:
+        parts.append(f"group {row.group_name}")
+    if row.meter is not None:
+        low, high = row.meter.meter_low_limit, row.meter.meter_high_limit
+        parts.append(f"meter limits {'none' if low is None else low} to {'none' if high is None else high}")
+    return f"Saved {_name(row)}: {', '.join(parts)}."
+
+
+@bp.get("/inputs")
+def inputs() -> tuple[str, int]:
+    with ctx().session_factory() as session:
+        return _render_inputs(session, _open_id())
+
+
+@bp.post("/inputs")
+def save_input() -> Response | tuple[str, int]:
+    device_id = _posted_id()
+    with ctx().session_factory() as session:
+        row = session.get(InputConfig, device_id)
+        if row is None or _is_button(row):
+            abort(404)
+        meter = registry.is_meter(row.device_type)
+    form = request.form
+    input_fields, errors = _check_each(
+        config_changes.validate_input_fields, _typed(form, INPUT_TEXT, INPUT_NUMBERS, INPUT_CHECKBOXES)
+    )
+    meter_fields: Values = {}
+    if meter:
+        meter_fields, meter_errors = _check_each(
+            config_changes.validate_meter_fields, _typed(form, METER_TEXT, METER_NUMBERS, METER_CHECKBOXES)
+        )
+        errors.update(meter_errors)
+        low, high = meter_fields.get("meter_low_limit"), meter_fields.get("meter_high_limit")
+        # The processor checks this too, but only after the input half would already be saved.
+        if low is not None and high is not None and low > high:
+            errors["meter_low_limit"] = f"Must not be above the high limit ({high})"
+    if not errors:
+        steps = [("update_input", {"id": device_id, "fields": input_fields})]
+        if meter:
+            steps.append(("update_meter", {"input_id": device_id, "fields": meter_fields}))
+        reply, note = _send_all(steps, ["input settings", "meter settings"][: len(steps)])
+        if reply.ok:
+            with ctx().session_factory() as session:
+                saved = session.get(InputConfig, device_id, options=[selectinload(InputConfig.meter)])
+                if saved is None:  # removed between the save and this read
+                    abort(404)
+                flash(_input_summary(saved), "success")
+            return redirect(url_for(".inputs", id=device_id, _anchor=f"input-{device_id}"))
+        if reply.status == 404:
+            abort(404)
+        errors = _reply_errors(reply, note)
+    typed = _typed_back(
+        form, INPUT_TEXT + INPUT_NUMBERS + METER_TEXT + METER_NUMBERS, INPUT_CHECKBOXES + METER_CHECKBOXES
+    )
+    with ctx().session_factory() as session:
+        return _render_inputs(session, device_id, typed, errors, status=_error_status(errors))
+
+
+def _reply_errors(reply: Reply, note: str) -> Errors:
+    """A processor refusal, shown beside its field when it names one, else at the top of the card."""
+    message = _message(reply.field or "", reply.error or "The change was refused")
+    errors = {reply.field or "_form": message, "_status": str(reply.status)}
+    if note or reply.field:
+        errors["_form"] = (message if not reply.field else "The change was refused.") + note
+    return errors
+
+
+def _error_status(errors: Errors) -> int:
+    status = errors.pop("_status", "400")
+    return int(status) if status.isdigit() and 400 <= int(status) < 600 else 400
+
+
+# ---- outputs --------------------------------------------------------------------------------
+
+
+def _output_rows(session: Session) -> list[OutputConfig]:
+    rows = session.scalars(select(OutputConfig)).all()
+    return sorted(rows, key=lambda r: (_name(r).lower(), r.id))
+
+
+def _output_values(row: OutputConfig) -> Values:
+    values = {name: _display(getattr(row, name)) for name in OUTPUT_TEXT + OUTPUT_NUMBERS}
+    values["device_params"] = mask_params(row.device_params)
+    values["device_enabled"] = row.device_enabled is not False  # outputs predate the flag: NULL means on
+    return values
+
+
+def _render_outputs(
+    session: Session,
+    open_id: int | None,
+    typed: Values | None = None,
+    errors: Errors | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    rows = _output_rows(session)
+    if open_id is not None and open_id not in {r.id for r in rows}:
+        abort(404)
+    values = {row.id: _output_values(row) for row in rows}
+    if typed is not None and open_id is not None:
+        values[open_id].update(typed)
+    return _render(
+        "config_outputs.html", status, rows=rows, values=values, errors=errors or {}, open_id=open_id
+    )
+
+
+def _output_summary(row: OutputConfig) -> str:
+    parts = ["enabled" if row.device_enabled is not False else "disabled"]
+    parts.append(
+        f"minimum interval {row.trigger_interval} s" if row.trigger_interval else "no minimum interval"
+    )
+    parts.append(f"topic {row.trigger_topic}" if row.trigger_topic else "default topic")
+    parts.append("parameters set" if row.device_params else "no parameters")
+    return f"Saved {_name(row)}: {', '.join(parts)}."
+
+
+@bp.get("/outputs")
+def outputs() -> tuple[str, int]:
+    with ctx().session_factory() as session:
+        return _render_outputs(session, _open_id())
+
+
+@bp.post("/outputs")
+def save_output() -> Response | tuple[str, int]:
+    device_id = _posted_id()
+    with ctx().session_factory() as session:
+        row = session.get(OutputConfig, device_id)
+        if row is None:
+            abort(404)
+        stored_params = row.device_params
+    form = request.form
+    typed = _typed(form, OUTPUT_TEXT, OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
+    errors: Errors = {}
+    try:
+        params = unmask_params(form.get("device_params", ""), stored_params)
+    except ChangeError as exc:
+        errors["device_params"] = str(exc)
+        params = None
+    if params is None:
+        typed.pop("device_params")  # unchanged (or refused): leave the stored value alone
+    else:
+        typed["device_params"] = params
+    fields, field_errors = _check_each(config_changes.validate_output_fields, typed)
+    errors.update(field_errors)
+    if not errors:
+        reply, note = _send_all([("update_output", {"id": device_id, "fields": fields})], ["settings"])
+        if reply.ok:
+            with ctx().session_factory() as session:
+                saved = session.get(OutputConfig, device_id)
+                if saved is None:
+                    abort(404)
+                flash(_output_summary(saved), "success")
+            return redirect(url_for(".outputs", id=device_id, _anchor=f"output-{device_id}"))
+        if reply.status == 404:
+            abort(404)
+        errors = _reply_errors(reply, note)
+    back = _typed_back(form, OUTPUT_TEXT + OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
+    with ctx().session_factory() as session:
+        return _render_outputs(session, device_id, back, errors, status=_error_status(errors))
+
+
+# ---- links ----------------------------------------------------------------------------------
+
+
+def _link_rows(session: Session) -> list[InputConfig]:
+    stmt = select(InputConfig).options(
+        selectinload(InputConfig.output_links), selectinload(InputConfig.input_links)
+    )
+    return sorted(session.scalars(stmt).all(), key=lambda r: (_name(r).lower(), r.id))
+
+
+def _render_links(
+    session: Session,
+    open_id: int | None,
+    typed: dict[str, set[int]] | None = None,
+    errors: Errors | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    inputs_ = _link_rows(session)
+    if open_id is not None and open_id not in {r.id for r in inputs_}:
+        abort(404)
+    outputs_ = _output_rows(session)
+    checked = {
+        row.id: {
+            "output_ids": {link.output_device_id for link in row.output_links},
+            "input_ids": {link.linked_device_id for link in row.input_links},
+        }
+        for row in inputs_
+    }
+    if typed is not None and open_id is not None:
+        checked[open_id] = typed
+    return _render(
+        "config_links.html",
+        status,
+        inputs=inputs_,
+        outputs=outputs_,
+        checked=checked,
+        errors=errors or {},
+        open_id=open_id,
+        names={row.id: _name(row) for row in inputs_},
+    )
+
+
+def _posted_ids(field: str, errors: Errors) -> list[int]:
+    raw = request.form.getlist(field)
+    ids = [_parse_id(value) for value in raw]
+    if any(i is None for i in ids):
+        errors[field] = "Holds something that is not a device id"
+        return []
+    try:
+        return config_changes.validate_id_list(ids, field)
+    except ChangeError as exc:
+        errors[field] = _message(field, str(exc))
+        return []
+
+
+def _links_summary(session: Session, row: InputConfig) -> str:
+    output_ids = api._output_ids(session, row.id)
+    input_ids = api._input_ids(session, row.id)
+    outs = [_name(o) for o in session.scalars(select(OutputConfig).where(OutputConfig.id.in_(output_ids)))]
+    ins = [_name(i) for i in session.scalars(select(InputConfig).where(InputConfig.id.in_(input_ids)))]
+    triggers = f"triggers {', '.join(sorted(outs))}" if outs else "triggers no outputs"
+    needs = f"fires only with {', '.join(sorted(ins))}" if ins else "needs no other input"
+    return f"Saved {_name(row)}: {triggers}; {needs}."
+
+
+@bp.get("/links")
+def links() -> tuple[str, int]:
+    with ctx().session_factory() as session:
+        return _render_links(session, _open_id())
+
+
+@bp.post("/links")
+def save_links() -> Response | tuple[str, int]:
+    device_id = _posted_id()
+    errors: Errors = {}
+    output_ids = _posted_ids("output_ids", errors)
+    input_ids = _posted_ids("input_ids", errors)
+    with ctx().session_factory() as session:
+        if session.get(InputConfig, device_id) is None:
+            abort(404)
+        # Checked here as well as by the processor so a bad input link cannot fail after the outputs saved.
+        if device_id in input_ids:
+            errors["input_ids"] = "An input cannot be linked to itself"
+        known_outputs = set(session.scalars(select(OutputConfig.id).where(OutputConfig.id.in_(output_ids))))
+        known_inputs = set(session.scalars(select(InputConfig.id).where(InputConfig.id.in_(input_ids))))
+    if set(output_ids) - known_outputs:
+        errors["output_ids"] = "One of the chosen outputs no longer exists; reload the page"
+    if set(input_ids) - known_inputs:
+        errors["input_ids"] = "One of the chosen inputs no longer exists; reload the page"
+    if not errors:
+        reply, note = _send_all(
+            [
+                ("set_output_links", {"input_id": device_id, "output_ids": output_ids}),
+                ("set_input_links", {"input_id": device_id, "input_ids": input_ids}),
+            ],
+            ["output links", "input links"],
+        )
+        if reply.ok:
+            with ctx().session_factory() as session:
+                saved = session.get(InputConfig, device_id)
+                if saved is None:
+                    abort(404)
+                flash(_links_summary(session, saved), "success")
+            return redirect(url_for(".links", id=device_id, _anchor=f"links-{device_id}"))
+        if reply.status == 404:
+            abort(404)
+        errors = _reply_errors(reply, note)
+    typed = {"output_ids": set(output_ids), "input_ids": set(input_ids)}
+    with ctx().session_factory() as session:
+        return _render_links(session, device_id, typed, errors, status=_error_status(errors))
