@@ -14,6 +14,7 @@ CONTROL_PUBLISHER = "inproc://control-publisher"  # EventProcessor -> ControlPub
 AUDIT = "inproc://audit-writer"  # EventProcessor -> AuditWriter
 MQTT_PUBLISH = "inproc://mqtt-publish"  # EventProcessor -> MqttSource (meter resets)
 METER_WRITER = "inproc://meter-writer"  # EventProcessor -> MeterWriter (InfluxDB)
+NOTIFIER = "inproc://notifier"  # EventProcessor, OfflineMonitor -> Telegram notifier
 
 
 @message
@@ -100,3 +101,25 @@ class MeterPoint:
     register: float | None
     reading: float | None
     timestamp: float
+
+
+@message
+@dataclass
+class Notification:
+    """Something to tell the owner in the Telegram chat room (the built-in SMS output, or a text).
+
+    An event notification carries the input's label, detail and time, the recent triggers of other
+    inputs as [label, seconds ago] pairs, the camera image when there is one, and the SMS output's
+    device_params (a CSV of name;+phone) for the SNS fallback. A plain message carries only text.
+    """
+
+    timestamp: float
+    input_key: str = ""
+    input_label: str = ""
+    input_type: str = ""
+    event_detail: str | None = None
+    storage_url: str | None = None
+    history: list[list[Any]] = field(default_factory=list)
+    image: bytes | None = None
+    sms_recipients: str | None = None
+    text: str | None = None

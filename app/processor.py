@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from app.channels import (
     CONTROL_PUBLISHER,
     METER_WRITER,
     MQTT_PUBLISH,
+    NOTIFIER,
     PROCESSOR,
     AuditRecord,
     Command,
@@ -34,6 +36,7 @@ from app.channels import (
     Envelope,
     MeterPoint,
     MqttPublish,
+    Notification,
     Reply,
 )
 from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
@@ -43,6 +46,8 @@ from pylib import inproc, threads, wire
 log = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 30.0
+RECENT_SECONDS = 300  # how far back an alert lists the other inputs that fired
+RECENT_MAX = 100
 MAX_DETAIL = 255
 
 
@@ -139,12 +144,15 @@ class EventProcessor(threads.AppThread):
         self._input_state: dict[int, rules.InputState] = {}
         self._output_state: dict[int, rules.OutputState] = {}
         self._meter_zone: dict[int, str] = {}
+        # input key -> (label, when it last fired), oldest first: the "recent triggers" of an alert
+        self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Bound here, before any thread starts, so nothing sent early is lost.
         self._pull = inproc.bind_pull(PROCESSOR)
         self._control: Any = None
         self._audit: Any = None
         self._mqtt: Any = None
         self._meter_writer: Any = None
+        self._notifier: Any = None
 
     # ---- loop -------------------------------------------------------------------------------
 
@@ -155,6 +163,8 @@ class EventProcessor(threads.AppThread):
         # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
         if self._settings.influxdb_enabled:
             self._meter_writer = inproc.connect_push(METER_WRITER)
+        if self._settings.telegram_enabled:
+            self._notifier = inproc.connect_push(NOTIFIER)
         self._reload()
         health.set_state("event_processor", "running")
         next_reload = time.monotonic() + RELOAD_SECONDS
@@ -178,7 +188,14 @@ class EventProcessor(threads.AppThread):
                     self._reload()
                     next_reload = time.monotonic() + RELOAD_SECONDS
         finally:
-            for sock in (self._pull, self._control, self._audit, self._mqtt, self._meter_writer):
+            for sock in (
+                self._pull,
+                self._control,
+                self._audit,
+                self._mqtt,
+                self._meter_writer,
+                self._notifier,
+            ):
                 if sock is not None:
                     sock.close()
 
@@ -231,7 +248,11 @@ class EventProcessor(threads.AppThread):
             return
         event_time = wire.parse_timestamp(env.payload.get("timestamp"))
         event_ts = event_time.timestamp() if event_time else None
+        storage_url = data.get("storage_url")
         for device in active:
+            if isinstance(device, dict) and isinstance(storage_url, str):
+                # snapshot-processor puts the picture's folder link beside the devices, not in them
+                device.setdefault("storage_url", storage_url)
             if not isinstance(device, dict):
                 health.count("processor.malformed")
                 log.warning("active device from %s is a %s, not a map", env.origin, type(device).__name__)
@@ -290,7 +311,7 @@ class EventProcessor(threads.AppThread):
         message = f"{rule.label} {detail}" if detail else rule.label
         for output_id in self._snap.output_links.get(rule.id, ()):
             output = self._snap.outputs_by_id[output_id]
-            result = self._trigger(rule, output, now, message)
+            result = self._trigger(rule, output, now, message, device, detail)
             decision["outputs"].append(result)
             if result["fired"]:
                 event_log.append(
@@ -300,6 +321,10 @@ class EventProcessor(threads.AppThread):
                         "timestamp": event_ts if event_ts is not None else now,
                     }
                 )
+        self._recent.pop(rule.device_key, None)
+        self._recent[rule.device_key] = (rule.label, now)
+        while len(self._recent) > RECENT_MAX:
+            self._recent.popitem(last=False)
         if not decision["outputs"]:
             decision["detail"] = "no linked outputs"
         self._send_audit(decision, event_log)
@@ -406,7 +431,13 @@ class EventProcessor(threads.AppThread):
         return Reply(ok=True, result=result)
 
     def _trigger(
-        self, rule: rules.InputRule, output: rules.OutputRule, now: float, message: str
+        self,
+        rule: rules.InputRule,
+        output: rules.OutputRule,
+        now: float,
+        message: str,
+        device: dict[str, Any],
+        detail: str | None,
     ) -> dict[str, Any]:
         state = self._output_state.setdefault(output.id, rules.OutputState())
         verdict = rules.evaluate_output(output, state, now, self._snap.outputs_enabled)
@@ -415,6 +446,17 @@ class EventProcessor(threads.AppThread):
             "output_key": output.device_key,
             "output_label": output.label,
         }
+        if verdict.fire and output.device_type.strip().lower() == registry.SMS_TYPE:
+            if self._notifier is None:
+                verdict = rules.Decision(
+                    False, rules.NO_ROUTE, "Telegram is not configured (TELEGRAM_BOT_TOKEN)"
+                )
+            else:
+                self._notify(rule, output, now, device, detail)
+                state.last_fired = now
+                health.count("processor.notifications")
+                result.update(fired=True, reason=None, detail="telegram")
+                return result
         if verdict.fire:
             handler = self._settings.handler_for(output.device_type)
             key = rules.routing_key(handler, output)
@@ -440,6 +482,37 @@ class EventProcessor(threads.AppThread):
         health.count(f"processor.blocked.{verdict.reason}")
         result.update(fired=False, reason=verdict.reason, detail=verdict.detail)
         return result
+
+    def _notify(
+        self,
+        rule: rules.InputRule,
+        output: rules.OutputRule,
+        now: float,
+        device: dict[str, Any],
+        detail: str | None,
+    ) -> None:
+        """Hand an alert to the Telegram notifier, with the other inputs that fired lately."""
+        history = [
+            [label, round(now - when)]
+            for key, (label, when) in reversed(self._recent.items())
+            if key != rule.device_key and 0 <= now - when <= RECENT_SECONDS
+        ]
+        image = device.get("image")
+        storage_url = device.get("storage_url")
+        inproc.send(
+            self._notifier,
+            Notification(
+                timestamp=now,
+                input_key=rule.device_key,
+                input_label=rule.label,
+                input_type=rule.device_type,
+                event_detail=detail,
+                storage_url=storage_url if isinstance(storage_url, str) else None,
+                history=history,
+                image=image if isinstance(image, bytes) else None,
+                sms_recipients=output.device_params,
+            ),
+        )
 
     def _record(
         self, now: float, rule: rules.InputRule, origin: str, detail: str | None, actor: str | None

@@ -18,6 +18,7 @@ MAX_KEY_LENGTH = 100
 PANIC_BUTTON = "App Panic Button"
 DASH_BUTTON = "App Dash Button"
 SMS_OUTPUT = "SMS"
+SMS_TYPE = "sms"  # the output type the Telegram notifier serves
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def ensure_builtin(session: Session, device_name: str) -> None:
     builtin = [
         Advert("input", PANIC_BUTTON, "Panic Button", "Panic Button", None),
         Advert("input", DASH_BUTTON, "Dash Button", "Dash Button", None),
-        Advert("output", SMS_OUTPUT, "SMS", "sms", None),
+        Advert("output", SMS_OUTPUT, "SMS", SMS_TYPE, None),
     ]
     for ad in builtin:
         model = _model(ad.kind)

@@ -83,6 +83,22 @@ class Settings:
     mdash_app_config_mqtt_pub_topic: str = "app.mqtt_pub_topic"
     mdash_poll_seconds: int = 300
 
+    telegram_bot_token: str = field(default="", repr=False)
+    telegram_chat_room: int | None = None
+    telegram_users: tuple[int, ...] = ()
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_image_only_with_people: bool = False
+    telegram_sms_fallback: bool = False
+    telegram_min_send_interval: float = 3.0
+    telegram_send_retries: int = 5
+    aws_region: str = "us-east-1"
+    offline_alert_factor: float = 3.0
+    offline_alert_floor: int = 60
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram_bot_token)
+
     @property
     def influxdb_enabled(self) -> bool:
         return bool(self.influxdb_url and self.influxdb_token and self.influxdb_org and self.influxdb_bucket)
@@ -232,6 +248,39 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     influx_url = v.get("INFLUXDB_URL", "").strip()
     if influx_url and not influx_url.startswith(("http://", "https://")):
         raise SettingsError("INFLUXDB_URL", f"{influx_url!r} is not an http(s) URL")
+    telegram_token = v.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if telegram_token and ":" not in telegram_token:
+        raise SettingsError("TELEGRAM_BOT_TOKEN", "is not a bot token (it looks like 123456:ABC...)")
+    chat_room = v.get("TELEGRAM_CHAT_ROOM", "").strip()
+    if chat_room:
+        try:
+            chat_room_id: int | None = int(chat_room)
+        except ValueError:
+            raise SettingsError(
+                "TELEGRAM_CHAT_ROOM", f"{chat_room!r} is not a chat id (a whole number)"
+            ) from None
+    else:
+        chat_room_id = None
+    if telegram_token and chat_room_id is None:
+        raise SettingsError("TELEGRAM_CHAT_ROOM", "must be set when TELEGRAM_BOT_TOKEN is (alerts go there)")
+    users: list[int] = []
+    for part in _csv(v.get("TELEGRAM_USERS_CSV", "")):
+        try:
+            users.append(int(part))
+        except ValueError:
+            raise SettingsError("TELEGRAM_USERS_CSV", f"{part!r} is not a Telegram user id") from None
+    telegram_url = _text(v, "TELEGRAM_API_BASE_URL")
+    if not telegram_url.startswith(("http://", "https://")):
+        raise SettingsError("TELEGRAM_API_BASE_URL", f"{telegram_url!r} is not an http(s) URL")
+    try:
+        min_interval = float(v.get("TELEGRAM_MIN_SEND_INTERVAL", "3"))
+        factor = float(v.get("OFFLINE_ALERT_FACTOR", "3"))
+    except ValueError as exc:
+        raise SettingsError("TELEGRAM_MIN_SEND_INTERVAL or OFFLINE_ALERT_FACTOR", str(exc)) from None
+    if not 0 <= min_interval <= 3600:
+        raise SettingsError("TELEGRAM_MIN_SEND_INTERVAL", "must be from 0 to 3600 seconds")
+    if not 1.5 <= factor <= 100:
+        raise SettingsError("OFFLINE_ALERT_FACTOR", "must be from 1.5 to 100")
     mdash_url = _text(v, "MDASH_API_BASE_URL")
     if not mdash_url.startswith(("http://", "https://")):
         raise SettingsError("MDASH_API_BASE_URL", f"{mdash_url!r} is not an http(s) URL")
@@ -285,6 +334,17 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         mdash_device_tags=_csv(v.get("MDASH_DEVICE_TAGS_CSV", "")),
         mdash_app_config_mqtt_pub_topic=_text(v, "MDASH_APP_CONFIG_MQTT_PUB_TOPIC"),
         mdash_poll_seconds=_int(v, "MDASH_POLL_SECONDS", 10, 86400),
+        telegram_bot_token=telegram_token,
+        telegram_chat_room=chat_room_id,
+        telegram_users=tuple(users),
+        telegram_api_base_url=telegram_url,
+        telegram_image_only_with_people=_bool(v, "TELEGRAM_IMAGE_SEND_ONLY_WITH_PEOPLE"),
+        telegram_sms_fallback=_bool(v, "TELEGRAM_SMS_FALLBACK_ENABLED"),
+        telegram_min_send_interval=min_interval,
+        telegram_send_retries=_int(v, "TELEGRAM_SEND_RETRIES", 0, 100),
+        aws_region=_text(v, "AWS_DEFAULT_REGION"),
+        offline_alert_factor=factor,
+        offline_alert_floor=_int(v, "OFFLINE_ALERT_FLOOR_SECONDS", 1, 86400),
     )
 
 
@@ -298,6 +358,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "mdash_api_key",
         "admin_password_hash",
         "secret_key",
+        "telegram_bot_token",
     )
     out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url
