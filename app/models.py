@@ -65,6 +65,8 @@ class InputConfig(Base):
     multi_trigger_interval: Mapped[int | None] = mapped_column(Integer)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # NULL: the default, which is on for inputs (a silent sensor is a security problem)
+    alert_offline: Mapped[bool | None] = mapped_column(Boolean)
 
     output_links: Mapped[list[OutputLink]] = relationship(
         back_populates="input", cascade="all, delete-orphan"
@@ -89,6 +91,8 @@ class OutputConfig(Base):
     label_customized: Mapped[bool | None] = mapped_column(Boolean)
     last_seen: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # NULL: the default, which is off for outputs
+    alert_offline: Mapped[bool | None] = mapped_column(Boolean)
 
     links: Mapped[list[OutputLink]] = relationship(back_populates="output", cascade="all, delete-orphan")
 
