@@ -218,7 +218,7 @@ def test_patch_input_returns_the_saved_row(hub: Hub) -> None:
     assert body["activation_interval"] == 30
     assert body["customized"] is True and body["label_customized"] is True
     assert hub.processor.commands[-1].action == "update_input"
-    assert hub.processor.commands[-1].actor == "api"
+    assert hub.processor.commands[-1].actor == "web"  # LOGIN_DISABLED here; with login it names the user
     assert row_of(hub, InputConfig, hub.ids["hall"]).group_name == "Upstairs"
     assert hub.client.get(url).json == body
 

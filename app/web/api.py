@@ -19,6 +19,7 @@ from app import commands, config_changes, health
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
+from app.web import auth
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
 
@@ -39,10 +40,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.field = field
-
-
-def is_api_request() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
 
 
 # ---- errors ---------------------------------------------------------------------------------
@@ -198,7 +195,7 @@ def _output_detail(output_id: int) -> dict[str, Any]:
 
 def _change(action: str, args: dict[str, Any]) -> None:
     """Ask the EventProcessor to apply a change; its refusal becomes an ApiError."""
-    _raise_for(commands.request(action, args, actor="api"))
+    _raise_for(commands.request(action, args, actor=auth.actor()))
 
 
 def _checked(check: Callable[..., Any], *args: Any) -> Any:
@@ -335,7 +332,9 @@ def reset_meter(input_id: int) -> dict[str, Any]:
         raise ApiError(400, "value must be a whole number", "value")
     if mode not in (None, "set", "adjust"):
         raise ApiError(400, "mode must be 'set' or 'adjust'", "mode")
-    reply = commands.request("meter_reset", {"input_id": input_id, "value": value, "mode": mode}, actor="api")
+    reply = commands.request(
+        "meter_reset", {"input_id": input_id, "value": value, "mode": mode}, actor=auth.actor()
+    )
     _raise_for(reply)
     out = _meter_detail(input_id)
     out["reset"] = reply.result

@@ -41,8 +41,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app.models import ApiToken, GeneralConfig, User
 from app.settings import Settings
-from app.web.api import is_api_request
-from app.web.context import ctx
+from app.web.context import ctx, is_api_request
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ BUTTON_TYPES = frozenset({"panic button", "dash button"})
 
 INPUT_TEXT = ("device_label", "group_name")
 INPUT_NUMBERS = ("activation_interval", "multi_trigger_rate", "multi_trigger_interval")
-INPUT_CHECKBOXES = ("multi_trigger", "info_notify")
+INPUT_CHECKBOXES = ("multi_trigger", "info_notify", "alert_offline")
 METER_TEXT = ("meter_iot_topic", "meter_reading_unit")
 METER_NUMBERS = (
     "meter_reading_unit_factor",
@@ -39,7 +39,7 @@ METER_NUMBERS = (
 METER_CHECKBOXES = ("meter_reset_additive",)
 OUTPUT_TEXT = ("device_label", "device_params", "trigger_topic")
 OUTPUT_NUMBERS = ("trigger_interval",)
-OUTPUT_CHECKBOXES = ("device_enabled",)
+OUTPUT_CHECKBOXES = ("device_enabled", "alert_offline")
 
 MASK = "••••••"
 _MASK_CHAR = "•"
@@ -240,6 +240,7 @@ def _input_rows(session: Session) -> list[InputConfig]:
 def _input_values(row: InputConfig) -> Values:
     values = {name: _display(getattr(row, name)) for name in INPUT_TEXT + INPUT_NUMBERS}
     values.update({name: bool(getattr(row, name)) for name in INPUT_CHECKBOXES})
+    values["alert_offline"] = row.alert_offline is not False  # NULL: the default, on for inputs
     meter = row.meter
     for name in METER_TEXT + METER_NUMBERS:
         values[name] = _display(getattr(meter, name)) if meter is not None else ""
@@ -371,6 +372,7 @@ def _output_values(row: OutputConfig) -> Values:
     values = {name: _display(getattr(row, name)) for name in OUTPUT_TEXT + OUTPUT_NUMBERS}
     values["device_params"] = mask_params(row.device_params)
     values["device_enabled"] = row.device_enabled is not False  # outputs predate the flag: NULL means on
+    values["alert_offline"] = row.alert_offline is True  # NULL: the default, off for outputs
     return values
 
 

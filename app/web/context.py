@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from sqlalchemy.orm import Session
 
 from app.presence import Presence
@@ -28,3 +28,8 @@ def install(app: Flask, context: WebContext) -> None:
 def ctx() -> WebContext:
     context: WebContext = current_app.extensions[_EXTENSION]
     return context
+
+
+def is_api_request() -> bool:
+    """JSON answers under /api, HTML pages everywhere else."""
+    return request.path == "/api" or request.path.startswith("/api/")

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.web import api
+from app.web.context import is_api_request
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,13 @@ def _page(status: int, title: str) -> tuple[str, int]:
 
 
 def _http(exc: HTTPException) -> Response | tuple[str, int]:
-    if api.is_api_request():
+    if is_api_request():
         return api.http_error(exc)
     return _page(exc.code or 500, exc.name or "Error")
 
 
 def _internal(exc: InternalServerError) -> Response | tuple[Response | str, int]:
-    if api.is_api_request():
+    if is_api_request():
         return api.internal_error(exc)
     original = getattr(exc, "original_exception", None) or exc
     log.error("%s %s failed", request.method, request.path, exc_info=original)
@@ -42,7 +43,7 @@ def _internal(exc: InternalServerError) -> Response | tuple[Response | str, int]
 
 
 def _database(exc: OperationalError) -> tuple[Response | str, int]:
-    if api.is_api_request():
+    if is_api_request():
         return api.database_error(exc)
     log.warning("%s %s: database unavailable: %s", request.method, request.path, exc.orig)
     return _page(503, "Database busy")
