@@ -1,0 +1,627 @@
+"""Telegram bot commands: authorization, device switches with confirmation and timed re-enable, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import html
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, Literal
+
+import pytz
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ParseMode
+from telegram.ext import (
+    Application,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from app import commands, health, registry
+from app.channels import Reply
+from app.config_changes import outputs_enabled
+from app.models import Decision, InputConfig, OutputConfig
+from app.presence import Presence
+from app.presence import presence as default_presence
+from app.settings import Settings
+from app.web.api import _seen
+from app.web.context import WebContext
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["input", "output"]
+SessionFactory = Callable[[], Session]
+BUILTIN_INPUTS = frozenset({registry.PANIC_BUTTON, registry.DASH_BUTTON})
+BROKERS = ("rabbitmq_source", "control_publisher", "mqtt")
+CONFIRM_TTL = 120.0
+MAX_DURATION = 7 * 86400  # a week: longer "temporary" changes are better made on the dashboard
+WHY_LIMIT = 5
+CALLBACK_PREFIX = "cfm"
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.IGNORECASE)
+GROUP_CHATS = ("group", "supergroup")
+
+HELP = (
+    "<b>Commands</b>\n"
+    "/inputon [names] – enable inputs (no names: the auto-scheduled ones)\n"
+    "/inputoff [names] [30m] – disable inputs, optionally for a while\n"
+    "/outputon &lt;names&gt; – enable outputs\n"
+    "/outputoff &lt;names&gt; [2h] – disable outputs, optionally for a while\n"
+    "/outputson, /outputsoff – the global outputs switch\n"
+    "/report – fire the Dash Button\n"
+    "/status – brokers, devices, switches\n"
+    "/why &lt;input&gt; – its last decisions"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One device a command acts on."""
+
+    kind: Kind
+    id: int
+    key: str
+    label: str
+    enabled: bool
+
+
+@dataclass
+class Pending:
+    """A disabling command waiting for its Confirm or Cancel button."""
+
+    user_id: int
+    chat_id: int
+    kind: Kind | Literal["outputs"]
+    targets: list[Target]
+    duration: int | None
+    message: Message | None = None
+    expiry: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _State:
+    pending: dict[str, Pending] = field(default_factory=dict)
+    # (kind, id) -> the task that re-enables the device after a timed /inputoff or /outputoff
+    reenables: dict[tuple[Kind, int], asyncio.Task[None]] = field(default_factory=dict)
+
+
+# ---- pure helpers -------------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> int | None:
+    """'30m', '2h', '90s', '1h30m', '1d' -> seconds; None when text is not a duration."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or not any(match.groups()):
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = days * 86400 + hours * 3600 + minutes * 60 + seconds
+    return total or None
+
+
+def format_duration(seconds: int) -> str:
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
+
+
+def split_args(args: list[str], allow_duration: bool) -> tuple[list[str], int | None]:
+    """Search terms and an optional trailing duration."""
+    if allow_duration and args:
+        duration = parse_duration(args[-1])
+        if duration is not None:
+            return args[:-1], duration
+    return list(args), None
+
+
+def _matches(term: str, *values: str | None) -> bool:
+    # Case-insensitive substring, like the original's SQL LIKE '%term%'.
+    needle = term.casefold()
+    return any(v is not None and needle in v.casefold() for v in values)
+
+
+def match_inputs(rows: list[InputConfig], terms: list[str]) -> list[Target]:
+    """Inputs named by any term (key, label or group); no terms: the auto-scheduled inputs.
+
+    The built-in buttons are left out unless a term names them by key or label: switching them off
+    by accident through a group name or the wildcard would silently kill the panic button.
+    """
+    found = []
+    for row in rows:
+        builtin = row.device_key in BUILTIN_INPUTS
+        if not terms:
+            hit = bool(row.auto_schedule) and not builtin
+        elif builtin:
+            hit = any(_matches(t, row.device_key, row.device_label) for t in terms)
+        else:
+            hit = any(_matches(t, row.device_key, row.device_label, row.group_name) for t in terms)
+        if hit:
+            # A NULL input flag is off, as in the original.
+            found.append(
+                Target(
+                    "input",
+                    row.id,
+                    row.device_key,
+                    row.device_label or row.device_key,
+                    bool(row.device_enabled),
+                )
+            )
+    return sorted(found, key=lambda t: t.label.casefold())
+
+
+def match_outputs(rows: list[OutputConfig], terms: list[str]) -> list[Target]:
+    found = [
+        # Outputs predate their flag, so NULL means on.
+        Target(
+            "output",
+            row.id,
+            row.device_key,
+            row.device_label or row.device_key,
+            row.device_enabled is not False,
+        )
+        for row in rows
+        if any(_matches(t, row.device_key, row.device_label) for t in terms)
+    ]
+    return sorted(found, key=lambda t: t.label.casefold())
+
+
+def _names(targets: list[Target]) -> str:
+    return "\n".join(f"• {html.escape(t.label)}" for t in targets)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _terms_text(terms: list[str]) -> str:
+    return html.escape(" ".join(terms))
+
+
+# ---- the bot --------------------------------------------------------------------------------------
+
+
+class CommandBot:
+    """The command handlers and their state (pending confirmations, timed re-enables), in the bot's loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: SessionFactory,
+        presence: Presence,
+        confirm_ttl: float = CONFIRM_TTL,
+    ) -> None:
+        self.settings = settings
+        self.sessions = session_factory
+        self.presence = presence
+        self.confirm_ttl = confirm_ttl
+        self.state = _State()
+        self._allowed = frozenset(settings.telegram_users)
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    async def _blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Database reads and processor requests block; the bot's loop must keep polling meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(func, *args, **kwargs)
+        )
+
+    async def _request(self, action: str, args: dict[str, Any], user_id: int, note: str = "") -> Reply:
+        actor = f"telegram:{user_id}{note}"
+        reply: Reply = await self._blocking(commands.request, action, args, actor=actor)
+        return reply
+
+    @staticmethod
+    async def _say(update: Update, text: str, **kwargs: Any) -> Message | None:
+        message = update.effective_message
+        if message is None:
+            return None
+        return await message.reply_text(text, parse_mode=ParseMode.HTML, **kwargs)
+
+    @staticmethod
+    def _user_id(update: Update) -> int:
+        assert update.effective_user is not None  # the gate let only identified users through
+        return update.effective_user.id
+
+    async def gate(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Group -1: stop every update not from an allowed user in an allowed chat."""
+        user = update.effective_user
+        chat = update.effective_chat
+        user_id = user.id if user else None
+        chat_id = chat.id if chat else None
+        allowed = user_id is not None and user_id in self._allowed and chat is not None
+        if allowed and chat is not None:
+            if chat.type in GROUP_CHATS:
+                allowed = chat.id == self.settings.telegram_chat_room
+            else:
+                allowed = chat.type == "private"
+        if not allowed:
+            # The text stays out of the log: it may hold anything a stranger chose to send.
+            log.info("ignored a Telegram update from user %s in chat %s: not authorized", user_id, chat_id)
+            raise ApplicationHandlerStop
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def _load_inputs(self) -> list[InputConfig]:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(InputConfig)))
+            session.expunge_all()
+            return rows
+
+    def _load_outputs(self) -> list[OutputConfig]:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(OutputConfig)))
+            session.expunge_all()
+            return rows
+
+    # ---- switching --------------------------------------------------------------------------
+
+    def _cancel_reenable(self, target: Target) -> None:
+        task = self.state.reenables.pop((target.kind, target.id), None)
+        if task is not None:
+            task.cancel()
+            log.info("pending re-enable of %s %r cancelled by a later change", target.kind, target.key)
+
+    async def _switch(
+        self, targets: list[Target], enabled: bool, user_id: int, note: str = ""
+    ) -> dict[Target, str]:
+        """Set device_enabled on each target through the processor; returns the failures and why."""
+        failures = {}
+        for target in targets:
+            action = "update_input" if target.kind == "input" else "update_output"
+            reply = await self._request(
+                action, {"id": target.id, "fields": {"device_enabled": enabled}}, user_id, note
+            )
+            if not reply.ok:
+                failures[target] = reply.error or "failed"
+        return failures
+
+    async def _enable(self, update: Update, kind: Kind, terms: list[str]) -> None:
+        user_id = self._user_id(update)
+        if kind == "output" and not terms:
+            await self._say(
+                update,
+                "Name the outputs, e.g. <code>/outputon siren</code>; /outputson is the global switch.",
+            )
+            return
+        targets = await self._targets(kind, terms)
+        if not targets:
+            await self._say(update, self._nothing(kind, terms))
+            return
+        for target in targets:
+            self._cancel_reenable(target)
+        failures = await self._switch(targets, True, user_id)
+        await self._say(update, self._result("Enabled", targets, failures))
+
+    async def _targets(self, kind: Kind, terms: list[str]) -> list[Target]:
+        if kind == "input":
+            return match_inputs(await self._blocking(self._load_inputs), terms)
+        return match_outputs(await self._blocking(self._load_outputs), terms)
+
+    @staticmethod
+    def _nothing(kind: Kind, terms: list[str]) -> str:
+        if not terms:
+            return "No input is auto-scheduled; name the inputs, e.g. <code>/inputoff garage</code>."
+        return f"No {kind} matches <i>{_terms_text(terms)}</i>."
+
+    @staticmethod
+    def _result(verb: str, targets: list[Target], failures: dict[Target, str]) -> str:
+        done = [t for t in targets if t not in failures]
+        text = f"{verb} {_plural(len(done), targets[0].kind)}:\n{_names(done)}" if done else ""
+        if failures:
+            errors = [f"• {html.escape(t.label)}: {html.escape(why)}" for t, why in failures.items()]
+            text += ("\n\n" if text else "") + "Failed:\n" + "\n".join(errors)
+        return text
+
+    async def _ask(self, update: Update, pending: Pending, question: str) -> None:
+        token = secrets.token_hex(8)
+        keyboard = InlineKeyboardMarkup(
+            [
+                [
+                    InlineKeyboardButton("Confirm", callback_data=f"{CALLBACK_PREFIX}:{token}:yes"),
+                    InlineKeyboardButton("Cancel", callback_data=f"{CALLBACK_PREFIX}:{token}:no"),
+                ]
+            ]
+        )
+        self.state.pending[token] = pending
+        pending.message = await self._say(update, question, reply_markup=keyboard)
+        pending.expiry = asyncio.create_task(self._expire(token))
+
+    async def _expire(self, token: str) -> None:
+        await asyncio.sleep(self.confirm_ttl)
+        pending = self.state.pending.pop(token, None)
+        if pending is not None and pending.message is not None:
+            await pending.message.edit_text("Not confirmed in time; nothing changed.")
+
+    async def _disable(self, update: Update, kind: Kind, args: list[str]) -> None:
+        user_id = self._user_id(update)
+        terms, duration = split_args(args, allow_duration=True)
+        if kind == "output" and not terms:
+            await self._say(
+                update,
+                "Name the outputs, e.g. <code>/outputoff siren 30m</code>; "
+                "/outputsoff switches every output off.",
+            )
+            return
+        if duration is not None and duration > MAX_DURATION:
+            await self._say(update, f"At most {format_duration(MAX_DURATION)}; use the dashboard for longer.")
+            return
+        targets = await self._targets(kind, terms)
+        if not targets:
+            await self._say(update, self._nothing(kind, terms))
+            return
+        until = f"\nThey will be re-enabled after {format_duration(duration)}." if duration else ""
+        chat = update.effective_chat
+        assert chat is not None
+        await self._ask(
+            update,
+            Pending(user_id, chat.id, kind, targets, duration),
+            f"Disable {_plural(len(targets), kind)}?\n{_names(targets)}{until}",
+        )
+
+    async def _reenable_later(self, pending: Pending, target: Target, bot: Any) -> None:
+        assert pending.duration is not None
+        await asyncio.sleep(pending.duration)
+        if self.state.reenables.get((target.kind, target.id)) is not asyncio.current_task():
+            return
+        del self.state.reenables[(target.kind, target.id)]
+        note = f" (re-enable after {format_duration(pending.duration)})"
+        failures = await self._switch([target], True, pending.user_id, note)
+        if failures:
+            text = f"Could not re-enable {html.escape(target.label)}: {html.escape(failures[target])}"
+        else:
+            text = f"Re-enabled after {format_duration(pending.duration)}: {html.escape(target.label)}"
+        await bot.send_message(pending.chat_id, text, parse_mode=ParseMode.HTML)
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        assert query is not None and query.data is not None
+        _, token, answer = (query.data.split(":") + ["", ""])[:3]
+        pending = self.state.pending.get(token)
+        if pending is None:
+            await query.answer("This confirmation has expired or was already answered.", show_alert=True)
+            return
+        if query.from_user.id != pending.user_id:
+            await query.answer("Only the person who asked can confirm this.", show_alert=True)
+            return
+        del self.state.pending[token]
+        if pending.expiry is not None:
+            pending.expiry.cancel()
+        if answer != "yes":
+            await query.answer("Cancelled")
+            await query.edit_message_text("Cancelled; nothing changed.")
+            return
+        await query.answer("Working on it")
+        if pending.kind == "outputs":
+            reply = await self._request("set_outputs_enabled", {"enabled": False}, pending.user_id)
+            text = (
+                "Outputs are off: events are logged, no output fires until /outputson."
+                if reply.ok
+                else f"Could not switch outputs off: {html.escape(reply.error or 'failed')}"
+            )
+            await query.edit_message_text(text, parse_mode=ParseMode.HTML)
+            return
+        for target in pending.targets:
+            self._cancel_reenable(target)
+        failures = await self._switch(pending.targets, False, pending.user_id)
+        text = self._result("Disabled", pending.targets, failures)
+        if pending.duration:
+            for target in pending.targets:
+                if target in failures:
+                    continue
+                key = (target.kind, target.id)
+                self.state.reenables[key] = asyncio.create_task(
+                    self._reenable_later(pending, target, context.bot)
+                )
+            text += f"\nRe-enabling after {format_duration(pending.duration)}."
+        await query.edit_message_text(text, parse_mode=ParseMode.HTML)
+
+    # ---- command handlers -------------------------------------------------------------------
+
+    async def inputon(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._enable(update, "input", list(context.args or []))
+
+    async def inputoff(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._disable(update, "input", list(context.args or []))
+
+    async def outputon(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._enable(update, "output", list(context.args or []))
+
+    async def outputoff(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._disable(update, "output", list(context.args or []))
+
+    async def outputson(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        reply = await self._request("set_outputs_enabled", {"enabled": True}, self._user_id(update))
+        if reply.ok:
+            await self._say(update, "Outputs enabled.")
+        else:
+            await self._say(update, f"Could not enable outputs: {html.escape(reply.error or 'failed')}")
+
+    async def outputsoff(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        chat = update.effective_chat
+        assert chat is not None
+        await self._ask(
+            update,
+            Pending(self._user_id(update), chat.id, "outputs", [], None),
+            "Switch <b>every</b> output off? Events are still logged; /outputson switches them back on.",
+        )
+
+    async def report(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        reply = await self._request("fire_input", {"device_key": registry.DASH_BUTTON}, self._user_id(update))
+        await self._say(update, self._report_text(reply))
+
+    @staticmethod
+    def _report_text(reply: Reply) -> str:
+        if not reply.ok:
+            return f"Dash Button not fired: {html.escape(reply.error or 'failed')}"
+        result = reply.result or {}
+        if not result.get("fired"):
+            why = result.get("detail") or result.get("reason") or "blocked"
+            return f"Dash Button did not fire: {html.escape(str(why))}"
+        lines = ["Dash Button fired."]
+        for out in result.get("outputs", []):
+            label = html.escape(str(out.get("output_label") or out.get("output_key")))
+            if out.get("fired"):
+                lines.append(f"✅ {label}")
+            else:
+                why = out.get("detail") or out.get("reason") or "not fired"
+                lines.append(f"❌ {label}: {html.escape(str(why))}")
+        if len(lines) == 1:
+            lines.append("No outputs are linked to it.")
+        return "\n".join(lines)
+
+    def _status_text(self) -> str:
+        lines = ["<b>Status</b>", "<b>Brokers</b>"]
+        components = health.components()
+        for name in BROKERS:
+            comp = components.get(name)
+            state = comp["state"] if comp else "not running"
+            detail = f" ({comp['detail']})" if comp and comp.get("detail") else ""
+            lines.append(f"{html.escape(name)}: {html.escape(state + detail)}")
+        ctx = WebContext(self.settings, self.sessions, self.presence)
+        now = time.time()
+        with self.sessions() as session:
+            inputs = list(session.scalars(select(InputConfig)))
+            outputs = list(session.scalars(select(OutputConfig)))
+            switch = outputs_enabled(session)
+            offline = [
+                row.device_label or row.device_key
+                for row in [*inputs, *outputs]
+                if not _seen(ctx, row, now)[1]
+            ]
+            inputs_on = sum(1 for row in inputs if row.device_enabled)
+            outputs_on = sum(1 for row in outputs if row.device_enabled is not False)
+        total = len(inputs) + len(outputs)
+        lines.append(f"<b>Devices</b>: {total - len(offline)} online, {len(offline)} offline")
+        if offline:
+            lines.append("Offline: " + ", ".join(html.escape(label) for label in sorted(set(offline))))
+        lines.append(f"Inputs enabled: {inputs_on} of {len(inputs)}")
+        lines.append(f"Outputs enabled: {outputs_on} of {len(outputs)}")
+        lines.append(f"Outputs switch: {'on' if switch else 'off (log only)'}")
+        lines.append("Last backup: not configured")
+        return "\n".join(lines)
+
+    async def status(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._say(update, await self._blocking(self._status_text))
+
+    def _why_text(self, terms: list[str]) -> str:
+        with self.sessions() as session:
+            rows = list(session.scalars(select(InputConfig)))
+            exact = [
+                r
+                for r in rows
+                if " ".join(terms).casefold() in (r.device_key.casefold(), (r.device_label or "").casefold())
+            ]
+            found = exact or [
+                r for r in rows if all(_matches(t, r.device_key, r.device_label, r.group_name) for t in terms)
+            ]
+            if not found:
+                return f"No input matches <i>{_terms_text(terms)}</i>."
+            if len(found) > 1:
+                names = ", ".join(html.escape(r.device_label or r.device_key) for r in found[:10])
+                return f"Which one? {names}"
+            row = found[0]
+            decisions = list(
+                session.scalars(
+                    select(Decision)
+                    .where(Decision.input_device_id == row.id)
+                    .order_by(Decision.timestamp.desc(), Decision.id.desc())
+                    .limit(WHY_LIMIT)
+                    .options(selectinload(Decision.outputs))
+                )
+            )
+            label = html.escape(row.device_label or row.device_key)
+            if not decisions:
+                return f"<b>{label}</b>: no decisions recorded."
+            tz = pytz.timezone(self.settings.user_tz)
+            lines = [f"<b>{label}</b>: last {_plural(len(decisions), 'decision')}"]
+            for d in decisions:
+                when = d.timestamp.replace(tzinfo=UTC).astimezone(tz).strftime("%d %b %H:%M:%S")
+                event = f" {html.escape(d.event_detail)}" if d.event_detail else ""
+                if d.fired:
+                    verdict = "fired"
+                else:
+                    verdict = "blocked: " + html.escape(
+                        ", ".join(x for x in (d.reason, d.detail) if x) or "?"
+                    )
+                lines.append(f"\n<b>{when}</b>{event} – {verdict}")
+                if d.fired and d.detail:
+                    lines.append(html.escape(d.detail))
+                for out in d.outputs:
+                    name = html.escape(out.output_label or out.output_key)
+                    if out.fired:
+                        lines.append(f"  ✅ {name}")
+                    else:
+                        why = ", ".join(x for x in (out.reason, out.detail) if x) or "not fired"
+                        lines.append(f"  ❌ {name}: {html.escape(why)}")
+            return "\n".join(lines)
+
+    async def why(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        terms = list(context.args or [])
+        if not terms:
+            await self._say(update, "Name the input, e.g. <code>/why front door</code>.")
+            return
+        await self._say(update, await self._blocking(self._why_text, terms))
+
+    async def help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._say(update, HELP)
+
+    async def close(self) -> None:
+        """Cancel timers and confirmations (pending re-enables do not survive a restart)."""
+        for task in [
+            *self.state.reenables.values(),
+            *(p.expiry for p in self.state.pending.values() if p.expiry),
+        ]:
+            task.cancel()
+        self.state.reenables.clear()
+        self.state.pending.clear()
+
+
+def register(
+    application: Application[Any, Any, Any, Any, Any, Any],
+    settings: Settings,
+    session_factory: SessionFactory,
+    presence: Presence = default_presence,
+    confirm_ttl: float = CONFIRM_TTL,
+) -> CommandBot:
+    """Add the command handlers to a PTB Application; returns the CommandBot (call its close() on stop).
+
+    Pending timed re-enables live in this process only; persisting them is the scheduler's job.
+    """
+    bot = CommandBot(settings, session_factory, presence, confirm_ttl)
+    application.add_handler(TypeHandler(Update, bot.gate), group=-1)
+    # Only new messages: re-running a command because its message was edited would repeat the change.
+    new_messages = filters.UpdateType.MESSAGE
+    handlers: dict[str, Callable[[Update, Any], Awaitable[None]]] = {
+        "inputon": bot.inputon,
+        "inputoff": bot.inputoff,
+        "outputon": bot.outputon,
+        "outputoff": bot.outputoff,
+        "outputson": bot.outputson,
+        "outputsoff": bot.outputsoff,
+        "report": bot.report,
+        "status": bot.status,
+        "why": bot.why,
+        "help": bot.help,
+        "start": bot.help,
+    }
+    for name, callback in handlers.items():
+        application.add_handler(CommandHandler(name, callback, filters=new_messages))
+    application.add_handler(CallbackQueryHandler(bot.on_button, pattern=rf"^{CALLBACK_PREFIX}:"))
+    # Last in the group, so it only sees commands no handler above took.
+    application.add_handler(MessageHandler(filters.COMMAND & new_messages, bot.help))
+    application.bot_data["commands"] = bot
+    return bot
