@@ -92,6 +92,7 @@ INPUT_FIELDS: dict[str, Validator] = {
     "multi_trigger_interval": _integer(1, 86400),
     "group_name": _text(100),
     "info_notify": _boolean,
+    "alert_offline": _boolean,
 }
 
 OUTPUT_FIELDS: dict[str, Validator] = {
@@ -102,6 +103,7 @@ OUTPUT_FIELDS: dict[str, Validator] = {
         255, _ROUTING_KEY, "a routing key of letters, digits, '.', '_' and '-' (at most 255)"
     ),
     "trigger_interval": _integer(0, 86400),
+    "alert_offline": _boolean,
 }
 
 METER_FIELDS: dict[str, Validator] = {

@@ -4,6 +4,39 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
+
+# Gaps shorter than this are one burst (a device reporting several inputs at once, a retry), not
+# its heartbeat rhythm; counting them would shrink the learned interval and cause false alarms.
+MIN_GAP_SECONDS = 0.5
+# Weight of the newest gap in the running mean: steady enough to ride out one late heartbeat,
+# quick enough to follow a device whose firmware changed its interval.
+GAP_WEIGHT = 0.2
+# Gaps needed before the learned interval is trusted over MAX_HEARTBEAT_DELAY.
+MIN_GAPS = 3
+# A gap this many times the learned interval is an outage, not the rhythm: learning it would make
+# the next outage take hours to notice. Several such gaps in a row mean the rhythm really changed.
+OUTAGE_GAP_FACTOR = 5.0
+OUTAGE_GAPS_TO_RELEARN = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What presence knows of one device key: when last heard, its usual interval, how many gaps."""
+
+    last_seen: float
+    gaps: int
+    mean_gap: float | None
+
+    @property
+    def interval(self) -> float | None:
+        """The learned interval, or None while too few gaps have been seen to trust it."""
+        return self.mean_gap if self.gaps >= MIN_GAPS else None
+
+    @property
+    def heartbeating(self) -> bool:
+        """Heard at least twice, apart, since the start: only such a device can go offline."""
+        return self.gaps >= 1
 
 
 class Presence:
@@ -12,6 +45,8 @@ class Presence:
         self._devices: dict[str, float] = {}
         self._origins: dict[str, float] = {}
         self._dirty: set[str] = set()
+        # key -> (gaps counted, exponentially weighted mean gap, outage-sized gaps in a row)
+        self._gaps: dict[str, tuple[int, float, int]] = {}
         # origin -> (online, last_seen) as an outside directory (mDash) reports it
         self._reported: dict[str, tuple[bool, float | None]] = {}
 
@@ -20,8 +55,44 @@ class Presence:
         with self._lock:
             self._origins[origin] = when
             for key in keys:
-                self._devices[key] = when
+                previous = self._devices.get(key)
+                if previous is not None:
+                    self._learn(key, when - previous)
+                    # A late-arriving older message must not move last-seen backwards.
+                    when_for_key = max(previous, when)
+                else:
+                    when_for_key = when
+                self._devices[key] = when_for_key
                 self._dirty.add(key)
+
+    def _learn(self, key: str, gap: float) -> None:
+        if gap < MIN_GAP_SECONDS:
+            return
+        count, mean, outages = self._gaps.get(key, (0, gap, 0))
+        if count >= MIN_GAPS and gap > OUTAGE_GAP_FACTOR * mean:
+            outages += 1
+            if outages < OUTAGE_GAPS_TO_RELEARN:
+                self._gaps[key] = (count + 1, mean, outages)
+            else:
+                self._gaps[key] = (count + 1, gap, 0)  # the device now beats this slowly
+            return
+        self._gaps[key] = (count + 1, mean + GAP_WEIGHT * (gap - mean) if count else gap, 0)
+
+    def timing(self, key: str) -> Timing | None:
+        with self._lock:
+            return self._timing(key)
+
+    def timings(self) -> dict[str, Timing]:
+        """Every device key heard since the start, in one consistent read."""
+        with self._lock:
+            return {key: t for key in self._devices if (t := self._timing(key)) is not None}
+
+    def _timing(self, key: str) -> Timing | None:
+        last = self._devices.get(key)
+        if last is None:
+            return None
+        count, mean, _ = self._gaps.get(key, (0, 0.0, 0))
+        return Timing(last_seen=last, gaps=count, mean_gap=mean if count else None)
 
     def last_seen(self, key: str) -> float | None:
         with self._lock:
@@ -48,6 +119,7 @@ class Presence:
         with self._lock:
             self._reported.clear()
             self._devices.clear()
+            self._gaps.clear()
             self._origins.clear()
             self._dirty.clear()
 

@@ -155,6 +155,7 @@ INPUT_FORM = {
     "activation_interval": "",
     "multi_trigger_rate": "",
     "multi_trigger_interval": "",
+    "alert_offline": "1",  # ticked, as the page shows it for an input left at the default
 }
 METER_FORM = {
     "meter_iot_topic": "",
@@ -287,6 +288,7 @@ def test_saving_an_input_redirects_and_shows_the_saved_state(pages: Pages) -> No
             "multi_trigger_interval": 20,
             "multi_trigger": True,
             "info_notify": True,
+            "alert_offline": True,
         },
     }
     row = get_row(pages, InputConfig, hall)
@@ -635,6 +637,29 @@ def test_disabling_an_output_and_setting_its_topic(pages: Pages) -> None:
         "Saved Hall buzzer: disabled, no minimum interval, topic event.trigger.buzz, no parameters." in page
     )
     assert "checked" not in input_tag(page, f"output-{buzzer}-device_enabled")
+    assert_no_none(page)
+
+
+def test_alert_when_offline_checkbox_shows_the_defaults_and_saves(pages: Pages) -> None:
+    hall, buzzer = pages.ids["hall"], pages.ids["buzzer"]
+    # NULL is the default: on for inputs, off for outputs.
+    page = text(pages.client.get("/config/inputs"))
+    assert "Alert when offline" in page
+    assert "checked" in input_tag(page, f"input-{hall}-alert_offline")
+    page = text(pages.client.get("/config/outputs"))
+    assert "checked" not in input_tag(page, f"output-{buzzer}-alert_offline")
+
+    form = input_form(hall)
+    del form["alert_offline"]  # unticked
+    pages.client.post("/config/inputs", data=form)
+    assert get_row(pages, InputConfig, hall).alert_offline is False
+    page = text(pages.client.get("/config/inputs"))
+    assert "checked" not in input_tag(page, f"input-{hall}-alert_offline")
+
+    pages.client.post("/config/outputs", data=output_form(buzzer, "", alert_offline="1"))
+    assert get_row(pages, OutputConfig, buzzer).alert_offline is True
+    page = text(pages.client.get("/config/outputs"))
+    assert "checked" in input_tag(page, f"output-{buzzer}-alert_offline")
     assert_no_none(page)
 
 
