@@ -1,4 +1,9 @@
-"""Benchmark the hub (`python -m app`) against a minimal pika relay on the local RabbitMQ broker."""
+"""Benchmark the hub (`python -m app`) against minimal relays: RabbitMQ in, and MQTT sensor boards in.
+
+RabbitMQ legs: remote-monitor notify messages on the local broker -> control messages, hub vs a minimal
+pika relay (these carry the targets). MQTT legs: adc-app sensor boards on a private mosquitto -> the
+same control messages, hub vs a minimal paho+pika relay (information, no target).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import paho.mqtt.client as mqtt
 import pika
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +64,17 @@ HEALTH_POLL = 0.02
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
+# MQTT legs (wire-format.md §5.3): adc-app boards with 4 inputs each on a private mosquitto.
+MOSQUITTO = "/usr/sbin/mosquitto"
+MQTT_HOST = "127.0.0.1"
+MQTT_PLACE = "bench"  # topic sensor/<place>/<device_id>; the hub's origin is sensor/<place>
+SENSOR_LABELS = ("Back Door", "Motion Detector", "Side Window", "Smoke Alarm")  # input_1 .. input_4
+MQTT_BOARDS = DEVICES // len(SENSOR_LABELS)
+MQTT_QOS = 1  # what adc-app publishes with
+MQTT_PUBLISH_WINDOW = 20  # the bench publisher's in-flight window: paho's default (and the hub's own)
+MQTT_MIN_N = 1000  # the MQTT N is chosen from the hub's MQTT warm-up rate, as N is for RabbitMQ
+ACK_TIMEOUT = 60.0  # mosquitto acknowledges every publish well within this
+
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 15.0
 TARGET_RSS_MB = 90.0
@@ -73,6 +90,8 @@ class Disrupted(RuntimeError):
 
 
 BROKER_FAILURES = (pika.exceptions.AMQPError, OSError, Disrupted)
+# Every hub's and relay's exchange, deleted (with its _control twin) at the end of the run.
+CREATED_EXCHANGES: list[str] = []
 ATTEMPTS = 3  # a set of legs disrupted by the broker closing connections is repeated, this many times at most
 
 
@@ -132,6 +151,77 @@ def activation_data(device: Device, value: int) -> dict[str, Any]:
     return {"samples": {device.input_key: value}, "active_devices": [active]}
 
 
+@dataclass(frozen=True)
+class SensorInput:
+    """One input of an adc-app sensor board on MQTT and the switch output it is linked to."""
+
+    board_id: str
+    location: str
+    number: int  # N of input_N, 1-4
+    label: str
+    output: dict[str, str]
+
+    @property
+    def topic(self) -> str:
+        return f"sensor/{MQTT_PLACE}/{self.board_id}"
+
+    @property
+    def device_key(self) -> str:
+        """What the hub (app/mqtt_source.py) makes of it: '<input_location> <input_label>'."""
+        return f"{self.location} {self.label}"
+
+    @property
+    def output_key(self) -> str:
+        return self.output["device_key"]
+
+
+def make_sensor_inputs() -> list[SensorInput]:
+    """DEVICES inputs on MQTT_BOARDS boards of 4, in activation order, linked to make_devices()' outputs.
+
+    Consecutive inputs are on different boards (board = j % 25, input = j // 25 + 1), so a burst
+    touches every board, as a house of boards would, and every input is distinct.
+    """
+    outputs = [d.output for d in make_devices()]
+    sensors = []
+    for j in range(DEVICES):
+        board, number = j % MQTT_BOARDS, j // MQTT_BOARDS + 1
+        sensors.append(
+            SensorInput(
+                board_id=f"esp32_BE{board + 1:04X}",
+                location=f"Zone {board + 1:02d}",
+                number=number,
+                label=SENSOR_LABELS[number - 1],
+                output=outputs[j],
+            )
+        )
+    return sensors
+
+
+def sensor_reading(board: list[SensorInput], active: int | None, uptime: float) -> bytes:
+    """A board's reading exactly as adc-app publishes it (wire-format.md §5.3); input `active` is on."""
+    first = board[0]
+    body: dict[str, Any] = {
+        "uptime": uptime,
+        "timestamp": uptime,
+        "device_id": first.board_id,
+        "input_location": first.location,
+    }
+    for s in board:
+        on = s.number == active
+        body[f"input_{s.number}"] = {
+            "input_label": s.label,
+            "active": on,
+            "sample_value": 4095 if on else 0,
+            "normal_value": 0,
+        }
+    return json.dumps(body).encode()
+
+
+def outputs_heartbeat_data(outputs: list[dict[str, str]]) -> dict[str, Any]:
+    """An ioboard heartbeat advertising only switch outputs (the inputs come from MQTT)."""
+    return {"statistics": {"sample_count": 1}, "device_info": {"inputs": [], "outputs": outputs}}
+
+
 # ---- broker clients -------------------------------------------------------------------------
 
 
@@ -141,27 +231,23 @@ def connect() -> pika.BlockingConnection:
     )
 
 
-class Publisher:
-    """One pika publisher playing the remote-monitor: plain basic_publish, no properties, no confirms."""
-
-    def __init__(self, exchange: str, devices: list[Device]) -> None:
-        self.exchange = exchange
-        self.devices = devices
-        self.conn = connect()
-        self.channel = self.conn.channel()
-        self.channel.exchange_declare(exchange, exchange_type="topic", durable=False, auto_delete=False)
-        self._data = [activation_data(d, 90 + i % 10) for i, d in enumerate(devices)]
-
-    def heartbeat(self) -> None:
-        self.channel.basic_publish(
-            self.exchange, HEARTBEAT_KEY, wire.make_payload(heartbeat_data(self.devices))
-        )
+class Pacing:
+    """What a leg needs from a publisher: activation i (cycling over the inputs), as fast or as paced."""
 
     def activate(self, i: int) -> str:
-        """Publish activation number i (cycling over the inputs, fresh timestamp); returns its output key."""
-        j = i % len(self.devices)
-        self.channel.basic_publish(self.exchange, NOTIFY_KEY, wire.make_payload(self._data[j]))
-        return self.devices[j].output_key
+        """Publish activation number i; returns the output key it should trigger."""
+        raise NotImplementedError
+
+    def output_for(self, i: int) -> str:
+        """The output key activation number i should trigger (without publishing it)."""
+        raise NotImplementedError
+
+    def notes(self) -> dict[str, Any]:
+        """Extra figures from the last burst, for the throughput result."""
+        return {}
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def burst(self, n: int) -> tuple[float, float]:
         """Publish n activations as fast as possible; returns (first publish, end of last publish)."""
@@ -186,9 +272,149 @@ class Publisher:
             sent.append((published, self.activate(i)))
         return sent, max_lag
 
+
+class Publisher(Pacing):
+    """One pika publisher playing the remote-monitor: plain basic_publish, no properties, no confirms."""
+
+    def __init__(self, exchange: str, devices: list[Device]) -> None:
+        self.exchange = exchange
+        self.devices = devices
+        self.conn = connect()
+        self.channel = self.conn.channel()
+        self.channel.exchange_declare(exchange, exchange_type="topic", durable=False, auto_delete=False)
+        self._data = [activation_data(d, 90 + i % 10) for i, d in enumerate(devices)]
+
+    def heartbeat(self) -> None:
+        self.channel.basic_publish(
+            self.exchange, HEARTBEAT_KEY, wire.make_payload(heartbeat_data(self.devices))
+        )
+
+    def activate(self, i: int) -> str:
+        """Publish activation number i (cycling over the inputs, fresh timestamp); returns its output key."""
+        j = i % len(self.devices)
+        self.channel.basic_publish(self.exchange, NOTIFY_KEY, wire.make_payload(self._data[j]))
+        return self.devices[j].output_key
+
+    def output_for(self, i: int) -> str:
+        return self.devices[i % len(self.devices)].output_key
+
     def close(self) -> None:
         if self.conn.is_open:
             self.conn.close()
+
+
+def publish_heartbeat(exchange: str, data: dict[str, Any]) -> None:
+    """One ioboard heartbeat on `exchange`, on a connection of its own."""
+    conn = connect()
+    try:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, exchange_type="topic", durable=False, auto_delete=False)
+        channel.basic_publish(exchange, HEARTBEAT_KEY, wire.make_payload(data))
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+class MqttPublisher(Pacing):
+    """One paho client playing all the sensor boards: QoS 1, network loop in paho's own thread.
+
+    publish() does not wait: paho keeps MQTT_PUBLISH_WINDOW messages in flight and queues the rest.
+    burst() and paced() wait for every PUBACK at the end, so each leg starts with nothing in flight.
+    """
+
+    def __init__(self, port: int, sensors: list[SensorInput]) -> None:
+        self.sensors = sensors
+        self._boards: dict[str, list[SensorInput]] = {}
+        for s in sensors:
+            self._boards.setdefault(s.board_id, []).append(s)
+        for board in self._boards.values():
+            board.sort(key=lambda s: s.number)
+        self._uptime0 = time.monotonic() - 3600.0  # boards that have been up an hour
+        self._acks = threading.Condition()
+        self._sent = 0
+        self._acked = 0
+        self._last_ack = 0.0
+        self._notes: dict[str, Any] = {}
+        self._connected = threading.Event()
+        self._connect_reason = ""
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bench-boards-{uuid.uuid4().hex[:8]}",
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.max_inflight_messages_set(MQTT_PUBLISH_WINDOW)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = self._on_publish
+        try:
+            self.client.connect(MQTT_HOST, port, keepalive=60)
+        except OSError as exc:
+            raise BenchError(f"the bench's MQTT publisher cannot connect to port {port}: {exc!r}") from exc
+        self.client.loop_start()
+        if not self._connected.wait(10):
+            self.client.loop_stop()
+            raise BenchError(f"mosquitto on port {port} did not accept the publisher {self._connect_reason}")
+
+    def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self._connect_reason = f"({reason})"
+        else:
+            self._connected.set()
+
+    def _on_publish(self, _c: Any, _u: Any, _mid: int, _reason: Any, _props: Any) -> None:
+        with self._acks:
+            self._acked += 1
+            self._last_ack = time.perf_counter()
+            self._acks.notify_all()
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=MQTT_QOS)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BenchError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        self._sent += 1
+
+    def wait_acked(self, timeout: float = ACK_TIMEOUT) -> None:
+        with self._acks:
+            if not self._acks.wait_for(lambda: self._acked >= self._sent, timeout):
+                raise BenchError(
+                    f"mosquitto acknowledged {self._acked} of {self._sent} publishes within {timeout:.0f} s"
+                )
+
+    def reading(self, board_id: str, active: int | None) -> bytes:
+        return sensor_reading(self._boards[board_id], active, round(time.monotonic() - self._uptime0, 2))
+
+    def all_inactive(self) -> None:
+        """Every board's reading with nothing active, as a board sends every 30 s; waits for the PUBACKs."""
+        for board_id, board in self._boards.items():
+            self._publish(board[0].topic, self.reading(board_id, None))
+        self.wait_acked()
+
+    def activate(self, i: int) -> str:
+        s = self.sensors[i % len(self.sensors)]
+        self._publish(s.topic, self.reading(s.board_id, s.number))
+        return s.output_key
+
+    def output_for(self, i: int) -> str:
+        return self.sensors[i % len(self.sensors)].output_key
+
+    def burst(self, n: int) -> tuple[float, float]:
+        first, end = super().burst(n)
+        self.wait_acked()
+        self._notes = {"all_acked_s": round(self._last_ack - first, 3)}
+        return first, end
+
+    def paced(self, rate: float, count: int) -> tuple[list[tuple[float, str]], float]:
+        out = super().paced(rate, count)
+        self.wait_acked()
+        return out
+
+    def notes(self) -> dict[str, Any]:
+        return self._notes
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        self.client.loop_stop()
 
 
 class ControlConsumer(threading.Thread):
@@ -273,7 +499,7 @@ def tally(arrivals: list[tuple[float, str]], expected: Counter[str]) -> tuple[in
     return missing, extra
 
 
-def run_warmup(exchange: str, publisher: Publisher) -> dict[str, Any]:
+def run_warmup(exchange: str, publisher: Pacing) -> dict[str, Any]:
     """Two activations per input; every one must come back once before anything is measured."""
     consumer = ControlConsumer(exchange)
     consumer.start_and_wait()
@@ -282,7 +508,7 @@ def run_warmup(exchange: str, publisher: Publisher) -> dict[str, Any]:
         consumer.wait_for(WARMUP, end)
     finally:
         consumer.stop()
-    expected = Counter(publisher.devices[i % len(publisher.devices)].output_key for i in range(WARMUP))
+    expected = Counter(publisher.output_for(i) for i in range(WARMUP))
     missing, extra = tally(consumer.arrivals, expected)
     if missing == WARMUP:
         raise BenchError(f"none of the {WARMUP} warm-up activations produced a control message")
@@ -296,15 +522,15 @@ def run_warmup(exchange: str, publisher: Publisher) -> dict[str, Any]:
     }
 
 
-def choose_n(warmup_rate: float | None) -> int:
+def choose_n(warmup_rate: float | None, min_n: int = MIN_N) -> int:
     """N for a throughput leg of about TARGET_LEG_SECONDS at the warm-up rate, in steps of 1000."""
     if not warmup_rate:
-        return MIN_N
-    return int(max(MIN_N, min(MAX_N, round(warmup_rate * TARGET_LEG_SECONDS, -3))))
+        return min_n
+    return int(max(min_n, min(MAX_N, round(warmup_rate * TARGET_LEG_SECONDS, -3))))
 
 
 def run_throughput(
-    exchange: str, publisher: Publisher, n: int, cpu: Callable[[], float | None]
+    exchange: str, publisher: Pacing, n: int, cpu: Callable[[], float | None]
 ) -> dict[str, Any]:
     consumer = ControlConsumer(exchange)
     consumer.start_and_wait()
@@ -317,7 +543,7 @@ def run_throughput(
     cpu_after = cpu()
     cpu_used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     arrivals = consumer.arrivals
-    expected = Counter(publisher.devices[i % len(publisher.devices)].output_key for i in range(n))
+    expected = Counter(publisher.output_for(i) for i in range(n))
     missing, extra = tally(arrivals, expected)
     counted = min(len(arrivals), n)
     last = max((t for t, _ in arrivals), default=first)
@@ -335,10 +561,11 @@ def run_throughput(
         "drain_after_publish_s": round(last - end, 3),
         "cpu_s": None if cpu_used is None else round(cpu_used, 2),
         "cpu_ms_per_msg": None if cpu_used is None else round(1000 * cpu_used / n, 3),
+        **publisher.notes(),
     }
 
 
-def run_latency(exchange: str, publisher: Publisher) -> dict[str, Any]:
+def run_latency(exchange: str, publisher: Pacing) -> dict[str, Any]:
     count = int(LATENCY_RATE * LATENCY_SECONDS)
     consumer = ControlConsumer(exchange)
     consumer.start_and_wait()
@@ -418,15 +645,79 @@ def stop_process(proc: subprocess.Popen[bytes]) -> tuple[int | None, float]:
     return code, time.perf_counter() - start
 
 
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection((MQTT_HOST, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class MqttBroker:
+    """The bench's own mosquitto on a free port: no other client on it, no queue limit, no persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "mosquitto.log"
+
+    def start(self, timeout: float = 10.0) -> float:
+        """Start mosquitto; returns seconds until its port accepts connections."""
+        if not os.access(MOSQUITTO, os.X_OK):
+            raise BenchError(f"{MOSQUITTO} is not installed (the MQTT legs need it)")
+        # max_queued_messages 0: no limit, so no QoS 1 message is dropped for a slow subscriber (the
+        # figures would otherwise count drops as missing); as root, mosquitto would switch users.
+        config = self.workdir / "mosquitto.conf"
+        config.write_text(
+            ("user root\n" if os.geteuid() == 0 else "") + f"listener {self.port} {MQTT_HOST}\n"
+            "allow_anonymous true\n"
+            "max_queued_messages 0\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+        )
+        start = time.perf_counter()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=log)
+        while not port_open(self.port):
+            if self.proc.poll() is not None:
+                raise BenchError(f"mosquitto exited with code {self.proc.returncode}: {self.log_tail()}")
+            if time.perf_counter() - start > timeout:
+                self.stop()
+                raise BenchError(f"mosquitto did not open port {self.port} within {timeout:.0f} s")
+            time.sleep(0.02)
+        return time.perf_counter() - start
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc)
+        self.proc = None
+
+    def log_tail(self, lines: int = 10) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
 @dataclass
 class Hub:
-    """`python -m app` in a temp dir with its own exchange, database and port."""
+    """`python -m app` in a temp dir with its own exchange, database and port (and the bench's mosquitto)."""
 
     workdir: Path
+    mqtt_port: int | None = None
     exchange: str = field(default_factory=lambda: f"bench_{uuid.uuid4().hex[:10]}")
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    token: str | None = None  # bearer token for the JSON API, when the hub wants one (authorize)
+
+    def __post_init__(self) -> None:
+        CREATED_EXCHANGES.append(self.exchange)
+
+    @property
+    def database(self) -> Path:
+        return self.workdir / "event_processor.db"
 
     def start(self) -> float:
         """Start the hub; returns seconds from Popen until GET /api/health first answers 200."""
@@ -441,10 +732,12 @@ class Hub:
             PYTHONPATH=str(REPO),
             RABBITMQ_SERVER_ADDRESS=f"{BROKER_HOST}:{BROKER_PORT}",
             RABBITMQ_EXCHANGE=self.exchange,
-            TABLESPACE_PATH=str(self.workdir / "event_processor.db"),
+            TABLESPACE_PATH=str(self.database),
             APP_FLASK_HTTP_PORT=str(self.port),
             LOG_LEVEL="WARNING",
         )
+        if self.mqtt_port is not None:
+            env["MQTT_SERVER_ADDRESS"] = f"{MQTT_HOST}:{self.mqtt_port}"
         self.log_path = self.workdir / "hub.log"
         log_file = self.log_path.open("wb")
         start = time.perf_counter()
@@ -474,6 +767,8 @@ class Hub:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
         req.add_header("Content-Type", "application/json")
+        if self.token is not None:
+            req.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -486,6 +781,37 @@ class Hub:
             return self._request(method, path, body, timeout)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise BenchError(f"{method} {path} got no answer: {exc!r}") from exc
+
+    def authorize(self) -> None:
+        """When the JSON API wants a login (401), make a bearer token in the hub's own database.
+
+        As tests/hubtools.py does: the app's own create_token for its configured admin user, whom
+        the hub creates at start-up. Imported here, so a hub without logins costs the bench nothing.
+        """
+        if self.call("GET", "/api/devices")[0] != 401:
+            return
+        try:
+            from app import db
+            from app.web import auth
+        except ImportError as exc:
+            raise BenchError(f"the API wants a login and the bench cannot make a token: {exc!r}") from exc
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.optionxform = str  # type: ignore[assignment,method-assign]
+        conf.read(REPO / "config" / "app.conf")
+        admin = next(
+            (conf[s]["APP_ADMIN_USER"] for s in conf.sections() if "APP_ADMIN_USER" in conf[s]), "admin"
+        )
+        engine = db.make_engine(f"sqlite:///{self.database}")
+        try:
+            with db.session_factory(engine)() as session:
+                self.token = auth.create_token(session, admin, "bench")
+        except Exception as exc:  # whatever the app raises: the bench cannot go on without a token
+            raise BenchError(f"the API wants a login and making a token failed: {exc!r}") from exc
+        finally:
+            engine.dispose()
+        status, body = self.call("GET", "/api/devices")
+        if status != 200:
+            raise BenchError(f"GET /api/devices with the bench's token answered {status}: {body}")
 
     def health_status(self) -> int | None:
         try:
@@ -519,25 +845,23 @@ class Hub:
     def counter(self, name: str) -> int:
         return int(self.get("/api/health").get("counters", {}).get(name, 0))
 
-    def set_up(self, devices: list[Device]) -> dict[str, Any]:
-        """Advertise the devices, enable every input (no latch) and link input i to output i."""
-        start = time.perf_counter()
-        connected = self.wait_until("RabbitSource and ControlPublisher to connect", self.broker_connected)
-        wanted = {
-            "inputs": {d.input_key for d in devices},
-            "outputs": {d.output_key for d in devices},
-        }
+    def mqtt_connected(self) -> bool:
+        return bool(self.get("/api/health").get("components", {}).get("mqtt", {}).get("state") == "connected")
+
+    def _advertise_until_listed(
+        self, links: list[tuple[str, str]], advertise: Callable[[], None]
+    ) -> tuple[float, list[tuple[int, int]]]:
+        """Advertise (again every 3 s) until the API lists every (input, output); returns their ids."""
+        wanted = {"inputs": {i for i, _ in links}, "outputs": {o for _, o in links}}
         ids: dict[str, dict[str, int]] = {}
-        last_heartbeat = 0.0
+        last_advert = 0.0
 
         def listed() -> bool:
-            nonlocal last_heartbeat
-            if time.perf_counter() - last_heartbeat > 3.0:  # again, in case the broker dropped it
-                last_heartbeat = time.perf_counter()
+            nonlocal last_advert
+            if time.perf_counter() - last_advert > 3.0:  # again, in case the broker dropped it
+                last_advert = time.perf_counter()
                 try:
-                    publisher = Publisher(self.exchange, devices)
-                    publisher.heartbeat()
-                    publisher.close()
+                    advertise()
                 except BROKER_FAILURES as exc:
                     print(f"  heartbeat publish failed ({exc!r}); retrying", flush=True)
             listing = self.get("/api/devices")
@@ -546,18 +870,65 @@ class Hub:
             return all(len(ids[kind]) == len(keys) for kind, keys in wanted.items())
 
         registered = self.wait_until("the API to list the advertised devices", listed)
-        for d in devices:
-            input_id = ids["inputs"][d.input_key]
+        return registered, [(ids["inputs"][i], ids["outputs"][o]) for i, o in links]
+
+    def _enable_and_link(self, pairs: list[tuple[int, int]]) -> None:
+        """Enable each input with no latch (activation_interval 0) and link it to its one output."""
+        for input_id, output_id in pairs:
             fields = {"device_enabled": True, "activation_interval": 0}
             status, body = self.call("PATCH", f"/api/inputs/{input_id}", fields)
             if status != 200:
                 raise BenchError(f"PATCH /api/inputs/{input_id} answered {status}: {body}")
-            links = {"output_ids": [ids["outputs"][d.output_key]]}
+            links = {"output_ids": [output_id]}
             status, body = self.call("PUT", f"/api/inputs/{input_id}/outputs", links)
             if status != 200:
                 raise BenchError(f"PUT /api/inputs/{input_id}/outputs answered {status}: {body}")
+
+    def set_up(self, devices: list[Device]) -> dict[str, Any]:
+        """Advertise the devices, enable every input (no latch) and link input i to output i."""
+        start = time.perf_counter()
+        connected = self.wait_until("RabbitSource and ControlPublisher to connect", self.broker_connected)
+
+        def advertise() -> None:
+            publisher = Publisher(self.exchange, devices)
+            publisher.heartbeat()
+            publisher.close()
+
+        registered, pairs = self._advertise_until_listed(
+            [(d.input_key, d.output_key) for d in devices], advertise
+        )
+        self._enable_and_link(pairs)
         return {
             "broker_connected_s": round(connected, 3),
+            "devices_listed_s": round(registered, 3),
+            "total_s": round(time.perf_counter() - start, 3),
+        }
+
+    def set_up_mqtt(self, sensors: list[SensorInput]) -> dict[str, Any]:
+        """Each board's all-inactive reading registers its 4 inputs; an ioboard heartbeat the outputs;
+        then every input is enabled (no latch) and linked to its output, as in set_up."""
+        assert self.mqtt_port is not None
+        start = time.perf_counter()
+        connected = self.wait_until(
+            "RabbitSource, ControlPublisher and MqttSource to connect",
+            lambda: self.broker_connected() and self.mqtt_connected(),
+        )
+        outputs = outputs_heartbeat_data([s.output for s in sensors])
+        boards = MqttPublisher(self.mqtt_port, sensors)
+        try:
+
+            def advertise() -> None:
+                boards.all_inactive()
+                publish_heartbeat(self.exchange, outputs)
+
+            registered, pairs = self._advertise_until_listed(
+                [(s.device_key, s.output_key) for s in sensors], advertise
+            )
+        finally:
+            boards.close()
+        self._enable_and_link(pairs)
+        return {
+            "brokers_connected_s": round(connected, 3),
             "devices_listed_s": round(registered, 3),
             "total_s": round(time.perf_counter() - start, 3),
         }
@@ -591,17 +962,23 @@ class Hub:
 
 
 class Relay:
-    """The baseline: `bench.py --relay <exchange>` in its own process."""
+    """The baseline: `bench.py --relay <exchange>` (or `--mqtt-relay <exchange> --mqtt-port P`) alone."""
 
-    def __init__(self) -> None:
-        self.exchange = f"bench_relay_{uuid.uuid4().hex[:10]}"
+    def __init__(self, mqtt_port: int | None = None) -> None:
+        self.mqtt_port = mqtt_port
+        kind = "relay" if mqtt_port is None else "mqtt_relay"
+        self.exchange = f"bench_{kind}_{uuid.uuid4().hex[:10]}"
+        CREATED_EXCHANGES.append(self.exchange)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
-        """Start the relay; returns seconds until it has bound its queue and said READY."""
+        """Start the relay; returns seconds until it has bound its queue (or subscribed) and said READY."""
+        args = ["--relay", self.exchange]
+        if self.mqtt_port is not None:
+            args = ["--mqtt-relay", self.exchange, "--mqtt-port", str(self.mqtt_port)]
         start = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--relay", self.exchange],
+            [sys.executable, str(Path(__file__).resolve()), *args],
             stdout=subprocess.PIPE,
         )
         assert self.proc.stdout is not None
@@ -662,17 +1039,76 @@ def relay_main(exchange: str) -> int:
     return 0
 
 
+def mqtt_relay_main(exchange: str, port: int) -> int:
+    """Subscribe sensor/# at QoS 1 like the hub; per active input_N publish [output_key, None] with pika.
+
+    One thread: paho's loop() (as the hub's MqttSource drives it) and pika's I/O between its calls.
+    """
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    outputs = {s.device_key: s.output_key for s in make_sensor_inputs()}
+    control = f"{exchange}_control"
+    conn = connect()
+    channel = conn.channel()
+    channel.exchange_declare(control, exchange_type="direct", durable=False, auto_delete=False)
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            body = json.loads(message.payload)
+            location = body["input_location"]
+            items = [v for k, v in body.items() if k.startswith("input_") and isinstance(v, dict)]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return
+        for item in items:
+            if item.get("active") is True:
+                key = outputs.get(f"{location} {item.get('input_label')}")
+                if key is not None:
+                    channel.basic_publish(control, CONTROL_KEY, wire.make_payload([key, None]))
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-relay-{uuid.uuid4().hex[:8]}",
+        clean_session=True,
+        protocol=mqtt.MQTTv311,
+    )
+    client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe("sensor/#", qos=MQTT_QOS)
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = on_message
+    client.connect(MQTT_HOST, port, keepalive=60)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not subscribed.is_set() and time.monotonic() < deadline:
+        client.loop(timeout=0.1)
+    if not subscribed.is_set():
+        return 1
+    print("READY", flush=True)
+    while not stopping.is_set():
+        if client.loop(timeout=0.1) != mqtt.MQTT_ERR_SUCCESS:
+            return 1  # mosquitto went away; the bench notices the silence
+        conn.process_data_events(time_limit=0)
+    client.disconnect()
+    conn.close()
+    return 0
+
+
 # ---- the run --------------------------------------------------------------------------------
 
 
-def measure_once(exchange: str, pid: int, n: int | None, settle: Callable[[], Any] | None) -> dict[str, Any]:
+def measure_once(
+    exchange: str,
+    pid: int,
+    n: int | None,
+    settle: Callable[[], Any] | None,
+    new_publisher: Callable[[], Pacing] | None = None,
+    min_n: int = MIN_N,
+) -> dict[str, Any]:
     """Warm-up, throughput and latency legs against whatever relays `exchange` (hub or baseline)."""
-    publisher = Publisher(exchange, make_devices())
+    publisher = new_publisher() if new_publisher is not None else Publisher(exchange, make_devices())
     try:
         print(f"  warm-up: {WARMUP} activations ...", flush=True)
         out: dict[str, Any] = {"warmup": run_warmup(exchange, publisher)}
         if n is None:
-            n = choose_n(out["warmup"]["rate"])
+            n = choose_n(out["warmup"]["rate"], min_n)
             print(f"  warm-up rate {out['warmup']['rate']} msg/s, so N = {n}", flush=True)
         out["n"] = n
         print(f"  throughput: {n} activations as fast as possible ...", flush=True)
@@ -693,11 +1129,13 @@ def measure(
     n: int | None,
     recover: Callable[[], None],
     settle: Callable[[], Any] | None = None,
+    new_publisher: Callable[[], Pacing] | None = None,
+    min_n: int = MIN_N,
 ) -> dict[str, Any]:
     """measure_once, repeated (after `recover`) when the broker closes a connection mid-leg."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            out = measure_once(exchange, pid(), n, settle)
+            out = measure_once(exchange, pid(), n, settle, new_publisher, min_n)
             out["attempts"] = attempt
             return out
         except BROKER_FAILURES as exc:
@@ -710,8 +1148,16 @@ def measure(
     raise AssertionError("unreachable")
 
 
-def run_hub(n: int | None, workdir: Path) -> dict[str, Any]:
-    hub = Hub(workdir)
+def mqtt_publisher(port: int) -> Callable[[], Pacing]:
+    """A new MqttPublisher for each attempt of a set of legs."""
+    sensors = make_sensor_inputs()
+    return lambda: MqttPublisher(port, sensors)
+
+
+def with_hub(
+    hub: Hub, legs: Callable[[dict[str, Any]], None], counter_prefixes: tuple[str, ...]
+) -> dict[str, Any]:
+    """Start the hub, run `legs` (which fill in the result), take RSS and counters, SIGTERM it."""
     result: dict[str, Any] = {"exchange": hub.exchange, "port": hub.port}
     try:
         result["startup_s"] = round(hub.start(), 3)
@@ -719,16 +1165,12 @@ def run_hub(n: int | None, workdir: Path) -> dict[str, Any]:
         print(
             f"  hub pid {hub.pid} on port {hub.port}, healthy after {result['startup_s']:.2f} s", flush=True
         )
-        devices = make_devices()
-        result["setup"] = hub.set_up(devices)
-        result["rss_idle_mb"] = rss_mb(hub.pid)
-        result.update(measure(hub.exchange, lambda: hub.pid, n, hub.recover, hub.settle))
+        hub.authorize()
+        legs(result)
         result["rss_mb"] = rss_mb(hub.pid)
         result["peak_rss_mb"] = rss_mb(hub.pid, "VmHWM")
         counters = hub.get("/api/health").get("counters", {})
-        result["counters"] = {
-            k: v for k, v in counters.items() if k.startswith(("audit.", "control.", "processor."))
-        }
+        result["counters"] = {k: v for k, v in counters.items() if k.startswith(counter_prefixes)}
     except Exception:
         print("---- hub log (tail) ----\n" + hub.log_tail(), file=sys.stderr)
         raise
@@ -741,18 +1183,80 @@ def run_hub(n: int | None, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def run_baseline(n: int) -> dict[str, Any]:
-    relay = Relay()
+def run_hub(n: int | None, workdir: Path, mqtt_port: int) -> dict[str, Any]:
+    # Connected to the bench's own (idle) mosquitto, so nothing published elsewhere reaches it.
+    hub = Hub(workdir, mqtt_port=mqtt_port)
+
+    def legs(result: dict[str, Any]) -> None:
+        result["setup"] = hub.set_up(make_devices())
+        result["rss_idle_mb"] = rss_mb(hub.pid)
+        result.update(measure(hub.exchange, lambda: hub.pid, n, hub.recover, hub.settle))
+
+    return with_hub(hub, legs, ("audit.", "control.", "processor."))
+
+
+def run_mqtt_hub(n: int | None, workdir: Path, mqtt_port: int) -> dict[str, Any]:
+    """A second hub, fresh database and all, with 100 sensor inputs on MQTT."""
+    hub = Hub(workdir, mqtt_port=mqtt_port)
+
+    def legs(result: dict[str, Any]) -> None:
+        result["setup"] = hub.set_up_mqtt(make_sensor_inputs())
+        result["rss_idle_mb"] = rss_mb(hub.pid)
+        result.update(
+            measure(
+                hub.exchange,
+                lambda: hub.pid,
+                n,
+                hub.recover,
+                hub.settle,
+                mqtt_publisher(mqtt_port),
+                MQTT_MIN_N,
+            )
+        )
+
+    return with_hub(hub, legs, ("audit.", "control.", "processor.", "mqtt.", "heartbeat_filter."))
+
+
+def run_baseline(n: int, mqtt_port: int | None = None) -> dict[str, Any]:
+    """The RabbitMQ relay, or with mqtt_port the MQTT relay fed by the MQTT publisher."""
+    relay = Relay(mqtt_port)
+    new_publisher = None if mqtt_port is None else mqtt_publisher(mqtt_port)
     result: dict[str, Any] = {"exchange": relay.exchange}
     try:
         result["startup_s"] = round(relay.start(), 3)
-        result.update(measure(relay.exchange, lambda: relay.pid, n, relay.recover))
+        result.update(measure(relay.exchange, lambda: relay.pid, n, relay.recover, None, new_publisher))
         result["rss_mb"] = rss_mb(relay.pid)
         result["peak_rss_mb"] = rss_mb(relay.pid, "VmHWM")
     finally:
         stopped = relay.stop()
         if stopped is not None:
             result["stop"] = {"exit_code": stopped[0], "seconds": round(stopped[1], 3)}
+    return result
+
+
+def run_mqtt(n: int | None, workdir: Path, broker: MqttBroker) -> dict[str, Any]:
+    """The MQTT legs: a hub of its own, then the MQTT relay with the same N."""
+    result: dict[str, Any] = {
+        "broker": {
+            "port": broker.port,
+            "config": "listener 127.0.0.1, max_queued_messages 0 (no limit), persistence false",
+        },
+        "boards": MQTT_BOARDS,
+        "inputs_per_board": len(SENSOR_LABELS),
+        "topic": f"sensor/{MQTT_PLACE}/<device_id>",
+        "qos": MQTT_QOS,
+        "publish_window": MQTT_PUBLISH_WINDOW,
+        "n": n,
+        "n_source": "--mqtt-n" if n else "hub MQTT warm-up rate",
+    }
+    print("MQTT hub leg ...", flush=True)
+    result["hub"] = run_mqtt_hub(n, workdir, broker.port)
+    result["n"] = result["hub"]["n"]
+    print("MQTT baseline leg ...", flush=True)
+    result["baseline"] = run_baseline(result["n"], broker.port)
+    hub_rate = _get(result["hub"], "throughput.rate")
+    base_rate = _get(result["baseline"], "throughput.rate")
+    result["throughput_ratio"] = round(hub_rate / base_rate, 3) if hub_rate and base_rate else None
     return result
 
 
@@ -839,6 +1343,52 @@ TABLE: list[tuple[str, tuple[str, ...], str, int]] = [
 ]
 
 
+# The MQTT table: the same rows, except that publish() only queues in paho, so when mosquitto had
+# acknowledged the whole burst is shown too.
+MQTT_TABLE = [
+    *TABLE[:2],
+    ("  paho publish() calls managed", ("throughput.publish_rate",), " msg/s", 1),  # queued, not sent
+    ("  mosquitto acked them all after", ("throughput.all_acked_s",), " s", 2),
+    *TABLE[3:],
+]
+
+
+def table(
+    rows: list[tuple[str, tuple[str, ...], str, int]], hub: dict[str, Any], base: dict[str, Any]
+) -> list[str]:
+    lines = [f"{'':32}{'hub':>16}{'baseline':>16}"]
+    for label, paths, unit, digits in rows:
+        cells = [
+            "/".join(_fmt(_get(side, p), "" if len(paths) > 1 else unit, digits) for p in paths)
+            for side in (hub, base)
+        ]
+        lines.append(f"{label:32}{cells[0]:>16}{cells[1]:>16}")
+    return lines
+
+
+def mqtt_report(results: dict[str, Any]) -> list[str]:
+    mq = results.get("mqtt")
+    if mq is None:
+        return []
+    if "error" in mq:
+        return ["", f"MQTT legs: could not run: {mq['error']}"]
+    hub, base = mq["hub"], mq["baseline"]
+    return [
+        "",
+        f"MQTT: {mq['boards']} adc-app boards x {mq['inputs_per_board']} inputs on {mq['topic']},"
+        f" QoS {mq['qos']}, one paho publisher (window {mq['publish_window']}),"
+        f" private mosquitto :{mq['broker']['port']}",
+        f"throughput N = {mq['n']} activations (one active input each, cycling over {DEVICES} inputs);"
+        f" latency at {LATENCY_RATE}/s for {LATENCY_SECONDS:.0f} s",
+        "",
+        *table(MQTT_TABLE, hub, base),
+        "",
+        f"delivery, hub (MQTT): {delivery(hub)}",
+        f"delivery, baseline (MQTT): {delivery(base)}",
+        f"MQTT hub/baseline throughput {_fmt(mq['throughput_ratio'], '', 3)} (information: no target)",
+    ]
+
+
 def report(results: dict[str, Any]) -> str:
     hub, base, targets = results["hub"], results["baseline"], results["targets"]
     lines = [
@@ -847,14 +1397,8 @@ def report(results: dict[str, Any]) -> str:
         f"throughput N = {results['n']} activations over {DEVICES} inputs;"
         f" latency at {LATENCY_RATE}/s for {LATENCY_SECONDS:.0f} s",
         "",
-        f"{'':32}{'hub':>16}{'baseline':>16}",
+        *table(TABLE, hub, base),
     ]
-    for label, paths, unit, digits in TABLE:
-        cells = [
-            "/".join(_fmt(_get(side, p), "" if len(paths) > 1 else unit, digits) for p in paths)
-            for side in (hub, base)
-        ]
-        lines.append(f"{label:32}{cells[0]:>16}{cells[1]:>16}")
     lines += ["", f"delivery, hub: {delivery(hub)}", f"delivery, baseline: {delivery(base)}"]
     lines += ["", "targets:"]
     names = {
@@ -866,6 +1410,7 @@ def report(results: dict[str, Any]) -> str:
     for key, t in targets.items():
         value = _fmt(t["value"], "", 3 if key == "throughput_ratio" else 2)  # 0.497 must not read 0.50
         lines.append(f"  {names[key]:30}{value:>10}  {t['target']:>8}  {verdict(t['met'])}")
+    lines += mqtt_report(results)
     lines += ["", results["summary"]]
     return "\n".join(lines)
 
@@ -894,6 +1439,20 @@ def summary(results: dict[str, Any]) -> str:
     )
 
 
+def mqtt_summary(results: dict[str, Any]) -> str:
+    """Appended to the summary line: the MQTT figures, which have no target."""
+    mq = results.get("mqtt")
+    if mq is None:
+        return ""
+    if "error" in mq:
+        return "; MQTT: could not run"
+    return (
+        f"; MQTT (no target): hub {_fmt(_get(mq['hub'], 'throughput.rate'))} msg/s"
+        f" = {_fmt(mq['throughput_ratio'], '', 3)}x MQTT baseline,"
+        f" p99 {_fmt(_get(mq['hub'], 'latency.p99_ms'), ' ms', 2)}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -901,10 +1460,20 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help=f"activations per throughput leg (default: from the hub's warm-up rate, {MIN_N}-{MAX_N})",
     )
+    parser.add_argument(
+        "--mqtt-n",
+        type=int,
+        help=f"activations per MQTT throughput leg (default: from the hub's MQTT warm-up rate,"
+        f" {MQTT_MIN_N}-{MAX_N})",
+    )
     parser.add_argument("--relay", metavar="EXCHANGE", help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt-relay", metavar="EXCHANGE", help=argparse.SUPPRESS)
+    parser.add_argument("--mqtt-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.relay:
         return relay_main(args.relay)
+    if args.mqtt_relay:
+        return mqtt_relay_main(args.mqtt_relay, args.mqtt_port)
     started = time.perf_counter()
     try:
         connect().close()
@@ -919,26 +1488,41 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
         "n_source": "--n" if args.n else "hub warm-up rate",
     }
+    mqtt_failed = False
     try:
         with tempfile.TemporaryDirectory(prefix="ep-bench-") as tmp:
-            print("hub leg ...", flush=True)
-            results["hub"] = run_hub(args.n, Path(tmp))
-        results["n"] = results["hub"]["n"]
-        print("baseline leg ...", flush=True)
-        results["baseline"] = run_baseline(results["n"])
+            broker = MqttBroker(Path(tmp))
+            try:
+                broker.start()
+                (Path(tmp) / "hub").mkdir()
+                print("hub leg ...", flush=True)
+                results["hub"] = run_hub(args.n, Path(tmp) / "hub", broker.port)
+                results["n"] = results["hub"]["n"]
+                print("baseline leg ...", flush=True)
+                results["baseline"] = run_baseline(results["n"])
+                (Path(tmp) / "mqtt-hub").mkdir()
+                try:
+                    results["mqtt"] = run_mqtt(args.mqtt_n, Path(tmp) / "mqtt-hub", broker)
+                except BenchError as exc:  # the RabbitMQ figures still stand
+                    mqtt_failed = True
+                    tail = broker.log_tail()
+                    results["mqtt"] = {"error": str(exc) + (f"; mosquitto log: {tail}" if tail else "")}
+                    print(f"bench: the MQTT legs could not run: {results['mqtt']['error']}", file=sys.stderr)
+            finally:
+                broker.stop()
     except BenchError as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 1
     finally:
-        delete_exchanges(*(results[side]["exchange"] for side in ("hub", "baseline") if side in results))
+        delete_exchanges(*CREATED_EXCHANGES)
     results["targets"] = evaluate(results["hub"], results["baseline"])
     results["duration_s"] = round(time.perf_counter() - started, 1)
-    results["summary"] = summary(results)
+    results["summary"] = summary(results) + mqtt_summary(results)
     print(report(results))
     print(f"(run took {results['duration_s']:.0f} s; figures in {RESULTS.relative_to(REPO)})")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return 1 if mqtt_failed else 0
 
 
 if __name__ == "__main__":
