@@ -248,6 +248,9 @@ class MqttSource(AppThread):
 
     def _take_publish_requests(self) -> None:
         for _ in range(MAX_REQUESTS_PER_LOOP):
+            # EVENTS is a cheap flag read; recv(NOBLOCK) on an empty socket raises, every loop
+            if not self._pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frame = self._pull.recv(zmq.NOBLOCK)
             except zmq.Again:

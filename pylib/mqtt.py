@@ -30,6 +30,7 @@ CONNECT_TIMEOUT = 1.0
 MAX_INFLIGHT = 20
 # A repeated identical failure is logged at WARNING at most this often (every attempt at DEBUG).
 _REPEAT_WARNING_SECONDS = 300.0
+READ_BURST = 64  # packets read per wake-up beyond the first
 # How long close() waits for the DISCONNECT packet to go out.
 _CLOSE_SECONDS = 0.5
 
@@ -189,6 +190,12 @@ class Connection:
         if self._socket_open:
             try:
                 rc = self._client.loop(timeout=timeout)
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._client.socket() is not None:
+                    # loop() reads one packet; take what else has already arrived in the same wake-up
+                    # rather than paying a select() and a thread switch per message in a burst.
+                    more = self._client.loop_read(max_packets=READ_BURST)
+                    if more not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                        rc = more
             except Exception as exc:
                 # not expected from paho, but a connection is cheaper to replace than the thread
                 log.exception("%s: the MQTT network loop failed", self.component)
