@@ -80,6 +80,7 @@ class TelegramService(threads.AppThread):
         self._pull = inproc.bind_pull(channels.NOTIFIER)
         self.notifier: Notifier | None = None
         self.application: Application[Any, Any, Any, Any, Any, Any] | None = None
+        self._commands: Any = None  # what commands.register returned (has an async close())
 
     def work(self) -> None:
         health.set_state("telegram", "starting")
@@ -108,7 +109,7 @@ class TelegramService(threads.AppThread):
         except ImportError:
             commands = None  # type: ignore[assignment]
         if commands is not None and hasattr(commands, "register"):
-            commands.register(app, self._settings, self._session_factory)
+            self._commands = commands.register(app, self._settings, self._session_factory)
         else:
             log.info("Telegram commands module not available: notifications only")
         return app
@@ -152,6 +153,9 @@ class TelegramService(threads.AppThread):
                 health.set_state("telegram", "down", f"{task.get_name()} stopped")
                 raise RuntimeError(f"Telegram {task.get_name()} task stopped")
         finally:
+            close = getattr(self._commands, "close", None)
+            if close is not None:
+                await close()  # cancels the commands' timers before the loop goes away
             await app.shutdown()  # closes the HTTP connection pools
         health.set_state("telegram", "stopped")
 
