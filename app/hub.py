@@ -14,6 +14,7 @@ from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
 from app.mqtt_source import MqttSource
+from app.offline import OfflineMonitor
 from app.presence import presence
 from app.processor import EventProcessor
 from app.rabbit_source import RabbitSource
@@ -85,6 +86,13 @@ class Hub:
             started.append(MeterWriter(self.settings))
         else:
             log.info("InfluxDB off: set INFLUXDB_URL, _TOKEN, _ORG and _BUCKET to write meter readings")
+        if self.settings.telegram_enabled:
+            from app.telegram.service import TelegramService
+
+            started.append(TelegramService(self.settings, self.sessions))
+        else:
+            log.info("Telegram off: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ROOM for alerts and commands")
+        started.append(OfflineMonitor(self.settings, self.sessions, presence))
         if self.settings.mdash_enabled:
             from app.mdash import MdashDiscovery
 

@@ -448,9 +448,7 @@ class EventProcessor(threads.AppThread):
         }
         if verdict.fire and output.device_type.strip().lower() == registry.SMS_TYPE:
             if self._notifier is None:
-                verdict = rules.Decision(
-                    False, rules.NO_ROUTE, "Telegram is not configured (TELEGRAM_BOT_TOKEN)"
-                )
+                verdict = rules.Decision(False, rules.NO_ROUTE, "Telegram is off (TELEGRAM_BOT_TOKEN)")
             else:
                 self._notify(rule, output, now, device, detail)
                 state.last_fired = now
