@@ -481,8 +481,11 @@ def bars(svg: ET.Element) -> list[int]:
 
 def test_charts_count_events_per_hour_and_day_and_draw_meters(pages: Pages) -> None:
     now = datetime.now(UTC)
-    add_decisions(pages, 3, now - timedelta(minutes=30), "door", fired=True, reason=None, label="Front Door")
-    add_decisions(pages, 2, now - timedelta(hours=5, minutes=10), "door", label="Front Door")
+    # the bars are clock hours: put events halfway into the current hour, and into the one 5 hours back
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    this_hour = hour + (now - hour) / 2
+    add_decisions(pages, 3, this_hour, "door", fired=True, reason=None, label="Front Door")
+    add_decisions(pages, 2, this_hour - timedelta(hours=5), "door", label="Front Door")
     add_decisions(pages, 4, now - timedelta(days=3), "hall", label="Hall Motion")
     add_decisions(pages, 1, now - timedelta(days=9), "hall", label="Hall Motion")  # too old for both
     with pages.sessions() as s:

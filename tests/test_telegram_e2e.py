@@ -49,7 +49,7 @@ def test_an_alarm_linked_to_sms_reaches_the_chat_with_history(telegram_hub) -> N
     last = messages[-1].text or ""
     assert last.startswith("Front Door Motion Tamper (")
     assert "s ago: Back_Door *x*" in last  # the other input's own label, escaped for HTML
-    decision = api.decisions(FRONT)[0]
+    decision = wait_for(lambda: api.decisions(FRONT))[0]  # the audit is written in batches
     assert decision["outputs"][0] == {**decision["outputs"][0], "output_key": "SMS", "fired": True}
 
 
