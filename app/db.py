@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision (a test keeps it in step with migrations/versions). Knowing it lets
 # a start-up on an up-to-date database skip importing Alembic, which costs ~0.3 s and ~10 MB on a Pi.
-HEAD_REVISION = "0004_offline_alerts"
+HEAD_REVISION = "0005_schedules_state"
 
 # Enough idle connections for the hub's threads plus Flask's request threads without reconnecting;
 # the overflow is bounded so a session leak shows up as a pool timeout rather than "too many open files".

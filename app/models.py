@@ -93,6 +93,10 @@ class OutputConfig(Base):
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     # NULL: the default, which is off for outputs
     alert_offline: Mapped[bool | None] = mapped_column(Boolean)
+    # daily schedule, as inputs have had since the original
+    auto_schedule: Mapped[bool | None] = mapped_column(Boolean)
+    auto_schedule_enable: Mapped[str | None] = mapped_column(String(5))
+    auto_schedule_disable: Mapped[str | None] = mapped_column(String(5))
 
     links: Mapped[list[OutputLink]] = relationship(back_populates="output", cascade="all, delete-orphan")
 
@@ -224,3 +228,22 @@ class MeterHistory(Base):
 
 
 Index("ix_meter_history_input_time", MeterHistory.input_device_id, MeterHistory.timestamp)
+
+
+class RuleState(Base):
+    """Rule state that must survive a restart (latches, windows, pending digests, timed re-enables)."""
+
+    __tablename__ = "rule_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state_key: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
+    state_value: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    updated: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Heartbeat(Base):
+    """One row the hub rewrites every minute: proof of life for backups and monitoring."""
+
+    __tablename__ = "heartbeat"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dt: Mapped[datetime | None] = mapped_column(DateTime)
+    ts: Mapped[float | None] = mapped_column(Float)

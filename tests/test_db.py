@@ -29,12 +29,14 @@ from app.models import (
     DecisionOutput,
     EventLog,
     GeneralConfig,
+    Heartbeat,
     InputConfig,
     InputLink,
     MeterConfig,
     MeterHistory,
     OutputConfig,
     OutputLink,
+    RuleState,
     User,
 )
 
@@ -212,7 +214,7 @@ def test_fresh_sqlite_migrates_to_head_and_matches_models(
     engine = engines(sqlite_url(tmp_path / "hub.db"))
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == HEAD == "0004_offline_alerts"
+    assert db.current_revision(engine) == HEAD == "0005_schedules_state"
     assert db.schema_differences(engine) == []
 
 
@@ -524,6 +526,8 @@ def _one_of_each(stamp: datetime) -> list[Any]:
         user,
         ApiToken(user=user, name="backup script", token_hash="ab" * 32, prefix="ep_abcd", created_at=stamp),
         MeterHistory(input_device_id=1, timestamp=stamp, register_value=50, meter_value=3, reading=0.05),
+        RuleState(state_key="latch:1", state_value='{"last_fired": 1.5}', updated=stamp),
+        Heartbeat(dt=stamp, ts=1700000000.5),
     ]
 
 
