@@ -112,11 +112,17 @@ def test_log_in_enable_link_fire_panic_and_see_the_decision(rig: tuple[Any, str]
     assert "Front Door Motion is now enabled." in page.inner_text(".alert")
     assert "On" in row.locator("button[type=submit]").inner_text()
 
-    # Link the panic button to the buzzer and arm it. The links page (config_pages.links) belongs
-    # to the configuration pages; the JSON API makes the same change through the EventProcessor.
+    # Link the panic button to the buzzer on the Links page, as a person would.
     panic = row_id(hub, InputConfig, registry.PANIC_BUTTON)
     buzzer = row_id(hub, OutputConfig, "Hallway Buzzer")
-    api(page, base, "PUT", f"/api/inputs/{panic}/outputs", {"output_ids": [buzzer]})
+    page.goto(f"{base}/config/links?id={panic}")
+    card = page.locator(f"#links-{panic}")
+    card.locator(f"#links-{panic}-out-{buzzer}").check()
+    card.locator("button[type=submit]").first.click()
+    page.wait_for_load_state()
+    assert page.locator(f"#links-{panic}-out-{buzzer}").is_checked()
+    shot(page, "links")
+    # The dashboard hides the built-in buttons (as the original did), so arm it through the API.
     api(page, base, "PATCH", f"/api/inputs/{panic}", {"device_enabled": True})
     page.goto(f"{base}/")
 
