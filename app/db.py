@@ -66,6 +66,9 @@ def make_engine(url: str, timeout: int = 30) -> Engine:
                 # in WAL mode NORMAL is still crash-safe for the database; only the last commits
                 # before a power cut may be lost, and it avoids an fsync per event
                 cursor.execute("PRAGMA synchronous=NORMAL")
+            # SQLite's default page cache is 2 MB per connection, and a dozen threads each hold one;
+            # the configuration database is tiny, so 512 KB keeps it all in memory on a Pi.
+            cursor.execute("PRAGMA cache_size=-512")
             # foreign_keys stays off as in the original: existing databases may hold orphaned links
         finally:
             cursor.close()
