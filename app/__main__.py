@@ -8,22 +8,12 @@ import signal
 import sys
 import threading
 
+from app import observability
 from app import settings as settings_module
 from app.settings import SettingsError
 from pylib import threads
 
 log = logging.getLogger("app")
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    # pika and waitress narrate every connection step at INFO; the hub logs the state changes itself.
-    for noisy in ("pika", "waitress", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -65,7 +55,9 @@ def main() -> int:
     except SettingsError as exc:
         print(f"event-processor: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    # text or JSON lines, with every configured secret redacted from every record
+    observability.configure_logging(settings)
+    observability.init_sentry(settings)
     limit_malloc_arenas()
     # An event crosses four threads; with the default 5 ms GIL switch interval each hop can wait
     # that long behind a busy neighbour. 1 ms keeps the end-to-end latency tail short.
@@ -76,6 +68,11 @@ def main() -> int:
         log.info("received %s", signal.Signals(signum).name)
         threads.shutting_down.set()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # As the original service: SIGHUP flips between INFO and DEBUG without a restart.
+        observability.toggle_debug()
+
+    signal.signal(signal.SIGHUP, on_hangup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("starting %s (%s)", settings.app_name, settings_module.describe(settings))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db, health, registry
+from app import db, health, observability, registry
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -93,6 +94,9 @@ class Hub:
         else:
             log.info("Telegram off: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ROOM for alerts and commands")
         started.append(OfflineMonitor(self.settings, self.sessions, presence))
+        # Heartbeat row and Healthchecks/Cronitor pings: their own thread, off the event path.
+        started.append(observability.HealthPinger(self.settings, self.sessions, self.clock))
+        self._register_depths(started)
         if self.settings.mdash_enabled:
             from app.mdash import MdashDiscovery
 
@@ -101,6 +105,24 @@ class Hub:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
         for thread in started:
             thread.start()
+
+    @staticmethod
+    def _register_depths(started: list[threads.AppThread]) -> None:
+        """Let /metrics read the queues that live inside thread objects, at scrape time."""
+        observability.clear_depths()
+        for thread in started:
+            if isinstance(thread, ControlPublisher):
+                observability.register_depth("control_pending", thread.pending)
+            elif isinstance(thread, MqttSource):
+                observability.register_depth("mqtt_outbox", lambda m=thread: m.outbox_pending)  # a property
+            elif type(thread).__name__ == "MeterWriter":  # imported only when InfluxDB is on
+                observability.register_depth("influxdb_buffer", thread.buffered)  # type: ignore[attr-defined]
+            elif type(thread).__name__ == "TelegramService":
+                service: Any = thread
+                # The notifier exists once the bot has started; until then nothing is queued.
+                observability.register_depth(
+                    "telegram_outbox", lambda s=service: s.notifier.pending() if s.notifier else 0
+                )
 
     def stop(self, timeout: float = 4.0) -> None:
         """Stop every thread and release sockets; returns within about `timeout` seconds."""

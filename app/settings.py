@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytz
 from dotenv import dotenv_values
@@ -20,7 +21,18 @@ OUTPUT_TYPE_VARS = {
     "bluetooth": "OUTPUT_TYPE_BLUETOOTH",
 }
 SECRET_NAMES = frozenset(
-    {"RABBITMQ_PASSWORD", "DATABASE_URL", "MQTT_PASSWORD", "INFLUXDB_TOKEN", "MDASH_API_KEY"}
+    {
+        "RABBITMQ_PASSWORD",
+        "DATABASE_URL",
+        "MQTT_PASSWORD",
+        "INFLUXDB_TOKEN",
+        "MDASH_API_KEY",
+        "TELEGRAM_BOT_TOKEN",
+        "APP_SECRET_KEY",
+        "SENTRY_DSN",
+        "HC_PING_URL",
+        "CRONITOR_TELEMETRY_KEY",
+    }
 )
 
 
@@ -94,6 +106,19 @@ class Settings:
     aws_region: str = "us-east-1"
     offline_alert_factor: float = 3.0
     offline_alert_floor: int = 60
+    log_format: str = "text"
+    sentry_dsn: str = field(default="", repr=False)
+    sentry_environment: str = ""
+    hc_ping_url: str = field(default="", repr=False)
+    cronitor_monitor_key: str = ""
+    cronitor_telemetry_key: str = field(default="", repr=False)
+    cronitor_ping_url: str = "https://cronitor.link/p"
+    health_ping_seconds: float = 300.0
+    heartbeat_row_seconds: float = 60.0
+
+    @property
+    def sentry_enabled(self) -> bool:
+        return bool(self.sentry_dsn)
 
     @property
     def telegram_enabled(self) -> bool:
@@ -201,6 +226,27 @@ def _topics(name: str, raw: str) -> tuple[str, ...]:
     return topics
 
 
+def _seconds(values: dict[str, str], name: str, minimum: float, maximum: float) -> float:
+    # Fractions are allowed so that tests can run the periodic threads in well under a second.
+    raw = values.get(name, "").strip()
+    try:
+        number = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
+    if not minimum <= number <= maximum:
+        raise SettingsError(name, f"{number:g} must be from {minimum:g} to {maximum:g} seconds")
+    return number
+
+
+def _url(values: dict[str, str], name: str) -> str:
+    """An optional http(s) URL: empty, or one that starts with the scheme."""
+    url = values.get(name, "").strip()
+    if url and not url.startswith(("http://", "https://")):
+        # The value may carry a key (Sentry, Healthchecks), so the message does not repeat it.
+        raise SettingsError(name, "is not an http(s) URL")
+    return url
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
 
@@ -285,6 +331,19 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     if not mdash_url.startswith(("http://", "https://")):
         raise SettingsError("MDASH_API_BASE_URL", f"{mdash_url!r} is not an http(s) URL")
     exchange = _text(v, "RABBITMQ_EXCHANGE")
+    log_format = _text(v, "LOG_FORMAT").lower()
+    if log_format not in ("text", "json"):
+        raise SettingsError("LOG_FORMAT", f"{log_format!r} is not text or json")
+    sentry_dsn = _url(v, "SENTRY_DSN")
+    if sentry_dsn and not urlsplit(sentry_dsn).username:
+        raise SettingsError("SENTRY_DSN", "has no public key (it looks like https://<key>@<host>/<project>)")
+    cronitor_key = v.get("CRONITOR_MONITOR_KEY", "").strip()
+    cronitor_telemetry = v.get("CRONITOR_TELEMETRY_KEY", "").strip()
+    if cronitor_key and not cronitor_telemetry:
+        raise SettingsError("CRONITOR_TELEMETRY_KEY", "must be set when CRONITOR_MONITOR_KEY is")
+    cronitor_url = _url(v, "CRONITOR_PING_URL")
+    if not cronitor_url:
+        raise SettingsError("CRONITOR_PING_URL", "must not be empty")
     return Settings(
         app_name=_text(v, "APP_NAME"),
         device_name=_text(v, "DEVICE_NAME"),
@@ -345,6 +404,15 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         aws_region=_text(v, "AWS_DEFAULT_REGION"),
         offline_alert_factor=factor,
         offline_alert_floor=_int(v, "OFFLINE_ALERT_FLOOR_SECONDS", 1, 86400),
+        log_format=log_format,
+        sentry_dsn=sentry_dsn,
+        sentry_environment=v.get("SENTRY_ENVIRONMENT", "").strip(),
+        hc_ping_url=_url(v, "HC_PING_URL").rstrip("/"),
+        cronitor_monitor_key=cronitor_key,
+        cronitor_telemetry_key=cronitor_telemetry,
+        cronitor_ping_url=cronitor_url.rstrip("/"),
+        health_ping_seconds=_seconds(v, "HEALTH_PING_SECONDS", 0.05, 86400),
+        heartbeat_row_seconds=_seconds(v, "HEARTBEAT_ROW_SECONDS", 0.05, 86400),
     )
 
 
@@ -359,6 +427,9 @@ def describe(settings: Settings) -> dict[str, Any]:
         "admin_password_hash",
         "secret_key",
         "telegram_bot_token",
+        "sentry_dsn",
+        "hc_ping_url",
+        "cronitor_telemetry_key",
     )
     out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url

@@ -12,7 +12,18 @@ from sqlalchemy.orm import Session
 
 from app import presence as presence_module
 from app.settings import Settings
-from app.web import api, assets, auth, charts, config_pages, dashboard, errors, events, formatting
+from app.web import (
+    api,
+    assets,
+    auth,
+    charts,
+    config_pages,
+    dashboard,
+    errors,
+    events,
+    formatting,
+    metrics,
+)
 from app.web.context import WebContext, install
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -40,4 +51,5 @@ def create_app(
     # except bearer-token calls, so session-cookie JSON writes must send X-CSRFToken.
     for blueprint in (api.bp, assets.bp, dashboard.bp, events.bp, charts.bp, config_pages.bp):
         app.register_blueprint(blueprint)
+    metrics.init_app(app)  # /metrics and /api/logging, behind the same login and bearer tokens
     return app

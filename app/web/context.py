@@ -31,5 +31,9 @@ def ctx() -> WebContext:
 
 
 def is_api_request() -> bool:
-    """JSON answers under /api, HTML pages everywhere else."""
-    return request.path == "/api" or request.path.startswith("/api/")
+    """JSON answers under /api, HTML pages everywhere else.
+
+    /metrics counts as API: Prometheus scrapes it with a bearer token and needs a 401, not a
+    redirect to the login page, when the token is wrong.
+    """
+    return request.path in ("/api", "/metrics") or request.path.startswith("/api/")

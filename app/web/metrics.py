@@ -1,0 +1,46 @@
+"""GET /metrics for Prometheus and GET/PUT /api/logging for the run-time log level, both behind login."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from app import observability
+from app.web.api import ApiError
+from app.web.context import ctx
+
+bp = Blueprint("observability", __name__)
+_REGISTRY = "event_processor_metrics"
+
+
+@bp.get("/metrics")
+def get_metrics() -> Response:
+    # auth's guard has already checked the session or the API bearer token: no public scrape.
+    registry: CollectorRegistry = current_app.extensions[_REGISTRY]
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/api/logging")
+def get_logging() -> dict[str, Any]:
+    return {"level": observability.current_level()}
+
+
+@bp.put("/api/logging")
+def put_logging() -> dict[str, Any]:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    level = body.get("level")
+    if not isinstance(level, str) or level.strip().upper() not in observability.LEVELS:
+        raise ApiError(400, f"level must be one of {', '.join(observability.LEVELS)}", "level")
+    return {"level": observability.set_level(level)}
+
+
+def init_app(app: Flask) -> None:
+    """Register the routes and the app's own metrics registry (read at scrape time, nothing stored)."""
+    with app.app_context():
+        presence = ctx().presence
+    app.extensions[_REGISTRY] = observability.make_registry(presence)
+    app.register_blueprint(bp)
