@@ -19,6 +19,7 @@ from app.offline import OfflineMonitor
 from app.presence import presence
 from app.processor import EventProcessor
 from app.rabbit_source import RabbitSource
+from app.scheduler import AutoScheduler
 from app.settings import Settings
 from app.web import create_app
 from app.web.server import WebServer
@@ -54,7 +55,7 @@ class Hub:
 
     def init_database(self) -> None:
         self.engine = db.make_engine(self.settings.database_url, self.settings.db_timeout)
-        db.upgrade(self.engine)
+        db.upgrade_in_child(self.engine, self.settings.database_url)
         self.sessions = db.session_factory(self.engine)
         with self.sessions() as session:
             registry.ensure_builtin(session, self.settings.device_name)
@@ -94,6 +95,7 @@ class Hub:
         else:
             log.info("Telegram off: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ROOM for alerts and commands")
         started.append(OfflineMonitor(self.settings, self.sessions, presence))
+        started.append(AutoScheduler(self.settings, self.sessions))
         # Heartbeat row and Healthchecks/Cronitor pings: their own thread, off the event path.
         started.append(observability.HealthPinger(self.settings, self.sessions, self.clock))
         self._register_depths(started)

@@ -563,3 +563,22 @@ def test_round_trip_of_each_model(any_url: str, engines: Callable[..., Engine]) 
 def test_head_revision_constant_matches_the_migrations() -> None:
     # db.HEAD_REVISION lets start-up skip Alembic; it must name the newest migration.
     assert db.HEAD_REVISION == HEAD
+
+
+def test_upgrade_in_child_migrates_without_importing_alembic_here(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    url = sqlite_url(tmp_path / "child.db")
+    engine = engines(url)
+    db.upgrade_in_child(engine, url)
+    assert db.current_revision(engine) == HEAD
+    assert db.schema_differences(engine) == []
+    db.upgrade_in_child(engine, url)  # already current: no child at all
+
+
+def test_upgrade_in_child_reports_a_failed_migration(tmp_path: Path, engines: Callable[..., Engine]) -> None:
+    bad = tmp_path / "not-a-database.db"
+    bad.write_bytes(b"this is not SQLite" * 100)
+    url = sqlite_url(bad)
+    with pytest.raises(Exception, match="not a database|migration failed"):
+        db.upgrade_in_child(engines(url), url)
