@@ -19,11 +19,16 @@ from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, Outp
 log = logging.getLogger(__name__)
 
 OUTPUTS_ENABLED_KEY = "outputs-enabled"
+SCHEDULER_ENABLED_KEY = "auto-scheduler"
 MAX_LINKS = 1000
 MAX_ID = 2**63 - 1  # SQLite INTEGER; a larger Python int cannot even be bound as a parameter
 # Publishing with AMQP wildcards or spaces in a routing key is legal but never what a person meant.
 _ROUTING_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
 _FALSE_WORDS = frozenset({"0", "false", "off", "no"})
+# A daily schedule time: HH:MM, 00:00 to 23:59 (H:MM is accepted on entry and stored as HH:MM).
+HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+_H_MM = re.compile(r"\d:[0-5]\d")
+SCHEDULE_KINDS = {"input": InputConfig, "output": OutputConfig}
 
 
 class ChangeError(ValueError):
@@ -180,6 +185,55 @@ def _outputs_enabled_row(session: Session) -> GeneralConfig | None:
         .order_by(GeneralConfig.id)
     )
     return session.scalars(stmt).first()
+
+
+def parse_hhmm(value: Any) -> str | None:
+    """A schedule time normalised to HH:MM, or None when it is not a valid time of day."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    if _H_MM.fullmatch(value):
+        value = "0" + value
+    return value if HHMM.fullmatch(value) else None
+
+
+def validate_time(value: Any, field: str) -> str | None:
+    """A schedule time as entered: null or '' clears it, H:MM or HH:MM is normalised; else ChangeError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    clean = parse_hhmm(value)
+    if clean is None:
+        raise ChangeError(field, f"{field} must be a time of day as HH:MM (00:00 to 23:59), not {value!r}")
+    return clean
+
+
+def validate_schedule(
+    auto_schedule: Any, enable: str | None, disable: str | None
+) -> tuple[bool, str | None, str | None]:
+    """Check a whole schedule (times already through validate_time); raises ChangeError naming a field."""
+    if not isinstance(auto_schedule, bool):
+        raise ChangeError("auto_schedule", "auto_schedule must be true or false")
+    if auto_schedule:
+        # Both times are needed: a device switched only one way would stay that way for good.
+        if enable is None:
+            raise ChangeError("enable", "enable is needed when the schedule is on")
+        if disable is None:
+            raise ChangeError("disable", "disable is needed when the schedule is on")
+    if enable is not None and enable == disable:
+        # Both jobs would fire at the same moment in no defined order.
+        raise ChangeError("disable", "disable must differ from enable")
+    return auto_schedule, enable, disable
+
+
+def scheduler_enabled(session: Session) -> bool:
+    """The global auto-scheduler switch; on when never set."""
+    stmt = (
+        select(GeneralConfig)
+        .where(GeneralConfig.config_key == SCHEDULER_ENABLED_KEY)
+        .order_by(GeneralConfig.id)
+    )
+    row = session.scalars(stmt).first()
+    return row is None or row.config_value.strip().lower() not in _FALSE_WORDS
 
 
 @dataclass
@@ -344,6 +398,48 @@ def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
     return _Done({"enabled": enabled}, f"outputs {'enabled' if enabled else 'disabled'}")
 
 
+def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
+    kind = args.get("kind")
+    model = SCHEDULE_KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ChangeError("kind", "kind must be 'input' or 'output'")
+    row: InputConfig | OutputConfig = _load(session, model, args, "id", kind)
+    # An absent time keeps the stored one; null clears it.
+    enable = validate_time(args["enable"], "enable") if "enable" in args else row.auto_schedule_enable
+    disable = validate_time(args["disable"], "disable") if "disable" in args else row.auto_schedule_disable
+    # A stored time that was never valid (an original database's "7:00" or "") is normalised or dropped.
+    enable = parse_hhmm(enable) if enable is not None else None
+    disable = parse_hhmm(disable) if disable is not None else None
+    auto, enable, disable = validate_schedule(args.get("auto_schedule"), enable, disable)
+    changes = _assign(
+        row, {"auto_schedule": auto, "auto_schedule_enable": enable, "auto_schedule_disable": disable}
+    )
+    if isinstance(row, InputConfig) and changes:
+        row.customized = True
+    return _Done(
+        {"kind": kind, "id": row.id},
+        f"{kind} {row.device_key!r} schedule: {', '.join(changes) or 'no change'}",
+    )
+
+
+def _set_scheduler_enabled(session: Session, args: dict[str, Any]) -> _Done:
+    enabled = args.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ChangeError("enabled", "enabled must be true or false")
+    value = "1" if enabled else "0"
+    stmt = (
+        select(GeneralConfig)
+        .where(GeneralConfig.config_key == SCHEDULER_ENABLED_KEY)
+        .order_by(GeneralConfig.id)
+    )
+    row = session.scalars(stmt).first()
+    if row is None:
+        session.add(GeneralConfig(config_key=SCHEDULER_ENABLED_KEY, config_value=value))
+    else:
+        row.config_value = value
+    return _Done({"enabled": enabled}, f"auto-scheduler {'on' if enabled else 'off'}")
+
+
 _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "update_input": _update_input,
     "update_output": _update_output,
@@ -351,6 +447,8 @@ _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "set_input_links": _set_input_links,
     "set_outputs_enabled": _set_outputs_enabled,
     "update_meter": _update_meter,
+    "set_schedule": _set_schedule,
+    "set_scheduler_enabled": _set_scheduler_enabled,
 }
 ACTIONS = frozenset(_ACTIONS)
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import health
+from app import health, rule_state
 from app import presence as presence_module
 from app.channels import NOTIFIER, Notification
 from app.models import InputConfig, OutputConfig
@@ -34,6 +34,7 @@ GROUP_TOTAL = 5
 # A message naming hundreds of devices helps nobody and may exceed Telegram's 4096 characters.
 MAX_NAMES = 30
 SEND_WAIT_MS = 1000
+STATE_KEY = "offline:state"  # rule_state: which devices are offline and alerted, across restarts
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class OfflineMonitor(threads.AppThread):
         self._lock = threading.Lock()
         self._offline: dict[str, float] = {}  # key -> when last heard before going offline
         self._alerted: set[str] = set()  # offline keys whose outage was announced
+        self._resumed: set[str] | None = None  # offline keys loaded from rule_state; None: not loaded yet
         self._push: zmq.Socket | None = None
 
     # ---- the thread --------------------------------------------------------------------------
@@ -120,25 +122,32 @@ class OfflineMonitor(threads.AppThread):
     def check(self) -> list[str]:
         """Compare every tracked device with its learned rhythm; announce changes. Returns the texts sent."""
         now = self._clock()
+        if self._resumed is None:
+            self._resume()
         watched = self._devices(now)
         timings = self._presence.timings()
         reports: dict[str, tuple[bool, float | None] | None] = {}
         went: list[_Change] = []
         back: list[_Change] = []
         with self._lock:
+            before = (dict(self._offline), set(self._alerted))
             for key in list(self._offline):
                 if key not in watched:  # removed, or became a built-in: forget it quietly
                     self._forget(key)
             for device in watched.values():
                 timing = timings.get(device.key)
                 if timing is None or not timing.heartbeating:
-                    # Never heard twice since the start (or presence was cleared): nothing to miss.
-                    self._forget(device.key)
-                    continue
+                    if device.key not in (self._resumed or ()):
+                        # Never heard twice since the start (or presence was cleared): nothing to miss.
+                        self._forget(device.key)
+                        continue
+                    if timing is None or timing.last_seen <= self._offline[device.key]:
+                        continue  # offline before a restart and still silent: no second alert
                 if device.origin not in reports:
                     reports[device.origin] = self._presence.reported(device.origin)
                 report = reports[device.origin]
-                is_offline = self._is_offline(now, timing, report)
+                # Not heartbeating here means a resumed outage heard again since: it is back.
+                is_offline = timing.heartbeating and self._is_offline(now, timing, report)
                 if is_offline and device.key not in self._offline:
                     self._offline[device.key] = timing.last_seen
                     if device.alert:
@@ -152,7 +161,14 @@ class OfflineMonitor(threads.AppThread):
                         heard = max(timing.last_seen, report[1] if report and report[1] else 0.0)
                         minutes = max(1, round(((heard if heard > since else now) - since) / 60))
                         back.append(_Change(device.key, device.name, device.origin, since, minutes))
+                    if self._resumed:
+                        self._resumed.discard(device.key)
             count = len(self._offline)
+            changed = before != (self._offline, self._alerted)
+            if changed:
+                state = {"offline": dict(self._offline), "alerted": sorted(self._alerted)}
+        if changed:
+            self._save(state)
         texts = []
         if went:
             texts.append(self._offline_text(went, now))
@@ -170,6 +186,41 @@ class OfflineMonitor(threads.AppThread):
     def _forget(self, key: str) -> None:
         self._offline.pop(key, None)
         self._alerted.discard(key)
+        if self._resumed:
+            self._resumed.discard(key)
+
+    def _resume(self) -> None:
+        """Load which devices a previous run had found offline, so a restart neither re-alerts nor forgets."""
+        self._resumed = set()
+        try:
+            with self._sessions() as session:
+                stored = rule_state.load(session, STATE_KEY).get(STATE_KEY)
+        except SQLAlchemyError:
+            log.warning("could not load the offline-alert state", exc_info=True)
+            return
+        if not isinstance(stored, dict):
+            return
+        try:
+            offline = {str(k): float(v) for k, v in stored.get("offline", {}).items()}
+            alerted = {str(k) for k in stored.get("alerted", [])} & set(offline)
+        except (AttributeError, TypeError, ValueError):
+            log.warning("rule_state %r is not in the expected shape; ignoring it", STATE_KEY)
+            return
+        with self._lock:
+            self._offline.update(offline)
+            self._alerted |= alerted
+            self._resumed = set(offline)
+        log.info("offline-alert state resumed: %d device(s) offline", len(offline))
+
+    def _save(self, state: dict[str, object]) -> None:
+        # Written only when the offline set changes (rare), so once per change is cheap enough.
+        try:
+            with self._sessions() as session:
+                rule_state.save(session, {STATE_KEY: state})
+                session.commit()
+        except SQLAlchemyError:
+            health.count("offline.db_errors")
+            log.warning("could not save the offline-alert state", exc_info=True)
 
     def _is_offline(self, now: float, timing: Timing, report: tuple[bool, float | None] | None) -> bool:
         last = timing.last_seen

@@ -5,6 +5,13 @@ What happens when a motion sensor fires, top to bottom: the HeartbeatFilter forw
 rules (`_on_activation`); if it fires, each linked output goes through the output rules and, when
 it fires, a ControlMessage goes to the ControlPublisher. Every outcome becomes an AuditRecord for
 the AuditWriter. This thread is also the only one that changes configuration (`_on_command`).
+
+Informational inputs (info_notify) inside quiet hours do not notify: the alert goes into a pending
+digest, sent as one message when the window opens (`_check_digest`). Rule state (latches, trigger
+histories, output intervals, meter zones, recent triggers, the digest) is kept in rule_state and
+loaded at start. Changes only mark state dirty; `_flush` writes them at most every FLUSH_SECONDS and
+at shutdown, so a crash (not a stop) can lose up to FLUSH_SECONDS of latch/window changes. A
+deferred alert is written at once: losing it would lose the alert itself.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import pytz
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes, health, meters, registry, rules
+from app import commands, config_changes, health, meters, registry, rule_state, rules
 from app.channels import (
     AUDIT,
     CONTROL_PUBLISHER,
@@ -49,6 +57,10 @@ RELOAD_SECONDS = 30.0
 RECENT_SECONDS = 300  # how far back an alert lists the other inputs that fired
 RECENT_MAX = 100
 MAX_DETAIL = 255
+FLUSH_SECONDS = 5.0  # rule state reaches the database at most this long after it changed
+DIGEST_CHECK_SECONDS = 1.0
+DIGEST_MAX = 200  # entries listed in one digest; later ones are only counted
+STATE_PREFIX = "processor:"
 
 
 @dataclass
@@ -61,10 +73,14 @@ class Snapshot:
     output_links: dict[int, list[int]] = field(default_factory=dict)
     meters: dict[int, meters.MeterRule] = field(default_factory=dict)
     outputs_enabled: bool = True
+    quiet: rules.QuietHours = field(default_factory=rules.QuietHours)
 
 
-def load_snapshot(session: Session) -> Snapshot:
-    snap = Snapshot(outputs_enabled=config_changes.outputs_enabled(session))
+def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = None) -> Snapshot:
+    snap = Snapshot(
+        outputs_enabled=config_changes.outputs_enabled(session),
+        quiet=config_changes.quiet_hours(session, quiet_default or rules.QuietHours()),
+    )
     input_links: dict[int, list[int]] = {}
     for input_id, linked_id in session.execute(select(InputLink.input_device_id, InputLink.linked_device_id)):
         if linked_id != input_id:
@@ -146,6 +162,16 @@ class EventProcessor(threads.AppThread):
         self._meter_zone: dict[int, str] = {}
         # input key -> (label, when it last fired), oldest first: the "recent triggers" of an alert
         self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._tz = pytz.timezone(settings.user_tz)
+        self._quiet_default = rules.QuietHours(
+            settings.quiet_hours_not_before, settings.quiet_hours_not_after
+        )
+        # Alerts of informational inputs held back by quiet hours: {"items": [...], "more": n}
+        self._digest: dict[str, Any] = {"items": [], "more": 0}
+        # ("input" | "output" | "meter_zone", id) or ("recent" | "digest", 0): state not yet written
+        self._dirty: set[tuple[str, int]] = set()
+        self._next_flush = 0.0
+        self._next_digest_check = 0.0
         # Bound here, before any thread starts, so nothing sent early is lost.
         self._pull = inproc.bind_pull(PROCESSOR)
         self._control: Any = None
@@ -166,6 +192,7 @@ class EventProcessor(threads.AppThread):
         if self._settings.telegram_enabled:
             self._notifier = inproc.connect_push(NOTIFIER)
         self._reload()
+        self._load_state()
         health.set_state("event_processor", "running")
         next_reload = time.monotonic() + RELOAD_SECONDS
         try:
@@ -187,7 +214,9 @@ class EventProcessor(threads.AppThread):
                 if time.monotonic() >= next_reload:
                     self._reload()
                     next_reload = time.monotonic() + RELOAD_SECONDS
+                self._housekeeping()
         finally:
+            self._flush()
             for sock in (
                 self._pull,
                 self._control,
@@ -202,7 +231,7 @@ class EventProcessor(threads.AppThread):
     def _reload(self) -> None:
         try:
             with self._sessions() as session:
-                self._snap = load_snapshot(session)
+                self._snap = load_snapshot(session, self._quiet_default)
         except SQLAlchemyError:
             health.count("processor.db_errors")
             log.exception("could not load the configuration; keeping the previous one")
@@ -292,6 +321,7 @@ class EventProcessor(threads.AppThread):
         if verdict.fire:
             state = self._input_state.setdefault(rule.id, rules.InputState())
             rules.record_trigger(state, now)
+            self._dirty.add(("input", rule.id))
             linked = {
                 i: (self._snap.inputs_by_id[i].label, self._input_state.get(i))
                 for i in rule.linked_input_ids
@@ -309,9 +339,10 @@ class EventProcessor(threads.AppThread):
         decision["fired"] = True
         event_log = []
         message = f"{rule.label} {detail}" if detail else rule.label
+        quiet = rules.quiet_until(now, self._snap.quiet, self._tz) if rule.info_notify else None
         for output_id in self._snap.output_links.get(rule.id, ()):
             output = self._snap.outputs_by_id[output_id]
-            result = self._trigger(rule, output, now, message, device, detail)
+            result = self._trigger(rule, output, now, message, device, detail, quiet)
             decision["outputs"].append(result)
             if result["fired"]:
                 event_log.append(
@@ -325,6 +356,7 @@ class EventProcessor(threads.AppThread):
         self._recent[rule.device_key] = (rule.label, now)
         while len(self._recent) > RECENT_MAX:
             self._recent.popitem(last=False)
+        self._dirty.add(("recent", 0))
         if not decision["outputs"]:
             decision["detail"] = "no linked outputs"
         self._send_audit(decision, event_log)
@@ -383,8 +415,9 @@ class EventProcessor(threads.AppThread):
             )
         zone = meters.zone(value, meter)
         entered = meters.crossing(self._meter_zone.get(rule.id), zone)
-        if zone is not None:
+        if zone is not None and zone != self._meter_zone.get(rule.id):
             self._meter_zone[rule.id] = zone
+            self._dirty.add(("meter_zone", rule.id))
         if entered is None or value is None:
             return None
         detail = meters.crossing_detail(entered, meter)
@@ -438,7 +471,9 @@ class EventProcessor(threads.AppThread):
         message: str,
         device: dict[str, Any],
         detail: str | None,
+        quiet: float | None = None,
     ) -> dict[str, Any]:
+        """Run one linked output; quiet is when quiet hours end if they hold back this input now."""
         state = self._output_state.setdefault(output.id, rules.OutputState())
         verdict = rules.evaluate_output(output, state, now, self._snap.outputs_enabled)
         result: dict[str, Any] = {
@@ -449,12 +484,24 @@ class EventProcessor(threads.AppThread):
         if verdict.fire and output.device_type.strip().lower() == registry.SMS_TYPE:
             if self._notifier is None:
                 verdict = rules.Decision(False, rules.NO_ROUTE, "Telegram is off (TELEGRAM_BOT_TOKEN)")
+            elif quiet is not None:
+                self._defer(rule, now, detail)
+                health.count(f"processor.blocked.{rules.QUIET_HOURS}")
+                when = self._hhmm(quiet)
+                result.update(fired=False, reason=rules.QUIET_HOURS, detail=f"deferred to {when} digest")
+                return result
             else:
                 self._notify(rule, output, now, device, detail)
                 state.last_fired = now
+                self._dirty.add(("output", output.id))
                 health.count("processor.notifications")
                 result.update(fired=True, reason=None, detail="telegram")
                 return result
+        if verdict.fire and quiet is not None and self._snap.quiet.all_outputs:
+            # Switches and cameras only make sense now, so they are held back, not deferred.
+            verdict = rules.Decision(
+                False, rules.QUIET_HOURS, f"held back by quiet hours until {self._hhmm(quiet)}"
+            )
         if verdict.fire:
             handler = self._settings.handler_for(output.device_type)
             key = rules.routing_key(handler, output)
@@ -474,6 +521,7 @@ class EventProcessor(threads.AppThread):
                     ),
                 )
                 state.last_fired = now
+                self._dirty.add(("output", output.id))
                 health.count("processor.triggers")
                 result.update(fired=True, reason=None, detail=key)
                 return result
@@ -530,3 +578,134 @@ class EventProcessor(threads.AppThread):
 
     def _send_audit(self, decision: dict[str, Any], event_log: list[dict[str, Any]]) -> None:
         inproc.send(self._audit, AuditRecord(decision=decision, event_log=event_log))
+
+    # ---- quiet hours --------------------------------------------------------------------------
+
+    def _hhmm(self, when: float) -> str:
+        return datetime.fromtimestamp(when, self._tz).strftime("%H:%M")
+
+    def _defer(self, rule: rules.InputRule, now: float, detail: str | None) -> None:
+        """Hold an informational alert for the digest, and write it at once (it is the alert itself)."""
+        items = self._digest["items"]
+        if len(items) < DIGEST_MAX:
+            items.append({"key": rule.device_key, "label": rule.label, "time": now, "detail": detail})
+        else:
+            self._digest["more"] += 1
+        log.info("notification for %r deferred by quiet hours", rule.device_key)
+        self._dirty.add(("digest", 0))
+        self._flush()
+
+    def _check_digest(self, now: float) -> None:
+        """Send the pending digest as one message once quiet hours are over."""
+        if not self._digest["items"] or self._notifier is None:
+            return
+        if rules.quiet_until(now, self._snap.quiet, self._tz) is not None:
+            return
+        inproc.send(self._notifier, Notification(timestamp=now, text=self._digest_text(now)))
+        health.count("processor.digests")
+        log.info("sent the quiet-hours digest of %d notification(s)", len(self._digest["items"]))
+        self._digest = {"items": [], "more": 0}
+        self._dirty.add(("digest", 0))
+        self._flush()
+
+    def _digest_text(self, now: float) -> str:
+        items, more = self._digest["items"], self._digest["more"]
+        today = datetime.fromtimestamp(now, self._tz).date()
+        count = len(items) + more
+        lines = [f"Quiet hours digest: {count} notification{'' if count == 1 else 's'}"]
+        for item in items:
+            local = datetime.fromtimestamp(item["time"], self._tz)
+            when = local.strftime("%H:%M" if local.date() == today else "%d %b %H:%M")
+            detail = f" {item['detail']}" if item.get("detail") else ""
+            lines.append(f"{when} {item['label']}{detail}")
+        if more:
+            lines.append(f"and {more} more")
+        return "\n".join(lines)
+
+    # ---- rule state across restarts ---------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        mono = time.monotonic()
+        if mono >= self._next_digest_check:
+            self._next_digest_check = mono + DIGEST_CHECK_SECONDS
+            self._check_digest(self._clock())
+        if self._dirty and mono >= self._next_flush:
+            self._flush()
+
+    def _state_value(self, kind: str, ident: int) -> Any:
+        """The JSON value of one piece of state, or None when there is nothing to keep."""
+        if kind == "input":
+            st = self._input_state.get(ident)
+            if st is None:
+                return None
+            return {
+                "triggers": list(st.triggers),
+                "last_fired": st.last_fired,
+                "detail": st.last_fired_detail,
+            }
+        if kind == "output":
+            out = self._output_state.get(ident)
+            return None if out is None or out.last_fired is None else out.last_fired
+        if kind == "meter_zone":
+            return self._meter_zone.get(ident)
+        if kind == "recent":
+            return [[key, label, when] for key, (label, when) in self._recent.items()]
+        return self._digest if self._digest["items"] else None
+
+    @staticmethod
+    def _state_key(kind: str, ident: int) -> str:
+        return f"{STATE_PREFIX}{kind}" if kind in ("recent", "digest") else f"{STATE_PREFIX}{kind}:{ident}"
+
+    def _flush(self) -> None:
+        """Write the changed rule state in one transaction; on failure keep it dirty and retry later."""
+        self._next_flush = time.monotonic() + FLUSH_SECONDS
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        values = {self._state_key(kind, ident): self._state_value(kind, ident) for kind, ident in dirty}
+        try:
+            with self._sessions() as session:
+                rule_state.save(session, values)
+                session.commit()
+        except SQLAlchemyError:
+            self._dirty |= dirty
+            health.count("processor.state_errors")
+            log.warning("could not save rule state; retrying in %.0f s", FLUSH_SECONDS, exc_info=True)
+
+    def _load_state(self) -> None:
+        """Resume the rule state the previous run left (a bad entry is skipped, never fatal)."""
+        try:
+            with self._sessions() as session:
+                stored = rule_state.load(session, STATE_PREFIX)
+        except SQLAlchemyError:
+            health.count("processor.state_errors")
+            log.exception("could not load rule state; starting with none")
+            return
+        for key, value in stored.items():
+            kind, _, ident = key.removeprefix(STATE_PREFIX).partition(":")
+            try:
+                self._restore(kind, int(ident) if ident else 0, value)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                log.warning("rule_state %r is not in the expected shape; ignoring it", key)
+        log.info(
+            "rule state resumed: %d inputs, %d outputs, %d pending digest entries",
+            len(self._input_state),
+            len(self._output_state),
+            len(self._digest["items"]),
+        )
+
+    def _restore(self, kind: str, ident: int, value: Any) -> None:
+        if kind == "input":
+            st = rules.InputState(last_fired=value["last_fired"], last_fired_detail=value["detail"])
+            st.triggers.extend(float(t) for t in value["triggers"])
+            self._input_state[ident] = st
+        elif kind == "output":
+            self._output_state[ident] = rules.OutputState(last_fired=float(value))
+        elif kind == "meter_zone":
+            self._meter_zone[ident] = str(value)
+        elif kind == "recent":
+            for key, label, when in value:
+                self._recent[str(key)] = (str(label), float(when))
+        elif kind == "digest":
+            items = [dict(i) for i in value["items"] if isinstance(i, dict) and "label" in i and "time" in i]
+            self._digest = {"items": items, "more": int(value.get("more", 0))}

@@ -2,15 +2,18 @@
 
 Input rules run in this order: stale message, input enabled, latch, multi-trigger, input links.
 Output rules then run for each linked output: output enabled, minimum trigger interval, global
-outputs switch. Quiet hours for informational inputs (info_notify) belong between the input rules
-and the outputs; that rule arrives with the scheduler issue.
+outputs switch. Quiet hours for informational inputs (info_notify) sit between the input rules
+and the outputs: quiet_until() says whether an alert now falls inside them and when they end.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import time as dtime
+
+import pytz
 
 # Reasons recorded in the audit trail, stable strings the API and dashboard show.
 STALE = "stale"
@@ -22,6 +25,7 @@ OUTPUT_DISABLED = "output_disabled"
 OUTPUT_INTERVAL = "output_interval"
 OUTPUTS_OFF = "outputs_off"
 NO_ROUTE = "no_route"
+QUIET_HOURS = "quiet_hours"
 
 # Trigger times kept per input: enough for any multi-trigger rate (max 120) and link checks.
 HISTORY_LENGTH = 120
@@ -199,3 +203,65 @@ def routing_key(handler: str | None, output: OutputRule) -> str | None:
     if output.trigger_topic:
         return output.trigger_topic
     return f"event.control.{handler}" if handler else None
+
+
+# ---- quiet hours ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Informational notifications are allowed from not_before to not_after (wall clock, USER_TZ).
+
+    When not_after is earlier than not_before the allowed window crosses midnight; when both are
+    equal there are no quiet hours. all_outputs holds back every output, not only notifications.
+    """
+
+    not_before: dtime = dtime(7, 0)
+    not_after: dtime = dtime(21, 0)
+    all_outputs: bool = False
+
+
+def parse_hhmm(text: str) -> dtime:
+    """'07:00' or '7:00' -> time(7, 0); ValueError for anything else."""
+    if not isinstance(text, str):
+        raise ValueError("must be a time as HH:MM")
+    hours, sep, minutes = text.strip().partition(":")
+    if not sep or not hours.isdigit() or len(minutes) != 2 or not minutes.isdigit() or len(hours) > 2:
+        raise ValueError(f"{text!r} is not a time as HH:MM")
+    h, m = int(hours), int(minutes)
+    if h > 23 or m > 59:
+        raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59)")
+    return dtime(h, m)
+
+
+def _local_instant(tz: tzinfo, day: date, at: dtime) -> datetime:
+    """The instant the wall clock in tz shows `at` on `day`, resolving the daylight-saving edge cases."""
+    naive = datetime.combine(day, at)
+    localize = getattr(tz, "localize", None)
+    if localize is None:  # a zoneinfo/UTC tzinfo: fold=0 is the earlier of two readings
+        return naive.replace(tzinfo=tz)
+    try:
+        return localize(naive, is_dst=None)
+    except pytz.AmbiguousTimeError:
+        return localize(naive, is_dst=True)  # the clock shows it twice: open at the first
+    except pytz.NonExistentTimeError:
+        # Skipped by the spring-forward jump: open at the first real instant after it.
+        return tz.normalize(localize(naive, is_dst=False))  # type: ignore[attr-defined]
+
+
+def quiet_until(now: float, window: QuietHours, tz: tzinfo) -> float | None:
+    """None when an informational notification may go out at `now`; else when quiet hours end (unix time)."""
+    start, end = window.not_before, window.not_after
+    if start == end:
+        return None
+    local = datetime.fromtimestamp(now, tz)
+    wall = local.time().replace(tzinfo=None)
+    if start < end:
+        if start <= wall < end:
+            return None
+        day = local.date() if wall < start else local.date() + timedelta(days=1)
+    else:  # allowed across midnight, e.g. 22:00 to 06:00: quiet from not_after to not_before
+        if wall >= start or wall < end:
+            return None
+        day = local.date()
+    return _local_instant(tz, day, start).timestamp()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit
 
 import pytz
 from dotenv import dotenv_values
+
+from app import rules
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "app.conf"
 # handler category -> the variable listing the device types it serves
@@ -106,6 +109,9 @@ class Settings:
     aws_region: str = "us-east-1"
     offline_alert_factor: float = 3.0
     offline_alert_floor: int = 60
+    # Informational inputs notify only between these wall-clock times in user_tz (quiet hours outside).
+    quiet_hours_not_before: dt.time = dt.time(7, 0)
+    quiet_hours_not_after: dt.time = dt.time(21, 0)
     log_format: str = "text"
     sentry_dsn: str = field(default="", repr=False)
     sentry_environment: str = ""
@@ -344,7 +350,15 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     cronitor_url = _url(v, "CRONITOR_PING_URL")
     if not cronitor_url:
         raise SettingsError("CRONITOR_PING_URL", "must not be empty")
+    quiet: dict[str, dt.time] = {}
+    for name in ("QUIET_HOURS_NOT_BEFORE", "QUIET_HOURS_NOT_AFTER"):
+        try:
+            quiet[name] = rules.parse_hhmm(_text(v, name))
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
     return Settings(
+        quiet_hours_not_before=quiet["QUIET_HOURS_NOT_BEFORE"],
+        quiet_hours_not_after=quiet["QUIET_HOURS_NOT_AFTER"],
         app_name=_text(v, "APP_NAME"),
         device_name=_text(v, "DEVICE_NAME"),
         user_tz=tz,

@@ -30,7 +30,7 @@ from telegram.ext import (
     filters,
 )
 
-from app import commands, health, registry
+from app import commands, health, registry, rule_state
 from app.channels import Reply
 from app.config_changes import outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
@@ -52,6 +52,7 @@ WHY_LIMIT = 5
 CALLBACK_PREFIX = "cfm"
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.IGNORECASE)
 GROUP_CHATS = ("group", "supergroup")
+REENABLE_PREFIX = "reenable:"  # rule_state keys reenable:<kind>:<id>, so a restart keeps the promise
 
 HELP = (
     "<b>Commands</b>\n"
@@ -273,7 +274,45 @@ class CommandBot:
         task = self.state.reenables.pop((target.kind, target.id), None)
         if task is not None:
             task.cancel()
+            self._store_reenable(target, None)
             log.info("pending re-enable of %s %r cancelled by a later change", target.kind, target.key)
+
+    def _store_reenable(self, target: Target, value: dict[str, Any] | None) -> None:
+        """Keep (or, with None, drop) a pending re-enable in rule_state; a failure is logged, not raised."""
+        try:
+            with self.sessions() as session:
+                rule_state.save(session, {f"{REENABLE_PREFIX}{target.kind}:{target.id}": value})
+                session.commit()
+        except Exception:
+            log.warning("could not store the re-enable of %s %r", target.kind, target.key, exc_info=True)
+
+    def resume_reenables(self, bot: Any) -> None:
+        """Re-arm the timed re-enables a previous run left in rule_state (call inside the bot's loop)."""
+        try:
+            with self.sessions() as session:
+                stored = rule_state.load(session, REENABLE_PREFIX)
+        except Exception:
+            log.warning("could not load pending re-enables", exc_info=True)
+            return
+        for key, value in stored.items():
+            try:
+                kind, ident = key.removeprefix(REENABLE_PREFIX).split(":")
+                target = Target(kind, int(ident), value["key"], value["label"], False)  # type: ignore[arg-type]
+                pending = Pending(
+                    int(value["user_id"]),
+                    int(value["chat_id"]),
+                    target.kind,
+                    [target],
+                    int(value["duration"]),
+                )
+                delay = max(0.0, float(value["due"]) - time.time())
+            except (KeyError, TypeError, ValueError):
+                log.warning("rule_state %r is not a re-enable; ignoring it", key)
+                continue
+            self.state.reenables[(target.kind, target.id)] = asyncio.create_task(
+                self._reenable_later(pending, target, bot, delay)
+            )
+            log.info("re-enable of %s %r resumed: due in %.0f s", target.kind, target.key, delay)
 
     async def _switch(
         self, targets: list[Target], enabled: bool, user_id: int, note: str = ""
@@ -372,14 +411,17 @@ class CommandBot:
             f"Disable {_plural(len(targets), kind)}?\n{_names(targets)}{until}",
         )
 
-    async def _reenable_later(self, pending: Pending, target: Target, bot: Any) -> None:
+    async def _reenable_later(
+        self, pending: Pending, target: Target, bot: Any, delay: float | None = None
+    ) -> None:
         assert pending.duration is not None
-        await asyncio.sleep(pending.duration)
+        await asyncio.sleep(pending.duration if delay is None else delay)
         if self.state.reenables.get((target.kind, target.id)) is not asyncio.current_task():
             return
         del self.state.reenables[(target.kind, target.id)]
         note = f" (re-enable after {format_duration(pending.duration)})"
         failures = await self._switch([target], True, pending.user_id, note)
+        await self._blocking(self._store_reenable, target, None)
         if failures:
             text = f"Could not re-enable {html.escape(target.label)}: {html.escape(failures[target])}"
         else:
@@ -423,6 +465,15 @@ class CommandBot:
                 if target in failures:
                     continue
                 key = (target.kind, target.id)
+                stored = {
+                    "due": time.time() + pending.duration,
+                    "duration": pending.duration,
+                    "user_id": pending.user_id,
+                    "chat_id": pending.chat_id,
+                    "key": target.key,
+                    "label": target.label,
+                }
+                await self._blocking(self._store_reenable, target, stored)
                 self.state.reenables[key] = asyncio.create_task(
                     self._reenable_later(pending, target, context.bot)
                 )
@@ -580,7 +631,7 @@ class CommandBot:
         await self._say(update, HELP)
 
     async def close(self) -> None:
-        """Cancel timers and confirmations (pending re-enables do not survive a restart)."""
+        """Cancel timers and confirmations; pending re-enables stay in rule_state for the next start."""
         for task in [
             *self.state.reenables.values(),
             *(p.expiry for p in self.state.pending.values() if p.expiry),
@@ -599,9 +650,15 @@ def register(
 ) -> CommandBot:
     """Add the command handlers to a PTB Application; returns the CommandBot (call its close() on stop).
 
-    Pending timed re-enables live in this process only; persisting them is the scheduler's job.
+    Pending timed re-enables are kept in rule_state and re-armed here when called in a running loop.
     """
     bot = CommandBot(settings, session_factory, presence, confirm_ttl)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        log.warning("register() called outside the bot's event loop: pending re-enables not resumed")
+    else:
+        bot.resume_reenables(application.bot)
     application.add_handler(TypeHandler(Update, bot.gate), group=-1)
     # Only new messages: re-running a command because its message was edited would repeat the change.
     new_messages = filters.UpdateType.MESSAGE

@@ -24,6 +24,7 @@ from app.web import (
     formatting,
     metrics,
 )
+from app.web import quiet_hours as quiet_hours_api
 from app.web.context import WebContext, install
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -52,4 +53,5 @@ def create_app(
     for blueprint in (api.bp, assets.bp, dashboard.bp, events.bp, charts.bp, config_pages.bp):
         app.register_blueprint(blueprint)
     metrics.init_app(app)  # /metrics and /api/logging, behind the same login and bearer tokens
+    app.register_blueprint(quiet_hours_api.bp)
     return app

@@ -1,0 +1,54 @@
+"""Rule state kept across restarts in the rule_state table: JSON values under string keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.models import RuleState
+
+log = logging.getLogger(__name__)
+
+
+def load(session: Session, prefix: str) -> dict[str, Any]:
+    """Every stored value whose key starts with prefix; a value that is not valid JSON is skipped."""
+    out: dict[str, Any] = {}
+    rows = session.execute(
+        select(RuleState.state_key, RuleState.state_value).where(RuleState.state_key.startswith(prefix))
+    )
+    for key, text in rows:
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            # A hand-edited or truncated row must not stop the hub; the state starts empty instead.
+            log.warning("rule_state %r is not valid JSON; ignoring it", key)
+    return out
+
+
+def save(session: Session, values: dict[str, Any]) -> None:
+    """Insert or replace each key's value (None deletes the key); the caller commits."""
+    if not values:
+        return
+    now = datetime.now(UTC).replace(tzinfo=None)
+    gone = [k for k, v in values.items() if v is None]
+    if gone:
+        session.execute(delete(RuleState).where(RuleState.state_key.in_(gone)))
+    kept = {k: v for k, v in values.items() if v is not None}
+    if not kept:
+        return
+    existing = {
+        row.state_key: row for row in session.scalars(select(RuleState).where(RuleState.state_key.in_(kept)))
+    }
+    for key, value in kept.items():
+        text = json.dumps(value, separators=(",", ":"))
+        row = existing.get(key)
+        if row is None:
+            session.add(RuleState(state_key=key, state_value=text, updated=now))
+        else:
+            row.state_value = text
+            row.updated = now
