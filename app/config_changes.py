@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import registry
+from app import registry, rules
 from app.channels import Command, Reply
 from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -440,12 +440,70 @@ def _set_scheduler_enabled(session: Session, args: dict[str, Any]) -> _Done:
     return _Done({"enabled": enabled}, f"auto-scheduler {'on' if enabled else 'off'}")
 
 
+# ---- quiet hours (informational inputs) ---------------------------------------------------------
+
+QUIET_NOT_BEFORE_KEY = "quiet-hours-not-before"
+QUIET_NOT_AFTER_KEY = "quiet-hours-not-after"
+QUIET_ALL_OUTPUTS_KEY = "quiet-hours-all-outputs"
+
+
+def _general_row(session: Session, key: str) -> GeneralConfig | None:
+    stmt = select(GeneralConfig).where(GeneralConfig.config_key == key).order_by(GeneralConfig.id)
+    return session.scalars(stmt).first()
+
+
+def _set_general(session: Session, key: str, value: str) -> None:
+    row = _general_row(session, key)
+    if row is None:
+        session.add(GeneralConfig(config_key=key, config_value=value))
+    else:
+        row.config_value = value
+
+
+def quiet_hours(session: Session, default: rules.QuietHours) -> rules.QuietHours:
+    """The quiet-hours window: general_config rows override the settings' default, field by field."""
+    window = default
+    for key, name in ((QUIET_NOT_BEFORE_KEY, "not_before"), (QUIET_NOT_AFTER_KEY, "not_after")):
+        row = _general_row(session, key)
+        if row is not None:
+            try:
+                window = replace(window, **{name: rules.parse_hhmm(row.config_value)})
+            except ValueError:
+                # A bad stored time must not stop the processor; the setting's value holds instead.
+                log.warning("general_config %s=%r is not HH:MM; using the default", key, row.config_value)
+    row = _general_row(session, QUIET_ALL_OUTPUTS_KEY)
+    if row is not None:
+        window = replace(window, all_outputs=row.config_value.strip().lower() not in _FALSE_WORDS)
+    return window
+
+
+def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
+    changes: dict[str, str] = {}
+    for field_name, key in (("not_before", QUIET_NOT_BEFORE_KEY), ("not_after", QUIET_NOT_AFTER_KEY)):
+        if field_name in args:
+            try:
+                changes[key] = rules.parse_hhmm(args[field_name]).strftime("%H:%M")
+            except ValueError as exc:
+                raise ChangeError(field_name, f"{field_name} {exc}") from None
+    if "all_outputs" in args:
+        if not isinstance(args["all_outputs"], bool):
+            raise ChangeError("all_outputs", "all_outputs must be true or false")
+        changes[QUIET_ALL_OUTPUTS_KEY] = "1" if args["all_outputs"] else "0"
+    if not changes:
+        raise ChangeError(None, "give not_before, not_after and/or all_outputs")
+    for key, value in changes.items():
+        _set_general(session, key, value)
+    summary = ", ".join(f"{k}={v}" for k, v in changes.items())
+    return _Done({k.removeprefix("quiet-hours-").replace("-", "_"): v for k, v in changes.items()}, summary)
+
+
 _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "update_input": _update_input,
     "update_output": _update_output,
     "set_output_links": _set_output_links,
     "set_input_links": _set_input_links,
     "set_outputs_enabled": _set_outputs_enabled,
+    "set_quiet_hours": _set_quiet_hours,
     "update_meter": _update_meter,
     "set_schedule": _set_schedule,
     "set_scheduler_enabled": _set_scheduler_enabled,
