@@ -23,6 +23,7 @@ from app.web import (
     events,
     formatting,
     metrics,
+    schedule,
 )
 from app.web import quiet_hours as quiet_hours_api
 from app.web.context import WebContext, install
@@ -50,7 +51,16 @@ def create_app(
     auth.init_app(app)  # login and bearer tokens guard everything registered here
     # No blanket exemption for the API: auth's guard runs csrf.protect() for every request
     # except bearer-token calls, so session-cookie JSON writes must send X-CSRFToken.
-    for blueprint in (api.bp, assets.bp, dashboard.bp, events.bp, charts.bp, config_pages.bp):
+    for blueprint in (
+        api.bp,
+        assets.bp,
+        dashboard.bp,
+        events.bp,
+        charts.bp,
+        config_pages.bp,
+        schedule.bp,
+        schedule.api_bp,
+    ):
         app.register_blueprint(blueprint)
     metrics.init_app(app)  # /metrics and /api/logging, behind the same login and bearer tokens
     app.register_blueprint(quiet_hours_api.bp)

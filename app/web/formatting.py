@@ -35,6 +35,7 @@ NAV = [
     ("config_pages.inputs", "Inputs", "fa-right-to-bracket"),
     ("config_pages.outputs", "Outputs", "fa-right-from-bracket"),
     ("config_pages.links", "Links", "fa-link"),
+    ("schedule.page", "Schedule", "fa-clock"),
     ("auth.tokens", "API tokens", "fa-key"),
 ]
 

@@ -1,0 +1,227 @@
+"""Schedule page (/config/schedule) and JSON API (/api/schedules): daily enable/disable times per device."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytz
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.wrappers import Response
+
+from app import commands, config_changes
+from app.config_changes import ChangeError
+from app.models import InputConfig, OutputConfig
+from app.scheduler import KINDS, next_transition
+from app.web import auth
+from app.web.api import ApiError
+from app.web.context import ctx
+
+bp = Blueprint("schedule", __name__, url_prefix="/config")
+api_bp = Blueprint("schedule_api", __name__, url_prefix="/api")
+
+Errors = dict[str, str]
+
+
+# ---- shared -------------------------------------------------------------------------------
+
+
+def _tz() -> Any:
+    return pytz.timezone(ctx().settings.user_tz)
+
+
+def _rows(session: Session, kind: str) -> list[InputConfig] | list[OutputConfig]:
+    rows = list(session.scalars(select(KINDS[kind])).all())
+    return sorted(rows, key=lambda r: ((r.device_label or r.device_key).lower(), r.id))
+
+
+def _describe(kind: str, row: InputConfig | OutputConfig, now: datetime) -> dict[str, Any]:
+    """One device's schedule as the page and the API show it, with its next scheduled transition."""
+    enable, disable = row.auto_schedule_enable, row.auto_schedule_disable
+    valid = {
+        name: value is None or bool(config_changes.HHMM.fullmatch(value))
+        for name, value in (("enable", enable), ("disable", disable))
+    }
+    upcoming = next_transition(enable, disable, _tz(), now) if row.auto_schedule else None
+    return {
+        "kind": kind,
+        "id": row.id,
+        "device_key": row.device_key,
+        "device_label": row.device_label,
+        "device_enabled": row.device_enabled is not False,
+        "auto_schedule": bool(row.auto_schedule),
+        "enable": enable,
+        "disable": disable,
+        # A time stored by the original (e.g. "7:00" or "") that the scheduler skips.
+        "invalid": [name for name, ok in valid.items() if not ok],
+        "next_transition": None
+        if upcoming is None
+        else {"at": upcoming[0].isoformat(), "enabled": upcoming[1], "local": upcoming[0]},
+    }
+
+
+def _all(session: Session) -> tuple[bool, list[dict[str, Any]]]:
+    now = datetime.now(_tz())
+    devices = [_describe(kind, row, now) for kind in KINDS for row in _rows(session, kind)]
+    return config_changes.scheduler_enabled(session), devices
+
+
+def _validate(body: dict[str, Any], current: InputConfig | OutputConfig) -> dict[str, Any]:
+    """The set_schedule args for a request; raises ChangeError naming the first bad field."""
+    args: dict[str, Any] = {"auto_schedule": body.get("auto_schedule")}
+    for name in ("enable", "disable"):
+        if name in body:
+            args[name] = config_changes.validate_time(body[name], name)
+    # Checked here as well as in the processor so the API answers 400 before anything is sent.
+    stored = {
+        "enable": config_changes.parse_hhmm(current.auto_schedule_enable),
+        "disable": config_changes.parse_hhmm(current.auto_schedule_disable),
+    }
+    config_changes.validate_schedule(
+        args["auto_schedule"], args.get("enable", stored["enable"]), args.get("disable", stored["disable"])
+    )
+    return args
+
+
+def _load(session: Session, kind: str, device_id: int) -> InputConfig | OutputConfig:
+    model = KINDS.get(kind)
+    row = session.get(model, device_id) if model is not None else None
+    if row is None:
+        abort(404)
+    return row
+
+
+# ---- JSON API -----------------------------------------------------------------------------
+
+
+def _api_view(device: dict[str, Any]) -> dict[str, Any]:
+    view = dict(device)
+    if view["next_transition"] is not None:
+        view["next_transition"] = {k: v for k, v in view["next_transition"].items() if k != "local"}
+    return view
+
+
+@api_bp.get("/schedules")
+def get_schedules() -> dict[str, Any]:
+    with ctx().session_factory() as session:
+        enabled, devices = _all(session)
+    return {
+        "enabled": enabled,
+        "timezone": ctx().settings.user_tz,
+        "devices": [_api_view(d) for d in devices],
+    }
+
+
+@api_bp.put("/schedules/<kind>/<int:device_id>")
+def put_schedule(kind: str, device_id: int) -> dict[str, Any]:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    with ctx().session_factory() as session:
+        current = _load(session, kind, device_id)
+        try:
+            args = _validate(body, current)
+        except ChangeError as exc:
+            raise ApiError(exc.status, str(exc), exc.field) from None
+    reply = commands.request("set_schedule", {"kind": kind, "id": device_id, **args}, actor=auth.actor())
+    if not reply.ok:
+        raise ApiError(reply.status if reply.status >= 400 else 500, reply.error or "failed", reply.field)
+    with ctx().session_factory() as session:
+        return _api_view(_describe(kind, _load(session, kind, device_id), datetime.now(_tz())))
+
+
+@api_bp.put("/scheduler-enabled")
+def put_scheduler_enabled() -> dict[str, Any]:
+    body = request.get_json(force=True, silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        raise ApiError(400, "enabled must be true or false", "enabled")
+    reply = commands.request("set_scheduler_enabled", {"enabled": body["enabled"]}, actor=auth.actor())
+    if not reply.ok:
+        raise ApiError(reply.status if reply.status >= 400 else 500, reply.error or "failed", reply.field)
+    with ctx().session_factory() as session:
+        return {"enabled": config_changes.scheduler_enabled(session)}
+
+
+# ---- page ---------------------------------------------------------------------------------
+
+
+def _render(
+    typed: dict[str, Any] | None = None,
+    errors: Errors | None = None,
+    open_key: str | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    with ctx().session_factory() as session:
+        enabled, devices = _all(session)
+    if typed is not None and open_key is not None:
+        for device in devices:
+            if f"{device['kind']}-{device['id']}" == open_key:
+                device.update(typed)
+    page = render_template(
+        "config_schedule.html",
+        enabled=enabled,
+        devices=devices,
+        errors=errors or {},
+        open_key=open_key,
+        tz_name=ctx().settings.user_tz,
+    )
+    return page, status
+
+
+@bp.get("/schedule")
+def page() -> tuple[str, int]:
+    return _render()
+
+
+@bp.post("/schedule")
+def save() -> Response | tuple[str, int]:
+    form = request.form
+    kind = form.get("kind", "")
+    raw_id = form.get("id", "").strip()
+    if kind not in KINDS or not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 19:
+        abort(400)
+    device_id = int(raw_id)
+    body = {
+        "auto_schedule": "auto_schedule" in form,  # an unticked checkbox is absent
+        "enable": form.get("enable", ""),
+        "disable": form.get("disable", ""),
+    }
+    errors: Errors = {}
+    with ctx().session_factory() as session:
+        current = _load(session, kind, device_id)
+        name = current.device_label or current.device_key
+        args: dict[str, Any] = {}
+        # Each time on its own first, so both bad fields are marked at once.
+        for field in ("enable", "disable"):
+            try:
+                config_changes.validate_time(body[field], field)
+            except ChangeError as exc:
+                errors[field] = str(exc)
+        if not errors:
+            try:
+                args = _validate(body, current)
+            except ChangeError as exc:
+                errors[exc.field or "_form"] = str(exc)
+    if not errors:
+        reply = commands.request("set_schedule", {"kind": kind, "id": device_id, **args}, actor=auth.actor())
+        if reply.ok:
+            flash(f"Saved the schedule of {name}.", "success")
+            return redirect(url_for(".page", _anchor=f"{kind}-{device_id}"))
+        if reply.status == 404:
+            abort(404)
+        errors[reply.field or "_form"] = reply.error or "The change was refused"
+    typed = {"auto_schedule": body["auto_schedule"], "enable": body["enable"], "disable": body["disable"]}
+    return _render(typed, errors, f"{kind}-{device_id}", status=400)
+
+
+@bp.post("/schedule/enabled")
+def save_enabled() -> Response:
+    enabled = request.form.get("enabled") == "1"
+    reply = commands.request("set_scheduler_enabled", {"enabled": enabled}, actor=auth.actor())
+    if reply.ok:
+        flash(f"The auto-scheduler is {'on' if enabled else 'off'}.", "success")
+    else:
+        flash(f"Not saved: {reply.error}", "danger")
+    return redirect(url_for(".page"))
