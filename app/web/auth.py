@@ -234,9 +234,7 @@ def bootstrap_admin(session: Session, settings: Settings) -> None:
     if row is not None:
         return  # the password set (or generated) earlier stays
     password = secrets.token_urlsafe(12)
-    session.add(
-        User(username=settings.admin_user, password_hash=hash_password(password), created_at=now)
-    )
+    session.add(User(username=settings.admin_user, password_hash=hash_password(password), created_at=now))
     session.commit()
     # The one deliberate exception to "no secret in a log line": on a fresh install without
     # APP_ADMIN_PASSWORD_HASH the log is the only way the owner can learn the first password.
