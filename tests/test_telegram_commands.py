@@ -46,6 +46,7 @@ COMMANDS = [
     "/report",
     "/status",
     "/why garage",
+    "/schedule garage 07:00 22:00",
     "/nonsense",
 ]
 
@@ -395,3 +396,70 @@ def test_report_why_and_status(rig: Rig) -> None:
     assert "Inputs enabled: 3 of 4" in status  # garage, back, dash; the panic button is off
     assert "Outputs enabled: 2 of 2" in status and "Outputs switch: on" in status
     assert "Last backup: not configured" in status
+
+
+# ---- /schedule ----------------------------------------------------------------------------------
+
+
+def test_parse_schedule_args() -> None:
+    parse = tgc.parse_schedule_args
+    assert parse(["garage", "door", "07:00", "22:00"]) == (["garage", "door"], "set", ["07:00", "22:00"])
+    assert parse(["garage", "OFF"]) == (["garage"], "off", [])
+    assert parse(["garage"]) == (["garage"], "show", [])
+    assert parse([]) == ([], "show", [])
+    assert parse(["off"]) == (["off"], "show", [])  # no device named: a search, not a change
+    # One time alone, or a time with a bad partner, is returned for the caller to refuse.
+    assert parse(["garage", "07:00"]) == (["garage"], "set", ["07:00"])
+    assert parse(["garage", "0700", "22:00"]) == (["garage", "0700"], "set", ["22:00"])
+
+
+def schedule_of(rig: Rig, model: type[InputConfig] | type[OutputConfig], key: str) -> tuple[Any, ...]:
+    with rig.hub.sessions() as session:
+        row = session.scalars(select(model).where(model.device_key == key)).one()
+        return (row.auto_schedule, row.auto_schedule_enable, row.auto_schedule_disable)
+
+
+def test_schedule_set_show_and_off(rig: Rig, caplog) -> None:
+    rig.bot()
+    caplog.set_level(logging.INFO)
+    assert "/schedule" in rig.ask("/help").text
+    text = rig.ask("/schedule garage 7:00 22:00").text
+    assert text.startswith("Daily schedule 07:00–22:00 set:")
+    assert "<b>Garage Door</b> (input): daily 07:00–22:00, next: " in text
+    assert schedule_of(rig, InputConfig, GARAGE) == (True, "07:00", "22:00")
+    assert schedule_of(rig, InputConfig, BACK)[0] is not True
+    assert any(f"configuration change by telegram:{ALICE}" in r.getMessage() for r in caplog.records)
+    # Outputs match too, and the reply is HTML with labels escaped.
+    reply = rig.ask("/schedule buzzer 06:30 23:15")
+    assert reply.params["parse_mode"] == "HTML" and "Hallway Buzzer</b> (output)" in reply.text
+    assert schedule_of(rig, OutputConfig, BUZZER) == (True, "06:30", "23:15")
+    # No names: every scheduled device, with its next transition.
+    listed = rig.ask("/schedule").text
+    assert listed.startswith("<b>Schedules</b>")
+    assert "Garage Door" in listed and "Hallway Buzzer" in listed and "Back" not in listed
+    shown = rig.ask("/schedule door").text
+    assert "<b>Back &lt;Door&gt;</b> (input): no daily schedule" in shown
+    assert "<b>Garage Door</b> (input): daily 07:00–22:00, next: " in shown
+    # off keeps the stored times, so switching the schedule back on needs only the times again.
+    off = rig.ask("/schedule garage off").text
+    assert off.startswith("Daily schedule off:") and "no daily schedule (stored 07:00–22:00)" in off
+    assert schedule_of(rig, InputConfig, GARAGE) == (False, "07:00", "22:00")
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        ("/schedule garage 25:00 22:00", "Not changed: enable must be a time of day as HH:MM"),
+        ("/schedule garage 07:00 7:60", "Not changed: disable must be a time of day as HH:MM"),
+        ("/schedule garage 07:00 7:00", "Not changed: "),
+        ("/schedule garage 07:00", "Give the enable and the disable time"),
+        ("/schedule 07:00 22:00", "Name the devices"),
+        ("/schedule nothing-here 07:00 22:00", "No input or output matches <i>nothing-here</i>."),
+        ("/schedule nothing-here", "No input or output matches <i>nothing-here</i>."),
+    ],
+)
+def test_schedule_refusals_change_nothing(rig: Rig, command: str, answer: str) -> None:
+    rig.bot()
+    before = schedule_of(rig, InputConfig, GARAGE)
+    assert rig.ask(command).text.startswith(answer)
+    assert schedule_of(rig, InputConfig, GARAGE) == before

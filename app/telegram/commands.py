@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pytz
@@ -30,12 +30,13 @@ from telegram.ext import (
     filters,
 )
 
-from app import commands, health, registry, rule_state
+from app import commands, config_changes, health, registry, rule_state
 from app.channels import Reply
-from app.config_changes import outputs_enabled
+from app.config_changes import ChangeError, outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
 from app.presence import Presence
 from app.presence import presence as default_presence
+from app.scheduler import next_transition
 from app.settings import Settings
 from app.web.api import _seen
 from app.web.context import WebContext
@@ -63,7 +64,8 @@ HELP = (
     "/outputson, /outputsoff – the global outputs switch\n"
     "/report – fire the Dash Button\n"
     "/status – brokers, devices, switches\n"
-    "/why &lt;input&gt; – its last decisions"
+    "/why &lt;input&gt; – its last decisions\n"
+    "/schedule &lt;names&gt; [HH:MM HH:MM | off] – show, set (enable, disable time) or stop daily schedules"
 )
 
 
@@ -178,6 +180,22 @@ def match_outputs(rows: list[OutputConfig], terms: list[str]) -> list[Target]:
         if any(_matches(t, row.device_key, row.device_label) for t in terms)
     ]
     return sorted(found, key=lambda t: t.label.casefold())
+
+
+def parse_schedule_args(args: list[str]) -> tuple[list[str], Literal["show", "set", "off"], list[str]]:
+    """/schedule arguments -> (terms, what, times): the last words decide, the rest are search terms.
+
+    A word with a colon is taken as a time, so '/schedule garage 25:00 22:00' is refused as a bad time
+    rather than searched for; one time alone is returned too, for the caller to refuse.
+    """
+    if len(args) >= 2 and args[-1].casefold() == "off":
+        return args[:-1], "off", []
+    times = [a for a in args[-2:] if ":" in a]
+    if times and args[-1] == times[-1]:
+        if len(times) == 2:
+            return args[:-2], "set", times
+        return args[:-1], "set", times
+    return list(args), "show", []
 
 
 def _names(targets: list[Target]) -> str:
@@ -627,6 +645,110 @@ class CommandBot:
             return
         await self._say(update, await self._blocking(self._why_text, terms))
 
+    # ---- schedules ----------------------------------------------------------------------------
+
+    def _schedule_text(self, targets: list[Target], heading: str) -> str:
+        """Each target's stored schedule and next transition, read fresh after any change."""
+        tz = pytz.timezone(self.settings.user_tz)
+        now = datetime.now(tz)
+        lines = [heading]
+        with self.sessions() as session:
+            for target in targets:
+                model = InputConfig if target.kind == "input" else OutputConfig
+                row = session.get(model, target.id)
+                if row is None:
+                    continue
+                name = f"• <b>{html.escape(target.label)}</b> ({target.kind})"
+                enable, disable = row.auto_schedule_enable, row.auto_schedule_disable
+                times = f"{html.escape(enable or '–')}–{html.escape(disable or '–')}"
+                if not row.auto_schedule:
+                    stored = f" (stored {times})" if enable or disable else ""
+                    lines.append(f"{name}: no daily schedule{stored}")
+                    continue
+                upcoming = next_transition(enable, disable, tz, now)
+                if upcoming is None:
+                    # An original database's "7:00" or "": the scheduler skips it until it is re-saved.
+                    lines.append(f"{name}: daily {times}, stored times invalid, not scheduled")
+                    continue
+                when, enabled = upcoming
+                edge = "enable" if enabled else "disable"
+                lines.append(f"{name}: daily {times}, next: {edge} at {when.strftime('%a %d %b %H:%M %Z')}")
+            if not config_changes.scheduler_enabled(session):
+                lines.append("\nThe auto-scheduler is <b>off</b>: scheduled changes are skipped.")
+        return "\n".join(lines)
+
+    async def _schedule_targets(self, terms: list[str]) -> list[Target]:
+        if not terms:
+            # No names: every scheduled device, inputs (without the built-in buttons) and outputs.
+            inputs = match_inputs(await self._blocking(self._load_inputs), [])
+            outputs = [
+                Target(
+                    "output",
+                    r.id,
+                    r.device_key,
+                    r.device_label or r.device_key,
+                    r.device_enabled is not False,
+                )
+                for r in await self._blocking(self._load_outputs)
+                if r.auto_schedule
+            ]
+            return [*inputs, *sorted(outputs, key=lambda t: t.label.casefold())]
+        return [*await self._targets("input", terms), *await self._targets("output", terms)]
+
+    async def schedule(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        user_id = self._user_id(update)
+        terms, what, times = parse_schedule_args(list(context.args or []))
+        if what != "show" and not terms:
+            await self._say(update, "Name the devices, e.g. <code>/schedule garage 07:00 22:00</code>.")
+            return
+        args: dict[str, Any] = {"auto_schedule": False}
+        if what == "set":
+            if len(times) != 2:
+                await self._say(
+                    update,
+                    "Give the enable and the disable time, e.g. <code>/schedule garage 07:00 22:00</code>.",
+                )
+                return
+            # Checked before any device is touched, so a typo never half-applies to the matches.
+            try:
+                enable = config_changes.validate_time(times[0], "enable")
+                disable = config_changes.validate_time(times[1], "disable")
+                config_changes.validate_schedule(True, enable, disable)
+            except ChangeError as exc:
+                await self._say(update, f"Not changed: {html.escape(str(exc))}")
+                return
+            args = {"auto_schedule": True, "enable": enable, "disable": disable}
+        targets = await self._schedule_targets(terms)
+        if not targets:
+            if terms:
+                await self._say(update, f"No input or output matches <i>{_terms_text(terms)}</i>.")
+            else:
+                await self._say(
+                    update, "No device has a daily schedule; e.g. <code>/schedule garage 07:00 22:00</code>."
+                )
+            return
+        if what == "show":
+            await self._say(update, await self._blocking(self._schedule_text, targets, "<b>Schedules</b>"))
+            return
+        failures: dict[Target, str] = {}
+        for target in targets:
+            reply = await self._request(
+                "set_schedule", {"kind": target.kind, "id": target.id, **args}, user_id
+            )
+            if not reply.ok:
+                failures[target] = reply.error or "failed"
+        done = [t for t in targets if t not in failures]
+        heading = (
+            f"Daily schedule {args['enable']}–{args['disable']} set:"
+            if what == "set"
+            else "Daily schedule off:"
+        )
+        text = await self._blocking(self._schedule_text, done, heading) if done else ""
+        if failures:
+            errors = [f"• {html.escape(t.label)}: {html.escape(why)}" for t, why in failures.items()]
+            text += ("\n\n" if text else "") + "Failed:\n" + "\n".join(errors)
+        await self._say(update, text)
+
     async def help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._say(update, HELP)
 
@@ -672,6 +794,7 @@ def register(
         "report": bot.report,
         "status": bot.status,
         "why": bot.why,
+        "schedule": bot.schedule,
         "help": bot.help,
         "start": bot.help,
     }

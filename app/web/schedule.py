@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes
+from app import commands, config_changes, rules
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.scheduler import KINDS, next_transition
@@ -147,14 +147,32 @@ def put_scheduler_enabled() -> dict[str, Any]:
 # ---- page ---------------------------------------------------------------------------------
 
 
+def _quiet_window(session: Session) -> rules.QuietHours:
+    settings = ctx().settings
+    default = rules.QuietHours(settings.quiet_hours_not_before, settings.quiet_hours_not_after)
+    return config_changes.quiet_hours(session, default)
+
+
+def _quiet_view(window: rules.QuietHours) -> dict[str, Any]:
+    return {
+        "not_before": window.not_before.strftime("%H:%M"),
+        "not_after": window.not_after.strftime("%H:%M"),
+        "all_outputs": window.all_outputs,
+    }
+
+
 def _render(
     typed: dict[str, Any] | None = None,
     errors: Errors | None = None,
     open_key: str | None = None,
     status: int = 200,
+    quiet_typed: dict[str, Any] | None = None,
+    quiet_errors: Errors | None = None,
 ) -> tuple[str, int]:
     with ctx().session_factory() as session:
         enabled, devices = _all(session)
+        # A refused form shows what was typed, so the person can correct it instead of retyping.
+        quiet = quiet_typed if quiet_typed is not None else _quiet_view(_quiet_window(session))
     if typed is not None and open_key is not None:
         for device in devices:
             if f"{device['kind']}-{device['id']}" == open_key:
@@ -166,6 +184,8 @@ def _render(
         errors=errors or {},
         open_key=open_key,
         tz_name=ctx().settings.user_tz,
+        quiet=quiet,
+        quiet_errors=quiet_errors or {},
     )
     return page, status
 
@@ -225,3 +245,38 @@ def save_enabled() -> Response:
     else:
         flash(f"Not saved: {reply.error}", "danger")
     return redirect(url_for(".page"))
+
+
+_QUIET_LABELS = {"not_before": "Not before", "not_after": "Not after"}
+
+
+@bp.post("/schedule/quiet-hours")
+def save_quiet_hours() -> Response | tuple[str, int]:
+    form = request.form
+    typed = {
+        "not_before": form.get("not_before", "").strip(),
+        "not_after": form.get("not_after", "").strip(),
+        "all_outputs": "all_outputs" in form,  # an unticked checkbox is absent
+    }
+    errors: Errors = {}
+    # Both times are checked before anything is sent, so one bad field never saves the other.
+    for name in ("not_before", "not_after"):
+        try:
+            rules.parse_hhmm(typed[name])
+        except ValueError:
+            errors[name] = f"{_QUIET_LABELS[name]} must be a time as HH:MM (00:00 to 23:59)."
+    if not errors:
+        reply = commands.request("set_quiet_hours", typed, actor=auth.actor())
+        if reply.ok:
+            # The flash reads the stored window back, so it shows what the processor actually saved.
+            with ctx().session_factory() as session:
+                saved = _quiet_view(_quiet_window(session))
+            held = "every output is" if saved["all_outputs"] else "only notifications are"
+            flash(
+                f"Saved quiet hours: informational inputs may notify from {saved['not_before']} "
+                f"to {saved['not_after']}; outside that window {held} held back.",
+                "success",
+            )
+            return redirect(url_for(".page", _anchor="quiet-hours"))
+        errors[reply.field or "_form"] = reply.error or "The change was refused"
+    return _render(quiet_typed=typed, quiet_errors=errors, status=400)
