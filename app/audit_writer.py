@@ -10,8 +10,8 @@ from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import audit, health
-from app.channels import AUDIT, AuditRecord
+from app import audit, health, rule_state
+from app.channels import AUDIT, AuditRecord, StateWrite
 from app.models import Decision, DecisionOutput, EventLog
 from app.settings import Settings
 from pylib import inproc, threads
@@ -112,6 +112,8 @@ class AuditWriter(threads.AppThread):
                         break
                     if isinstance(msg, AuditRecord):
                         batch.append(msg)
+                    elif isinstance(msg, StateWrite):
+                        self._write_state(msg)
                 if stopping:
                     batch.extend(self._drain())
                 if batch:
@@ -130,7 +132,20 @@ class AuditWriter(threads.AppThread):
         while (msg := inproc.recv(self._pull, timeout_ms=0)) is not None:
             if isinstance(msg, AuditRecord):
                 out.append(msg)
+            elif isinstance(msg, StateWrite):
+                self._write_state(msg)
         return out
+
+    def _write_state(self, msg: StateWrite) -> None:
+        """Store the processor's rule state; a failure is logged and counted (the processor's
+        shutdown snapshot writes every piece of state again)."""
+        try:
+            with self._sessions() as session:
+                rule_state.save(session, msg.values, msg.version)
+                session.commit()
+        except SQLAlchemyError as exc:
+            health.count("processor.state_errors")
+            log.warning("could not save %d rule state entries: %s", len(msg.values), exc)
 
     def _write(self, batch: list[AuditRecord], retries: int) -> int:
         """Write a batch; returns 0 when done (or given up), else the retry count so far."""

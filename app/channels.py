@@ -123,3 +123,15 @@ class Notification:
     image: bytes | None = None
     sms_recipients: str | None = None
     text: str | None = None
+
+
+@message
+@dataclass
+class StateWrite:
+    """Rule state to store (rule_state key -> JSON value, None deletes), taken at `version` (unix time).
+
+    The processor hands these to the AuditWriter so its own thread never waits on the database.
+    """
+
+    values: dict[str, Any]
+    version: float

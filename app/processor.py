@@ -46,6 +46,7 @@ from app.channels import (
     MqttPublish,
     Notification,
     Reply,
+    StateWrite,
 )
 from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
 from app.settings import Settings
@@ -216,7 +217,10 @@ class EventProcessor(threads.AppThread):
                     next_reload = time.monotonic() + RELOAD_SECONDS
                 self._housekeeping()
         finally:
-            self._flush()
+            # everything, not just what changed since the last flush: a queued StateWrite may
+            # still be on its way, and this snapshot (newest version) must win over it
+            self._dirty |= self._all_state_keys()
+            self._flush(direct=True)
             for sock in (
                 self._pull,
                 self._control,
@@ -593,7 +597,7 @@ class EventProcessor(threads.AppThread):
             self._digest["more"] += 1
         log.info("notification for %r deferred by quiet hours", rule.device_key)
         self._dirty.add(("digest", 0))
-        self._flush()
+        self._flush(direct=True)
 
     def _check_digest(self, now: float) -> None:
         """Send the pending digest as one message once quiet hours are over."""
@@ -606,7 +610,7 @@ class EventProcessor(threads.AppThread):
         log.info("sent the quiet-hours digest of %d notification(s)", len(self._digest["items"]))
         self._digest = {"items": [], "more": 0}
         self._dirty.add(("digest", 0))
-        self._flush()
+        self._flush(direct=True)
 
     def _digest_text(self, now: float) -> str:
         items, more = self._digest["items"], self._digest["more"]
@@ -656,21 +660,35 @@ class EventProcessor(threads.AppThread):
     def _state_key(kind: str, ident: int) -> str:
         return f"{STATE_PREFIX}{kind}" if kind in ("recent", "digest") else f"{STATE_PREFIX}{kind}:{ident}"
 
-    def _flush(self) -> None:
-        """Write the changed rule state in one transaction; on failure keep it dirty and retry later."""
+    def _flush(self, direct: bool = False) -> None:
+        """Hand the changed rule state to the AuditWriter (or, when direct, write it here and now).
+
+        Periodic flushes go through the AuditWriter's queue so this thread never stalls on a write
+        (a flush of a few hundred rows took tens of milliseconds, straight into event latency).
+        Shutdown and digest changes write directly: they are rare and must not wait in a queue.
+        """
         self._next_flush = time.monotonic() + FLUSH_SECONDS
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
         values = {self._state_key(kind, ident): self._state_value(kind, ident) for kind, ident in dirty}
+        version = time.time()
+        if not direct:
+            inproc.send(self._audit, StateWrite(values=values, version=version))
+            return
         try:
             with self._sessions() as session:
-                rule_state.save(session, values)
+                rule_state.save(session, values, version)
                 session.commit()
         except SQLAlchemyError:
             self._dirty |= dirty
             health.count("processor.state_errors")
             log.warning("could not save rule state; retrying in %.0f s", FLUSH_SECONDS, exc_info=True)
+
+    def _all_state_keys(self) -> set[tuple[str, int]]:
+        keys = {("input", i) for i in self._input_state} | {("output", i) for i in self._output_state}
+        keys |= {("meter_zone", i) for i in self._meter_zone}
+        return keys | {("recent", 0), ("digest", 0)}
 
     def _load_state(self) -> None:
         """Resume the rule state the previous run left (a bad entry is skipped, never fatal)."""

@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import RuleState
@@ -30,23 +30,29 @@ def load(session: Session, prefix: str) -> dict[str, Any]:
     return out
 
 
-def save(session: Session, values: dict[str, Any]) -> None:
-    """Insert or replace each key's value (None deletes the key); the caller commits."""
+def save(session: Session, values: dict[str, Any], version: float | None = None) -> None:
+    """Insert or replace each key's value (None deletes the key); the caller commits.
+
+    version is when the values were taken (unix time). A row already holding a newer version is
+    left alone: writes travel through a queue, so an older snapshot can arrive after a newer one.
+    """
     if not values:
         return
-    now = datetime.now(UTC).replace(tzinfo=None)
-    gone = [k for k, v in values.items() if v is None]
-    if gone:
-        session.execute(delete(RuleState).where(RuleState.state_key.in_(gone)))
-    kept = {k: v for k, v in values.items() if v is not None}
-    if not kept:
-        return
+    taken = datetime.fromtimestamp(version, UTC) if version is not None else datetime.now(UTC)
+    now = taken.replace(tzinfo=None)
     existing = {
-        row.state_key: row for row in session.scalars(select(RuleState).where(RuleState.state_key.in_(kept)))
+        row.state_key: row
+        for row in session.scalars(select(RuleState).where(RuleState.state_key.in_(values)))
     }
-    for key, value in kept.items():
-        text = json.dumps(value, separators=(",", ":"))
+    for key, value in values.items():
         row = existing.get(key)
+        if row is not None and row.updated is not None and row.updated > now:
+            continue  # a newer snapshot is already stored
+        if value is None:
+            if row is not None:
+                session.delete(row)
+            continue
+        text = json.dumps(value, separators=(",", ":"))
         if row is None:
             session.add(RuleState(state_key=key, state_value=text, updated=now))
         else:
