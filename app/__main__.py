@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from app import observability
+from app import early_migration
 from app import settings as settings_module
 from app.settings import SettingsError
 from pylib import threads
@@ -55,6 +55,10 @@ def main() -> int:
     except SettingsError as exc:
         print(f"event-processor: {exc}", file=sys.stderr)
         return 2
+    # The migration child (if the schema is not current) runs while this process imports the rest.
+    migration = early_migration.start(settings.database_url)
+    from app import observability  # heavy (SQLAlchemy, Prometheus): after the child has started
+
     # text or JSON lines, with every configured secret redacted from every record
     observability.configure_logging(settings)
     observability.init_sentry(settings)
@@ -76,7 +80,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("starting %s (%s)", settings.app_name, settings_module.describe(settings))
-    hub = Hub(settings)
+    hub = Hub(settings, migration=migration)
     try:
         hub.start()
     except Exception:

@@ -15,15 +15,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from app import early_migration, schema_head
+
 if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.migration import MigrationContext
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-_URL_VARIABLE = "EVENT_PROCESSOR_MIGRATE_URL"
-# The newest migration's revision (a test keeps it in step with migrations/versions). Knowing it lets
-# a start-up on an up-to-date database skip importing Alembic, which costs ~0.3 s and ~10 MB on a Pi.
-HEAD_REVISION = "0005_schedules_state"
+_URL_VARIABLE = early_migration.URL_VARIABLE
+# Knowing the newest revision lets a start-up on an up-to-date database skip importing Alembic,
+# which costs ~0.3 s and ~10 MB on a Pi.
+HEAD_REVISION = schema_head.HEAD_REVISION
 
 # Enough idle connections for the hub's threads plus Flask's request threads without reconnecting;
 # the overflow is bounded so a session leak shows up as a pool timeout rather than "too many open files".
@@ -101,26 +103,37 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(_alembic_config(connection), "head")
 
 
-def upgrade_in_child(engine: Engine, url: str, timeout: float = 300.0) -> None:
+def upgrade_in_child(
+    engine: Engine, url: str, timeout: float = 300.0, started: subprocess.Popen[str] | None = None
+) -> None:
     """Migrate in a child process, so the long-running hub never imports Alembic.
 
     Alembic and its migration run leave ~12 MB behind in the process that ran them, which on a
     Raspberry Pi the hub would carry for years; a child takes that memory with it when it exits.
-    The URL travels in the environment, not on the command line, where `ps` would show a password.
+    `started` is a child already started by app.early_migration; it is waited for first.
     """
+    if started is not None:
+        _wait(started, timeout)
     if current_revision(engine) == HEAD_REVISION:
         return
-    # the child must import this very package, wherever the hub was started from
-    package_root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, _URL_VARIABLE: url, "PYTHONPATH": path}
-    result = subprocess.run(
-        [sys.executable, "-m", "app.db"], env=env, capture_output=True, text=True, timeout=timeout
+    _wait(
+        subprocess.Popen(
+            [sys.executable, "-m", "app.db"],
+            env=early_migration.child_env(url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        timeout,
     )
-    if result.returncode != 0:
-        raise RuntimeError(f"database migration failed: {result.stderr.strip()[-2000:]}")
     if current_revision(engine) != HEAD_REVISION:
         raise RuntimeError(f"database migration ended at {current_revision(engine)}, not {HEAD_REVISION}")
+
+
+def _wait(child: subprocess.Popen[str], timeout: float) -> None:
+    _, stderr = child.communicate(timeout=timeout)
+    if child.returncode != 0:
+        raise RuntimeError(f"database migration failed: {stderr.strip()[-2000:]}")
 
 
 def downgrade(engine: Engine, revision: str) -> None:

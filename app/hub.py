@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+        migration: subprocess.Popen[str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.migration = migration  # a migration child started early by __main__, if any
         self.clock = clock
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
@@ -55,7 +62,7 @@ class Hub:
 
     def init_database(self) -> None:
         self.engine = db.make_engine(self.settings.database_url, self.settings.db_timeout)
-        db.upgrade_in_child(self.engine, self.settings.database_url)
+        db.upgrade_in_child(self.engine, self.settings.database_url, started=self.migration)
         self.sessions = db.session_factory(self.engine)
         with self.sessions() as session:
             registry.ensure_builtin(session, self.settings.device_name)

@@ -582,3 +582,19 @@ def test_upgrade_in_child_reports_a_failed_migration(tmp_path: Path, engines: Ca
     url = sqlite_url(bad)
     with pytest.raises(Exception, match="not a database|migration failed"):
         db.upgrade_in_child(engines(url), url)
+
+
+def test_early_migration_child_runs_only_when_needed(tmp_path: Path, engines: Callable[..., Engine]) -> None:
+    from app import early_migration
+
+    path = tmp_path / "early.db"
+    url = sqlite_url(path)
+    assert not early_migration.sqlite_at_head(str(path))
+    child = early_migration.start(url)
+    assert child is not None
+    engine = engines(url)
+    db.upgrade_in_child(engine, url, started=child)
+    assert db.current_revision(engine) == HEAD and child.returncode == 0
+    assert early_migration.sqlite_at_head(str(path))
+    assert early_migration.start(url) is None  # current: no child at all
+    assert early_migration.start("sqlite://") is None  # in memory: nothing to migrate ahead
