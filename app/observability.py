@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app import health
 from app.models import Heartbeat
 from app.presence import Presence
+from app.processor import TRIGGERS_BY_TYPE
 from app.settings import Settings
 from pylib import threads
 
@@ -389,6 +390,18 @@ class HubCollector(Collector):
         for name, kind in OUTPUT_COUNTERS.items():
             sent.add_metric([kind], counts.get(name, 0))
         yield sent
+
+        by_type = CounterMetricFamily(
+            "event_processor_triggers",
+            "Output triggers published, by output type (ioboard, snapshot, tts, bluetooth, topic) "
+            "and the built-in Telegram notifications (sms).",
+            labels=["type"],
+        )
+        for name, value in sorted(counts.items()):
+            if name.startswith(TRIGGERS_BY_TYPE):
+                by_type.add_metric([name[len(TRIGGERS_BY_TYPE) :]], value)
+        by_type.add_metric(["sms"], counts.get("processor.notifications", 0))
+        yield by_type
 
         dropped = CounterMetricFamily(
             "event_processor_dropped",

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 RELOAD_SECONDS = 30.0
 RECENT_SECONDS = 300  # how far back an alert lists the other inputs that fired
 RECENT_MAX = 100
+TRIGGERS_BY_TYPE = "processor.triggers_by_type."
 MAX_DETAIL = 255
 FLUSH_SECONDS = 5.0  # rule state reaches the database at most this long after it changed
 DIGEST_CHECK_SECONDS = 1.0
@@ -527,6 +528,8 @@ class EventProcessor(threads.AppThread):
                 state.last_fired = now
                 self._dirty.add(("output", output.id))
                 health.count("processor.triggers")
+                # by handler (ioboard, snapshot, tts, bluetooth) or "topic" for a trigger_topic output
+                health.count(f"{TRIGGERS_BY_TYPE}{handler or 'topic'}")
                 result.update(fired=True, reason=None, detail=key)
                 return result
         health.count(f"processor.blocked.{verdict.reason}")

@@ -305,6 +305,7 @@ def test_metrics_after_a_heartbeat_and_an_activation(make_settings, restore_logg
         assert 'event_processor_events_received_total{source="mqtt"} 0.0' in text
         assert 'event_processor_outputs_total{type="trigger"} 1.0' in text
         assert 'event_processor_outputs_total{type="control_message"} 1.0' in text
+        assert 'event_processor_triggers_total{type="ioboard"} 1.0' in text
         assert 'event_processor_dropped_total{reason="blocked.latched",stage="processor"} 1.0' in text
         assert 'event_processor_component_up{component="rabbitmq_source"} 1.0' in text
         assert 'event_processor_component_up{component="control_publisher"} 1.0' in text
