@@ -194,22 +194,34 @@ def _saved_input(session: Session, input_id: int) -> str:
     return "gone" if row is None else ("enabled" if _input_enabled(row) else "disabled")
 
 
-@bp.post("/inputs/<int:input_id>/enabled")
-def toggle_input(input_id: int) -> Response:
+def _toggle(model: type[InputConfig] | type[OutputConfig], action: str, row_id: int) -> Response:
+    """Switch one input or output on or off through the processor, then report the saved state."""
     with ctx().session_factory() as session:
-        row = session.get(InputConfig, input_id) if input_id <= config_changes.MAX_ID else None
+        row = session.get(model, row_id) if row_id <= config_changes.MAX_ID else None
         if row is None:
             abort(404)
         label = label_of(row)
     enabled = _on_off()
     if enabled is None:
         return _back()
-    reply = _send("update_input", {"id": input_id, "fields": {"device_enabled": enabled}})
+    reply = _send(action, {"id": row_id, "fields": {"device_enabled": enabled}})
     if not _failed(reply, label):
         # Report what the database now holds, not what the button asked for.
         with ctx().session_factory() as session:
-            flash(f"{label} is now {_saved_input(session, input_id)}.", "success")
+            saved = session.get(model, row_id)
+            if saved is None:
+                state = "gone"
+            elif isinstance(saved, InputConfig):
+                state = "enabled" if _input_enabled(saved) else "disabled"
+            else:
+                state = "enabled" if _output_enabled(saved) else "disabled"
+        flash(f"{label} is now {state}.", "success")
     return _back()
+
+
+@bp.post("/inputs/<int:input_id>/enabled")
+def toggle_input(input_id: int) -> Response:
+    return _toggle(InputConfig, "update_input", input_id)
 
 
 @bp.post("/groups/enabled")
@@ -243,21 +255,7 @@ def toggle_group() -> Response:
 
 @bp.post("/outputs/<int:output_id>/enabled")
 def toggle_output(output_id: int) -> Response:
-    with ctx().session_factory() as session:
-        row = session.get(OutputConfig, output_id) if output_id <= config_changes.MAX_ID else None
-        if row is None:
-            abort(404)
-        label = label_of(row)
-    enabled = _on_off()
-    if enabled is None:
-        return _back()
-    reply = _send("update_output", {"id": output_id, "fields": {"device_enabled": enabled}})
-    if not _failed(reply, label):
-        with ctx().session_factory() as session:
-            saved = session.get(OutputConfig, output_id)
-            state = "gone" if saved is None else ("enabled" if _output_enabled(saved) else "disabled")
-        flash(f"{label} is now {state}.", "success")
-    return _back()
+    return _toggle(OutputConfig, "update_output", output_id)
 
 
 @bp.post("/outputs-enabled")
