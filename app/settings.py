@@ -35,8 +35,12 @@ SECRET_NAMES = frozenset(
         "SENTRY_DSN",
         "HC_PING_URL",
         "CRONITOR_TELEMETRY_KEY",
+        "AWS_SECRET_ACCESS_KEY",
+        "OP_CONNECT_TOKEN",
     }
 )
+# 1Password Connect: these three together switch it on; they are read only from the environment/.env.
+OP_CONNECT_NAMES = ("OP_CONNECT_SERVER", "OP_CONNECT_TOKEN", "OP_VAULT")
 
 
 class SettingsError(ValueError):
@@ -121,6 +125,18 @@ class Settings:
     cronitor_ping_url: str = "https://cronitor.link/p"
     health_ping_seconds: float = 300.0
     heartbeat_row_seconds: float = 60.0
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = field(default="", repr=False)
+    aws_endpoint_url: str = ""
+    backup_s3_bucket: str = ""
+    backup_retention_days: int = 30
+    backup_status_path: str = "./data/backup_status.json"
+    backup_max_age_hours: int = 26
+    sqs_control_enabled: bool = False
+    sqs_queue: str = "automation-control"
+    sqs_wait_seconds: int = 10
+    # Where settings came from besides app.conf/.env/environment: "" or "1Password (vault …)"
+    onepassword_source: str = ""
 
     @property
     def sentry_enabled(self) -> bool:
@@ -133,6 +149,18 @@ class Settings:
     @property
     def influxdb_enabled(self) -> bool:
         return bool(self.influxdb_url and self.influxdb_token and self.influxdb_org and self.influxdb_bucket)
+
+    @property
+    def backup_enabled(self) -> bool:
+        return bool(self.backup_s3_bucket)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The SQLite file behind database_url, or None for another database."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            return None
+        return self.database_url[len(prefix) :].split("?", 1)[0] or None
 
     @property
     def mdash_enabled(self) -> bool:
@@ -154,17 +182,39 @@ class Settings:
 
 
 def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Defaults < 1Password (when configured) < .env < the real environment."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(CONFIG_FILE)
-    values: dict[str, str] = {}
+    defaults: dict[str, str] = {}
     for section in parser.sections():
-        values.update(parser.items(section))
+        defaults.update(parser.items(section))
+    local: dict[str, str] = {}
     path = Path(dotenv_path) if dotenv_path is not None else Path(".env")
     if path.is_file():
-        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+        local.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     source = os.environ if env is None else env
-    values.update({k: v for k, v in source.items() if k in values or k.startswith(("OUTPUT_TYPE_",))})
+    local.update({k: v for k, v in source.items() if k in defaults or k.startswith(("OUTPUT_TYPE_",))})
+    values = {**defaults, **local}
+    op = {name: values.get(name, "").strip() for name in OP_CONNECT_NAMES}
+    if any(op.values()):
+        missing = [name for name, value in op.items() if not value]
+        if missing:
+            together = ", ".join(OP_CONNECT_NAMES)
+            raise SettingsError(missing[0], f"must be set too when any of {together} is")
+        from app import onepassword  # only a 1Password deployment pays for httpx
+
+        fetched = onepassword.fetch_settings(
+            server=op["OP_CONNECT_SERVER"],
+            token=op["OP_CONNECT_TOKEN"],
+            vault=op["OP_VAULT"],
+            app_name=values.get("APP_NAME", "").strip() or defaults["APP_NAME"],
+            aws_region=values.get("AWS_DEFAULT_REGION", "").strip() or defaults["AWS_DEFAULT_REGION"],
+            known=frozenset(defaults),
+            attempts=_int(values, "OP_CONNECT_ATTEMPTS", 1, 100),
+            timeout=_seconds(values, "OP_CONNECT_TIMEOUT", 0.1, 300),
+        )
+        values = {**defaults, **fetched, **local, "_ONEPASSWORD": f"1Password (vault {op['OP_VAULT']})"}
     return values
 
 
@@ -350,6 +400,18 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     cronitor_url = _url(v, "CRONITOR_PING_URL")
     if not cronitor_url:
         raise SettingsError("CRONITOR_PING_URL", "must not be empty")
+    bucket = v.get("BACKUP_S3_BUCKET", "").strip()
+    if bucket and not (3 <= len(bucket) <= 63 and all(c.isalnum() or c in ".-" for c in bucket)):
+        raise SettingsError("BACKUP_S3_BUCKET", f"{bucket!r} is not an S3 bucket name")
+    status_path = v.get("BACKUP_STATUS_PATH", "").strip()
+    if not status_path:
+        sqlite_file = database_url[len("sqlite:///") :] if database_url.startswith("sqlite:///") else ""
+        folder = Path(sqlite_file).parent if sqlite_file and sqlite_file != ":memory:" else Path("data")
+        status_path = str(folder / "backup_status.json")
+    sqs_enabled = _bool(v, "SNS_CONTROL_ENABLED")
+    sqs_queue = v.get("SQS_QUEUE", "").strip()
+    if sqs_enabled and not sqs_queue:
+        raise SettingsError("SQS_QUEUE", "must be set when SNS_CONTROL_ENABLED is true")
     quiet: dict[str, dt.time] = {}
     for name in ("QUIET_HOURS_NOT_BEFORE", "QUIET_HOURS_NOT_AFTER"):
         try:
@@ -427,6 +489,17 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         cronitor_ping_url=cronitor_url.rstrip("/"),
         health_ping_seconds=_seconds(v, "HEALTH_PING_SECONDS", 0.05, 86400),
         heartbeat_row_seconds=_seconds(v, "HEARTBEAT_ROW_SECONDS", 0.05, 86400),
+        aws_access_key_id=v.get("AWS_ACCESS_KEY_ID", "").strip(),
+        aws_secret_access_key=v.get("AWS_SECRET_ACCESS_KEY", "").strip(),
+        aws_endpoint_url=_url(v, "AWS_ENDPOINT_URL"),
+        backup_s3_bucket=bucket,
+        backup_retention_days=_int(v, "BACKUP_RETENTION_DAYS", 1, 3650),
+        backup_status_path=status_path,
+        backup_max_age_hours=_int(v, "BACKUP_MAX_AGE_HOURS", 1, 24 * 365),
+        sqs_control_enabled=sqs_enabled,
+        sqs_queue=sqs_queue,
+        sqs_wait_seconds=_int(v, "SQS_WAIT_SECONDS", 0, 20),
+        onepassword_source=v.get("_ONEPASSWORD", ""),
     )
 
 
@@ -444,6 +517,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "sentry_dsn",
         "hc_ping_url",
         "cronitor_telemetry_key",
+        "aws_secret_access_key",
     )
     out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url

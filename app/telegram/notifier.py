@@ -130,9 +130,7 @@ class Notifier:
         self._settings = settings
         self._chat_id = settings.telegram_chat_room
         self._sms = (
-            sms
-            if sms is not None
-            else (SmsSender(settings.aws_region) if settings.telegram_sms_fallback else None)
+            sms if sms is not None else (SmsSender(settings) if settings.telegram_sms_fallback else None)
         )
         self._album_window = album_window
         self._backoff_initial = backoff_initial

@@ -6,7 +6,8 @@ import logging
 import re
 from typing import Any
 
-import boto3
+from app import aws
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +33,16 @@ def parse_recipients(device_params: str | None) -> list[str]:
 
 
 class SmsSender:
-    """Publishes a text to phone numbers with SNS; boto3 reads credentials and AWS_ENDPOINT_URL itself."""
+    """Publishes a text to phone numbers with SNS (keys/endpoint: settings, else boto3's chain)."""
 
-    def __init__(self, region: str) -> None:
-        self._region = region
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._client: Any = None
 
     def _sns(self) -> Any:
         # Created on first use: a hub without the fallback never needs AWS credentials.
         if self._client is None:
-            self._client = boto3.client("sns", region_name=self._region)
+            self._client = aws.client(self._settings, "sns")
         return self._client
 
     def send(self, device_params: str | None, message: str) -> int:
