@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -248,6 +248,25 @@ def _input_values(row: InputConfig) -> Values:
     return values
 
 
+def _render_rows(
+    template: str,
+    rows: Sequence[Any],
+    values_of: Callable[[Any], Values],
+    open_id: int | None,
+    typed: Values | None,
+    errors: Errors | None,
+    status: int,
+    **extra: Any,
+) -> tuple[str, int]:
+    """A configuration list page; the open row shows what was typed, so a rejected form keeps it."""
+    if open_id is not None and open_id not in {r.id for r in rows}:
+        abort(404)
+    values = {row.id: values_of(row) for row in rows}
+    if typed is not None and open_id is not None:
+        values[open_id].update(typed)
+    return _render(template, status, rows=rows, values=values, errors=errors or {}, open_id=open_id, **extra)
+
+
 def _render_inputs(
     session: Session,
     open_id: int | None,
@@ -255,19 +274,14 @@ def _render_inputs(
     errors: Errors | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
-    rows = _input_rows(session)
-    if open_id is not None and open_id not in {r.id for r in rows}:
-        abort(404)
-    values = {row.id: _input_values(row) for row in rows}
-    if typed is not None and open_id is not None:
-        values[open_id].update(typed)
-    return _render(
+    return _render_rows(
         "config_inputs.html",
+        _input_rows(session),
+        _input_values,
+        open_id,
+        typed,
+        errors,
         status,
-        rows=rows,
-        values=values,
-        errors=errors or {},
-        open_id=open_id,
         is_meter=lambda row: registry.is_meter(row.device_type),
         settings=ctx().settings,
     )
@@ -383,14 +397,8 @@ def _render_outputs(
     errors: Errors | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
-    rows = _output_rows(session)
-    if open_id is not None and open_id not in {r.id for r in rows}:
-        abort(404)
-    values = {row.id: _output_values(row) for row in rows}
-    if typed is not None and open_id is not None:
-        values[open_id].update(typed)
-    return _render(
-        "config_outputs.html", status, rows=rows, values=values, errors=errors or {}, open_id=open_id
+    return _render_rows(
+        "config_outputs.html", _output_rows(session), _output_values, open_id, typed, errors, status
     )
 
 
