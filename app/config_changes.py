@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import registry, rules
+from app import registry, rule_state, rules
 from app.channels import Command, Reply
 from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -276,6 +276,14 @@ def _assign(row: Any, fields: dict[str, Any]) -> list[str]:
     return changes
 
 
+def _drop_timed_reenable(session: Session, kind: str, row_id: int) -> None:
+    """A later switch of the device, from anywhere, overrides a pending Telegram timed re-enable.
+
+    Telegram stores its promise only after its own disable went through, so this never drops a new one.
+    """
+    rule_state.save(session, {rule_state.reenable_key(kind, row_id): None})
+
+
 def _update_input(session: Session, args: dict[str, Any]) -> _Done:
     row = _load(session, InputConfig, args, "id", "input")
     fields = validate_input_fields(args.get("fields"))
@@ -285,6 +293,8 @@ def _update_input(session: Session, args: dict[str, Any]) -> _Done:
         row.label_customized = fields["device_label"] is not None
     if any(name != "device_enabled" for name in fields):
         row.customized = True
+    if "device_enabled" in fields:
+        _drop_timed_reenable(session, "input", row.id)
     return _Done({"id": row.id}, f"input {row.device_key!r}: {', '.join(changes) or 'no change'}")
 
 
@@ -294,6 +304,8 @@ def _update_output(session: Session, args: dict[str, Any]) -> _Done:
     changes = _assign(row, fields)
     if "device_label" in fields:
         row.label_customized = fields["device_label"] is not None
+    if "device_enabled" in fields:
+        _drop_timed_reenable(session, "output", row.id)
     return _Done({"id": row.id}, f"output {row.device_key!r}: {', '.join(changes) or 'no change'}")
 
 

@@ -14,6 +14,14 @@ from app.models import RuleState
 
 log = logging.getLogger(__name__)
 
+# A timed re-enable promised by Telegram (/inputoff garage 30m) lives under reenable:<kind>:<id>, so a
+# restart keeps the promise; any other change of that device's switch drops the key, cancelling it.
+REENABLE_PREFIX = "reenable:"
+
+
+def reenable_key(kind: str, row_id: int) -> str:
+    return f"{REENABLE_PREFIX}{kind}:{row_id}"
+
 
 def load(session: Session, prefix: str) -> dict[str, Any]:
     """Every stored value whose key starts with prefix; a value that is not valid JSON is skipped."""

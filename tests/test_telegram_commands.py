@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 from telegram.ext import Application
 
-from app import registry
+from app import registry, rule_state
 from app.config_changes import outputs_enabled
 from app.models import InputConfig, OutputConfig
 from app.presence import presence
@@ -328,6 +329,25 @@ def test_timed_reenable_and_its_cancellation(rig: Rig) -> None:
     wait_for(task.done)
     assert task.cancelled() and bot.commands.state.reenables == {}
     assert rig.enabled(InputConfig, GARAGE) is True
+
+
+def test_a_dashboard_change_cancels_a_timed_reenable(rig: Rig) -> None:
+    rig.bot()
+    question = rig.ask("/inputoff garage 2s")
+    rig.press(question, "Confirm")
+    assert "Re-enabling after 2s" in rig.reply(method="editMessageText").text
+    garage = _garage_id(rig)
+    with rig.hub.sessions() as session:
+        assert rule_state.reenable_key("input", garage) in rule_state.load(session, "reenable:")
+    # someone switches it on and off again on the dashboard (the API is what the dashboard uses)
+    rig.api.patch("inputs", GARAGE, device_enabled=True)
+    rig.api.patch("inputs", GARAGE, device_enabled=False)
+    with rig.hub.sessions() as session:
+        assert rule_state.load(session, "reenable:") == {}
+    text = rig.reply(2).text  # after the question: the bot says why it did not re-enable
+    assert "Not re-enabling Garage Door" in text
+    time.sleep(0.5)
+    assert rig.enabled(InputConfig, GARAGE) is False  # the later dashboard choice stands
 
 
 def _garage_id(rig: Rig) -> int:

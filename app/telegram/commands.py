@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import pytz
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
@@ -53,7 +54,7 @@ WHY_LIMIT = 5
 CALLBACK_PREFIX = "cfm"
 _DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.IGNORECASE)
 GROUP_CHATS = ("group", "supergroup")
-REENABLE_PREFIX = "reenable:"  # rule_state keys reenable:<kind>:<id>, so a restart keeps the promise
+REENABLE_PREFIX = rule_state.REENABLE_PREFIX
 
 HELP = (
     "<b>Commands</b>\n"
@@ -299,10 +300,20 @@ class CommandBot:
         """Keep (or, with None, drop) a pending re-enable in rule_state; a failure is logged, not raised."""
         try:
             with self.sessions() as session:
-                rule_state.save(session, {f"{REENABLE_PREFIX}{target.kind}:{target.id}": value})
+                rule_state.save(session, {rule_state.reenable_key(target.kind, target.id): value})
                 session.commit()
         except Exception:
             log.warning("could not store the re-enable of %s %r", target.kind, target.key, exc_info=True)
+
+    def _reenable_still_due(self, target: Target) -> bool:
+        """False when another change (dashboard, API, schedule, SQS) dropped the stored promise."""
+        key = rule_state.reenable_key(target.kind, target.id)
+        try:
+            with self.sessions() as session:
+                return key in rule_state.load(session, key)
+        except SQLAlchemyError:
+            log.warning("could not check the re-enable of %s %r; re-enabling", target.kind, target.key)
+            return True
 
     def resume_reenables(self, bot: Any) -> None:
         """Re-arm the timed re-enables a previous run left in rule_state (call inside the bot's loop)."""
@@ -437,6 +448,11 @@ class CommandBot:
         if self.state.reenables.get((target.kind, target.id)) is not asyncio.current_task():
             return
         del self.state.reenables[(target.kind, target.id)]
+        if not await self._blocking(self._reenable_still_due, target):
+            log.info("re-enable of %s %r dropped: the device was switched since", target.kind, target.key)
+            text = f"Not re-enabling {html.escape(target.label)}: it was switched on or off since."
+            await bot.send_message(pending.chat_id, text, parse_mode=ParseMode.HTML)
+            return
         note = f" (re-enable after {format_duration(pending.duration)})"
         failures = await self._switch([target], True, pending.user_id, note)
         await self._blocking(self._store_reenable, target, None)
