@@ -112,6 +112,12 @@ class Hub:
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
+        if self.settings.sqs_control_enabled:
+            from app.sqs_control import SqsControl  # boto3 costs ~30 MB: only when SQS control is on
+
+            started.append(SqsControl(self.settings, self.sessions))
+        else:
+            log.info("SQS control off: set SNS_CONTROL_ENABLED=true to take control messages from SQS_QUEUE")
         for thread in started:
             thread.start()
 
