@@ -91,6 +91,7 @@ def display_server(server: str) -> str:
     """The server URL for messages, without any user:password part."""
     parts = urlsplit(server)
     host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
@@ -123,7 +124,9 @@ def _reason(exc: httpx.TransportError, timeout: float) -> str:
 
 def _section_fields(item: Item, section: str | None) -> dict[str, str]:
     """label -> value of the item's fields in the named section (None: fields in no section)."""
-    labels = {s.id: s.label for s in item.sections or []}
+    # A field added in the 1Password app without choosing a section lands in a section with no label
+    # (Connect's "add more"); to a person that is "no section", so it counts as one.
+    labels = {s.id: s.label or None for s in item.sections or []}
     out: dict[str, str] = {}
     for f in item.fields or []:
         section_id = f.section.id if f.section is not None else None
@@ -274,7 +277,7 @@ def read(
                 raise SettingsError(
                     "OP_CONNECT_SERVER", f"unexpected answer from 1Password Connect at {shown}: {exc}"
                 ) from None
-        raise AssertionError("unreachable: the loop returns or raises")
+        raise AssertionError("the attempts loop returns or raises")
     finally:
         client.session.close()
 

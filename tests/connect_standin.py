@@ -27,9 +27,9 @@ def new_id() -> str:
 class ConnectStandIn:
     """Serves vaults and items to a caller with the right Bearer token; records every request.
 
-    Fields are (section label or None, label, value). mode: ok | 503 (every request) | hang (answers
-    after release or 30 s). start() may come late and stop() then start() keep the port, so a client
-    sees connection refused in between.
+    Fields are (section, label, value); section None is no section, "" an unlabelled one.
+    mode: ok | 503 (every request) | hang (answers after release or 30 s). start() may come late and
+    stop() then start() keep the port, so a client sees connection refused in between.
     """
 
     def __init__(self, token: str, port: int | None = None) -> None:
@@ -76,7 +76,8 @@ class ConnectStandIn:
                 entry.update(id=label, type="STRING" if label == "username" else "CONCEALED")
                 entry["purpose"] = label.upper()
             if section is not None:
-                sections.setdefault(section, new_id())
+                # "": the unlabelled section the 1Password app puts a new custom field in.
+                sections.setdefault(section, new_id() if section else "add more")
                 entry["section"] = {"id": sections[section]}
             out_fields.append(entry)
         item = {
@@ -91,7 +92,9 @@ class ConnectStandIn:
             "createdAt": STAMP,
             "updatedAt": STAMP,
             "lastEditedBy": "STANDIN",
-            "sections": [{"id": sid, "label": label} for label, sid in sections.items()],
+            "sections": [
+                {"id": sid, "label": label} if label else {"id": sid} for label, sid in sections.items()
+            ],
             "fields": out_fields,
         }
         self.items[vault_id].append(item)

@@ -188,6 +188,17 @@ def test_fields_in_other_sections_and_non_settings_are_ignored(
     assert not any(name.startswith("OP_") for name in fetched)  # 1Password cannot redirect itself
 
 
+def test_a_field_in_an_unlabelled_section_counts_as_no_section(
+    fresh: ConnectStandIn, make_settings: Callable[..., Settings]
+) -> None:
+    vault_id = fresh.add_vault("Automation")
+    fresh.add_item(vault_id, f"ENV.{APP}", [("", "USER_TZ", "Europe/Oslo")])
+    fresh.add_item(vault_id, "mdash", [("", "password", SECRETS["MDASH_API_KEY"])])
+    s = make_settings(**op_env(fresh.url))
+    assert s.user_tz == "Europe/Oslo"
+    assert s.mdash_api_key == SECRETS["MDASH_API_KEY"]
+
+
 def test_the_environment_and_dotenv_override_onepassword(connect: ConnectStandIn, tmp_path: Path) -> None:
     # The OP_* settings themselves may come from .env, as `task setup` writes them there.
     dotenv = tmp_path / ".env"
