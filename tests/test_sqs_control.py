@@ -269,6 +269,14 @@ def test_an_output_and_the_outputs_switch(rig: Rig) -> None:
     wait_for(lambda: rig.api.get("/api/outputs-enabled") == {"enabled": True}, what="outputs on")
     rig.send({"action": "enable", "device": "front camera", "kind": "output"})
     wait_for(lambda: rig.enabled("outputs", "Front Camera"), what="output enabled")
+    # Two inputs with one label: the label is ambiguous, the key is not.
+    rig.api.patch("inputs", FRONT, device_label="Door")
+    rig.api.patch("inputs", BACK, device_label="Door")
+    rig.send({"action": "enable", "device": "door"})
+    wait_for(lambda: counter("invalid") == 2, what="ambiguous label refused")
+    rig.send({"action": "enable", "device": BACK})
+    wait_for(lambda: rig.enabled("inputs", BACK), what="input enabled by key")
+    assert not rig.enabled("inputs", FRONT)
     wait_for(lambda: rig.in_queue() == 0)
 
 
