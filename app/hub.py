@@ -144,10 +144,12 @@ class Hub:
         threads.shutting_down.set()
         if self.web is not None:
             self.web.stop()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         for thread in threads.tracked():
             if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+                own = max(deadline, started + thread.stop_grace)
+                thread.join(max(0.0, own - time.monotonic()))
         stuck = [t.name for t in threads.tracked() if t.is_alive()]
         if stuck:
             log.warning("threads still running at shutdown: %s", ", ".join(stuck))

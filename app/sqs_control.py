@@ -217,6 +217,8 @@ class SqsControl(threads.AppThread):
         self._queue_url: str | None = None
         self._quiet = threads.QuietRepeats()
         self._up = False
+        # A long poll in flight cannot be interrupted; let it end so the stop is clean, not reported stuck.
+        self.stop_grace = settings.sqs_wait_seconds + 2.0
 
     def work(self) -> None:
         queue = self._settings.sqs_queue

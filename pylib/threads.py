@@ -18,6 +18,10 @@ _failures: list[str] = []
 class AppThread(threading.Thread):
     """A daemon thread the nanny watches: if run() returns or raises before shutdown, the process exits 1."""
 
+    # Seconds this thread may need after shutdown starts (beyond the hub's common deadline), e.g. a
+    # long poll that cannot be interrupted.
+    stop_grace: float = 0.0
+
     def __init__(self, name: str) -> None:
         super().__init__(name=name, daemon=True)
         with _tracked_lock:

@@ -351,10 +351,11 @@ def test_a_message_the_processor_did_not_take_is_left_for_redelivery(rig: Rig, m
     wait_for(lambda: rig.in_queue() == 0)
 
 
-def test_hub_stop_ends_the_listener(rig: Rig) -> None:
+def test_hub_stop_ends_the_listener(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     assert listener_alive()
-    rig.hub.stop()
+    rig.hub.stop(timeout=0.1)  # the listener's own grace (its long poll + 2 s) still applies
     assert not listener_alive() and state() == {**state(), "state": "down", "detail": "stopped"}
+    assert not any("still running" in r.getMessage() for r in caplog.records)
 
 
 def test_a_missing_queue_is_reported_and_picked_up_once_created(
