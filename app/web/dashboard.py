@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, health, registry
+from app import backup, commands, config_changes, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web.api import _seen
@@ -117,10 +117,27 @@ def _components() -> list[tuple[str, str, str]]:
     return [
         badge("RabbitMQ", "rabbitmq_source", "control_publisher", absent="unknown"),
         badge("MQTT", "mqtt", absent="unknown"),
-        ("Telegram", "off", "secondary"),  # the Telegram bot is not part of the hub yet
+        _telegram_badge(states.get("telegram")),
         badge("InfluxDB", "influxdb"),
-        ("Last backup", "not configured", "secondary"),  # backups are not part of the hub yet
+        _backup_badge(),
     ]
+
+
+def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
+    """The TelegramService's own state; absent when no bot token is set."""
+    if state is None:
+        return "Telegram", "off", "secondary"
+    text = str(state.get("state") or "unknown")
+    if text == "ok":
+        return "Telegram", "ok", "success"
+    # starting and retrying recover by themselves; down and stopped do not
+    return "Telegram", text, "warning" if text in ("starting", "retrying") else "danger"
+
+
+def _backup_badge() -> tuple[str, str, str]:
+    status = backup.read_status(ctx().settings)
+    colour = {"ok": "success", "stale": "warning", "never": "warning", "failed": "danger"}
+    return "Last backup", backup.summary_text(status), colour.get(status.state, "secondary")
 
 
 def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[str, Any] | None = None) -> Any:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
-from app import observability
+from app import backup, observability
+from app.settings import Settings
 from app.web.api import ApiError
 from app.web.context import ctx
 
@@ -38,9 +42,35 @@ def put_logging() -> dict[str, Any]:
     return {"level": observability.set_level(level)}
 
 
+class BackupCollector(Collector):
+    """The backup status file at scrape time: its age, and whether the state is ok."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = backup.read_status(self.settings)
+        if status.state == "not configured":
+            return
+        if status.age_seconds is not None:
+            yield GaugeMetricFamily(
+                "event_processor_backup_age_seconds",
+                "Seconds since the last good database backup to S3.",
+                value=status.age_seconds,
+            )
+        yield GaugeMetricFamily(
+            "event_processor_backup_ok",
+            "1 when the last backup and the last restore drill succeeded and the backup is recent.",
+            value=1.0 if status.state == "ok" else 0.0,
+        )
+
+
 def init_app(app: Flask) -> None:
     """Register the routes and the app's own metrics registry (read at scrape time, nothing stored)."""
     with app.app_context():
         presence = ctx().presence
-    app.extensions[_REGISTRY] = observability.make_registry(presence)
+        settings = ctx().settings
+    registry = observability.make_registry(presence)
+    registry.register(BackupCollector(settings))
+    app.extensions[_REGISTRY] = registry
     app.register_blueprint(bp)
