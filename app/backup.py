@@ -860,6 +860,10 @@ def run(argv: list[str] | None, settings: Settings) -> int:
     try:
         _database_path(settings)
     except BadSettings as exc:
+        if settings.sqlite_path is None and args.command == "restore" and args.if_missing:
+            # The container runs this at every start; a PostgreSQL deployment must still start.
+            log.info("restore at start skipped: %s", exc)
+            return EXIT_OK
         log.error("backup: %s", exc)
         return EXIT_USAGE
     try:

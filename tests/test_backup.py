@@ -315,6 +315,10 @@ def test_postgresql_url_is_refused_with_the_pg_dump_route(rig: Rig) -> None:
     assert done.returncode == 2
     assert "pg_dump" in done.stderr and "s3cr3t-pw" not in done.stderr
     assert rig.object_keys() == []
+    # the restore the container runs at every start must not stop a PostgreSQL deployment
+    done = rig.cli("restore", "--if-missing", DATABASE_URL="postgresql://hub:s3cr3t-pw@127.0.0.1/hub")
+    assert done.returncode == 0, done.stderr
+    assert "pg_dump" in done.stderr and "s3cr3t-pw" not in done.stderr
 
 
 def test_bad_settings_and_usage_exit_2(rig: Rig) -> None:
