@@ -697,6 +697,12 @@ def test_dashboard_shows_the_last_backup_and_telegram_state(rig: Rig, web: Any) 
     for state, colour in (("ok", "success"), ("retrying", "warning"), ("down", "danger")):
         health.set_state("telegram", state)
         assert badge(web.get("/").get_data(as_text=True), "Telegram") == (colour, state)
+    # SQS control appears only once its listener reports (it is off unless SNS_CONTROL_ENABLED)
+    assert 'data-component="SQS control"' not in web.get("/").get_data(as_text=True)
+    health.set_state("sqs_control", "connected", "automation-control")
+    assert badge(web.get("/").get_data(as_text=True), "SQS control") == ("success", "ok")
+    health.set_state("sqs_control", "down", "queue 'x' does not exist (SQS_QUEUE)")
+    assert badge(web.get("/").get_data(as_text=True), "SQS control") == ("danger", "down")
 
 
 def test_telegram_status_shows_the_last_backup_and_drill(rig: Rig) -> None:

@@ -114,13 +114,16 @@ def _components() -> list[tuple[str, str, str]]:
             return name, str(bad[0].get("state") or "unknown"), "danger"
         return name, "ok", "success"
 
-    return [
+    strip = [
         badge("RabbitMQ", "rabbitmq_source", "control_publisher", absent="unknown"),
         badge("MQTT", "mqtt", absent="unknown"),
         _telegram_badge(states.get("telegram")),
         badge("InfluxDB", "influxdb"),
         _backup_badge(),
     ]
+    if "sqs_control" in states:  # shown only where SQS control is switched on
+        strip.append(badge("SQS control", "sqs_control"))
+    return strip
 
 
 def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
