@@ -243,31 +243,26 @@ def get_devices() -> dict[str, Any]:
         }
 
 
-@bp.get("/inputs/<int:input_id>")
-def get_input(input_id: int) -> dict[str, Any]:
-    return _input_detail(input_id)
+# kind in the URL -> (validator of the fields, processor action, detail reader)
+_DEVICE_KINDS: dict[str, tuple[Callable[[Any], Any], str, Callable[[int], dict[str, Any]]]] = {
+    "inputs": (config_changes.validate_input_fields, "update_input", _input_detail),
+    "outputs": (config_changes.validate_output_fields, "update_output", _output_detail),
+}
 
 
-@bp.patch("/inputs/<int:input_id>")
-def patch_input(input_id: int) -> dict[str, Any]:
+@bp.get("/<any(inputs, outputs):kind>/<int:row_id>")
+def get_device(kind: str, row_id: int) -> dict[str, Any]:
+    return _DEVICE_KINDS[kind][2](row_id)
+
+
+@bp.patch("/<any(inputs, outputs):kind>/<int:row_id>")
+def patch_device(kind: str, row_id: int) -> dict[str, Any]:
+    validate, action, detail = _DEVICE_KINDS[kind]
     body = _json_object()
-    _checked(config_changes.validate_input_fields, body)
-    _change("update_input", {"id": input_id, "fields": body})
+    _checked(validate, body)
+    _change(action, {"id": row_id, "fields": body})
     # Re-read so the answer shows what was saved (stripped, nulled), not what was sent.
-    return _input_detail(input_id)
-
-
-@bp.get("/outputs/<int:output_id>")
-def get_output(output_id: int) -> dict[str, Any]:
-    return _output_detail(output_id)
-
-
-@bp.patch("/outputs/<int:output_id>")
-def patch_output(output_id: int) -> dict[str, Any]:
-    body = _json_object()
-    _checked(config_changes.validate_output_fields, body)
-    _change("update_output", {"id": output_id, "fields": body})
-    return _output_detail(output_id)
+    return detail(row_id)
 
 
 @bp.put("/inputs/<int:input_id>/outputs")
