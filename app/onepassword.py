@@ -311,9 +311,18 @@ def fetch_settings(
 
 
 def dotenv_line(key: str, value: str) -> str:
-    """KEY="value" that python-dotenv reads back as exactly value (ValueError if it cannot)."""
+    """A .env line that python-dotenv, Docker Compose and Task all read back as exactly value.
+
+    Single quotes keep `$` literal for Compose (a werkzeug hash is full of them); python-dotenv reads
+    backslash escapes even there, so a value with a quote, a backslash or a line break gets double
+    quotes with escapes and must then hold no `$`. ValueError when neither works.
+    """
     if _DOTENV_VARIABLE.search(value):
         raise ValueError("contains ${...}, which python-dotenv would expand")
+    if not any(ch in value for ch in "'\\\n\r"):
+        return f"{key}='{value}'"
+    if "$" in value:
+        raise ValueError("contains $ and a quote, backslash or line break; Docker Compose would expand it")
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'{key}="{escaped}"'
 

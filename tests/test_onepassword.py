@@ -436,6 +436,7 @@ TRICKY = {
     "SPACES": "  padded  ",
     "UNICODE": "Zürich — ✓",
     "EMPTY": "",
+    "APP_ADMIN_PASSWORD_HASH": "pbkdf2:sha256:600000$Zx9$0a1b",
 }
 
 
@@ -453,6 +454,9 @@ def test_dotenv_cli_round_trips_through_python_dotenv(
     target = tmp_path / ".env"
     target.write_text(out)
     assert dict(dotenv_values(target)) == TRICKY
+    # Docker Compose expands $ in double-quoted and bare values: any value with a $ is single-quoted
+    assert "APP_ADMIN_PASSWORD_HASH='pbkdf2:sha256:600000$Zx9$0a1b'" in out.splitlines()
+    assert "DOLLAR='$HOME and $ alone and $(cmd) and {braces}'" in out.splitlines()
     # and settings read that file back as written
     s = settings.load(env={"TABLESPACE_PATH": str(tmp_path / "ep.db")}, dotenv_path=target)
     assert s.user_tz == "Europe/London"
@@ -466,6 +470,12 @@ def test_dotenv_cli_refuses_a_value_python_dotenv_would_expand(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "TEMPLATE" in captured.err and "secret-" not in captured.err
+
+
+def test_a_value_with_a_dollar_and_a_quote_is_refused() -> None:
+    with pytest.raises(ValueError, match="Compose"):
+        onepassword.dotenv_line("X", "it's $5")
+    assert onepassword.dotenv_line("X", "it's 5") == 'X="it\'s 5"'
 
 
 def test_check_cli_names_the_sources_and_prints_no_secret(connect: ConnectStandIn, tmp_path: Path) -> None:
