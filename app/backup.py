@@ -31,6 +31,7 @@ from app.settings import Settings, SettingsError
 log = logging.getLogger("app.backup")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OFF = 3  # `enabled`: backups are off
 PG_MESSAGE = (
     "DATABASE_URL is not SQLite: this tool backs up the SQLite file only; "
     "back PostgreSQL up with pg_dump (see the README, Backups)"
@@ -817,6 +818,9 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--force", action="store_true", help="even while the hub's heartbeat is fresh")
     commands.add_parser("verify", help="restore drill: download the latest backup and check it")
     commands.add_parser("status", help="print the recorded results as JSON")
+    commands.add_parser(
+        "enabled", help=f"exit 0 when backups are on, {EXIT_OFF} when off (the bucket may be in 1Password)"
+    )
     return parser
 
 
@@ -851,6 +855,10 @@ def run(argv: list[str] | None, settings: Settings) -> int:
             )
         )
         return EXIT_OK
+    if args.command == "enabled":
+        on = settings.backup_enabled and settings.sqlite_path is not None
+        print(f"backups are {'on: s3://' + settings.backup_s3_bucket if on else 'off'}")
+        return EXIT_OK if on else EXIT_OFF
     if not settings.backup_enabled:
         if args.command == "restore" and not args.if_missing:
             log.error("backup: setting BACKUP_S3_BUCKET: must be set to restore from S3")

@@ -5,7 +5,7 @@
 # is tini's direct child and gets the signals `docker stop` sends:
 #   1. the data directory exists and the app user owns it (and the hub's own files in it);
 #   2. the container's environment is written for cron jobs, which do not inherit it;
-#   3. for the hub with backups on (BACKUP_S3_BUCKET set): restore the database from S3 when it is
+#   3. for the hub with backups on (BACKUP_S3_BUCKET set, here or in 1Password): restore the database from S3 when it is
 #      missing or empty, then start cron for the scheduled backups;
 #   4. exec the command as the app user.
 # Started as another user (docker run --user ...), it skips 1-3 and execs the command directly.
@@ -129,13 +129,21 @@ write_cron_env
 home=$(getent passwd "$RUN_AS_USER" | cut -d: -f6) || home=
 export HOME="${home:-/}" USER="$RUN_AS_USER" LOGNAME="$RUN_AS_USER"
 
-if is_hub "$@" && [ -n "${BACKUP_S3_BUCKET:-}" ]; then
+# Backups are on when BACKUP_S3_BUCKET is set; with 1Password the bucket may be kept in the vault rather
+# than the environment, so then the hub's own settings loader answers (exit 0 on, 3 off).
+backups_on() {
+    [ -n "${BACKUP_S3_BUCKET:-}" ] && return 0
+    [ -n "${OP_CONNECT_SERVER:-}" ] || return 1
+    run_as python -m app.backup enabled >/dev/null
+}
+
+if is_hub "$@" && backups_on; then
     # Restore before the hub starts, and only when the database is missing or empty (a first start with
     # no backup yet is fine: the hub creates a new database). If this fails (S3 or the network down, a
     # bad object), the container stops here with its exit status and Docker's restart policy tries again
     # later: starting the hub on a fresh, empty database instead would let the next scheduled backup
     # overwrite the good copy in S3.
-    log "restoring the database from s3://$BACKUP_S3_BUCKET if it is missing"
+    log "restoring the database from S3 if it is missing (bucket ${BACKUP_S3_BUCKET:-from 1Password})"
     run_as python -m app.backup restore --if-missing
     case $START_CRON in
         false | no | 0) log "cron not started (START_CRON=$START_CRON)" ;;

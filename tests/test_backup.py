@@ -321,6 +321,14 @@ def test_postgresql_url_is_refused_with_the_pg_dump_route(rig: Rig) -> None:
     assert "pg_dump" in done.stderr and "s3cr3t-pw" not in done.stderr
 
 
+def test_enabled_tells_the_entrypoint_whether_backups_are_on(rig: Rig) -> None:
+    done = rig.cli("enabled")
+    assert done.returncode == 0 and f"s3://{rig.bucket}" in done.stdout
+    assert rig.cli("enabled", BACKUP_S3_BUCKET="").returncode == backup.EXIT_OFF
+    pg = rig.cli("enabled", DATABASE_URL="postgresql://hub@127.0.0.1/hub")
+    assert pg.returncode == backup.EXIT_OFF and "off" in pg.stdout
+
+
 def test_bad_settings_and_usage_exit_2(rig: Rig) -> None:
     done = rig.cli("backup", BACKUP_RETENTION_DAYS="soon")
     assert done.returncode == 2 and "backup: setting BACKUP_RETENTION_DAYS:" in done.stderr

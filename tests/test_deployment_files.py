@@ -651,8 +651,9 @@ def unprivileged() -> tuple[str, str, int, int]:
     return user.pw_name, group.gr_name, user.pw_uid, user.pw_gid
 
 
-def fake_bin(sandbox: Path, restore_status: int = 0) -> tuple[Path, Path]:
-    """`python` and `cron` stand-ins that log `uid|args` and exit; restore exits with restore_status."""
+def fake_bin(sandbox: Path, restore_status: int = 0, enabled_status: int = 0) -> tuple[Path, Path]:
+    """`python` and `cron` stand-ins that log `uid|args` and exit; restore exits with restore_status,
+    `app.backup enabled` with enabled_status."""
     bin_dir = sandbox / "bin"
     bin_dir.mkdir()
     calls = sandbox / "calls"
@@ -664,6 +665,7 @@ def fake_bin(sandbox: Path, restore_status: int = 0) -> tuple[Path, Path]:
             "#!/bin/sh\n"
             f'printf \'%s|%s\\n\' "$(id -u)" "{name} $*" >> {shlex.quote(str(calls))}\n'
             f'case "$*" in *"app.backup restore"*) exit {restore_status} ;; esac\n'
+            f'case "$*" in *"app.backup enabled"*) exit {enabled_status} ;; esac\n'
             "exit 0\n"
         )
         script.chmod(0o755)
@@ -747,6 +749,20 @@ def test_entrypoint_restores_then_starts_cron_then_the_hub(sandbox):
         "0|cron ",
         f"{uid}|python -m app",
     ]
+
+
+@needs_root
+@pytest.mark.parametrize("on", [True, False])
+def test_entrypoint_asks_the_hub_when_the_bucket_may_be_in_1password(sandbox, on):
+    bin_dir, calls = fake_bin(sandbox, enabled_status=0 if on else 3)
+    _user, _group, uid, _gid = unprivileged()
+    env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", OP_CONNECT_SERVER="http://op:8080")
+    result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    asked, hub = f"{uid}|python -m app.backup enabled", f"{uid}|python -m app"
+    restore = f"{uid}|python -m app.backup restore --if-missing"
+    expected = [asked, restore, "0|cron ", hub] if on else [asked, hub]
+    assert calls.read_text().splitlines() == expected
 
 
 @needs_root
