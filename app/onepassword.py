@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import configparser
 import logging
 import os
 import re
@@ -20,7 +19,7 @@ from onepasswordconnectsdk.errors import FailedToRetrieveItemException, OnePassw
 from onepasswordconnectsdk.models import Item, Vault
 from onepasswordconnectsdk.utils import is_valid_uuid
 
-from app.settings import CONFIG_FILE, SettingsError
+from app.settings import SettingsError, config_defaults
 
 log = logging.getLogger(__name__)
 
@@ -327,18 +326,8 @@ def dotenv_line(key: str, value: str) -> str:
     return f'{key}="{escaped}"'
 
 
-def _defaults() -> dict[str, str]:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(CONFIG_FILE)
-    values: dict[str, str] = {}
-    for section in parser.sections():
-        values.update(parser.items(section))
-    return values
-
-
 def _read_from_environment(environ: dict[str, str]) -> Found:
-    defaults = _defaults()
+    defaults = config_defaults()
 
     def get(name: str) -> str:
         return environ.get(name, "").strip() or defaults.get(name, "").strip()

@@ -181,14 +181,20 @@ class Settings:
         return None
 
 
-def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] | None) -> dict[str, str]:
-    """Defaults < 1Password (when configured) < .env < the real environment."""
+def config_defaults() -> dict[str, str]:
+    """Every setting name in config/app.conf with its default, sections flattened."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(CONFIG_FILE)
     defaults: dict[str, str] = {}
     for section in parser.sections():
         defaults.update(parser.items(section))
+    return defaults
+
+
+def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] | None) -> dict[str, str]:
+    """Defaults < 1Password (when configured) < .env < the real environment."""
+    defaults = config_defaults()
     local: dict[str, str] = {}
     path = Path(dotenv_path) if dotenv_path is not None else Path(".env")
     if path.is_file():

@@ -180,7 +180,7 @@ def test_fields_in_other_sections_and_non_settings_are_ignored(
         vault="Automation",
         app_name=APP,
         aws_region=REGION,
-        known=frozenset(onepassword._defaults()),
+        known=frozenset(settings.config_defaults()),
         attempts=1,
         timeout=2,
     )
