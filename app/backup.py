@@ -15,17 +15,29 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from app import schema_head
+from app.backup_status import (
+    ATTEMPT,
+    GOOD,
+    RESTORE,
+    VERIFY,
+    fsync_dir,
+    iso,
+    like_folder,
+    read_status,
+    record,
+    utc_now,
+)
+from app.backup_status import load as load_status
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger("app.backup")
@@ -36,9 +48,6 @@ PG_MESSAGE = (
     "DATABASE_URL is not SQLite: this tool backs up the SQLite file only; "
     "back PostgreSQL up with pg_dump (see the README, Backups)"
 )
-# The fields of the status file; each holds one Result as a dict.
-ATTEMPT, GOOD, VERIFY, RESTORE = "last_backup_attempt", "last_good_backup", "last_verify", "last_restore"
-STATUS_VERSION = 1
 # A command waits this long for another one (a slow upload, the nightly drill) before giving up.
 LOCK_WAIT_SECONDS = 300.0
 # The hub rewrites the heartbeat row every HEARTBEAT_ROW_SECONDS; a row younger than this many
@@ -98,14 +107,6 @@ def known_revisions() -> frozenset[str]:
         if match:
             found.add(match.group(1))
     return frozenset(found | {schema_head.HEAD_REVISION})
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- the SQLite side ------------------------------------------------------------------------
@@ -226,24 +227,6 @@ def _remove_stale_temps(folder: Path) -> None:
                     leftover.unlink()
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _like_folder(path: Path) -> None:
-    """Run as root (the container's entrypoint), give a new file to the data folder's owner, so the
-    hub and cron jobs (user app) can write it."""
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        folder = path.parent.stat()
-        with contextlib.suppress(OSError):
-            os.chown(path, folder.st_uid, folder.st_gid)
-
-
 # ---- the S3 side ----------------------------------------------------------------------------
 
 
@@ -332,42 +315,7 @@ def download(s3: Any, bucket: str, key: str, dest: Path) -> tuple[dict[str, str]
 def _result(
     ok: bool, key: str | None = None, size: int | None = None, error: str | None = None, **extra: Any
 ) -> dict[str, Any]:
-    return {"time": _iso(_utc_now()), "ok": ok, "key": key, "bytes": size, "error": error, **extra}
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def record(settings: Settings, fields: tuple[str, ...], entry: dict[str, Any]) -> None:
-    """Store entry under each of fields; written to a temp file and renamed, so a reader never
-    sees half a file. Callers hold the command lock, so two writers never interleave."""
-    path = Path(settings.backup_status_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = _load(path)
-    data["version"] = STATUS_VERSION
-    for name in fields:
-        data[name] = entry
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        _like_folder(temp)
-        os.replace(temp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        # the command's own outcome still shows in its exit code and log
-        log.error("could not write the status file %s: %s", path, exc)
-        return
-    _fsync_dir(path.parent)
+    return {"time": iso(utc_now()), "ok": ok, "key": key, "bytes": size, "error": error, **extra}
 
 
 @contextlib.contextmanager
@@ -379,7 +327,7 @@ def command_lock(settings: Settings, wait: float = LOCK_WAIT_SECONDS) -> Iterato
     # read-only is enough for flock, and works when root created the file at container start
     fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o664)
     try:
-        _like_folder(lock_path)
+        like_folder(lock_path)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -396,161 +344,6 @@ def command_lock(settings: Settings, wait: float = LOCK_WAIT_SECONDS) -> Iterato
         os.close(fd)  # closing releases the lock
 
 
-@dataclass(frozen=True)
-class BackupStatus:
-    """What the hub shows: a summary state and the last results (times are aware UTC datetimes)."""
-
-    state: str  # "not configured" | "ok" | "stale" | "failed" | "never"
-    last_good_time: datetime | None = None
-    last_good_key: str | None = None
-    last_attempt_time: datetime | None = None
-    last_attempt_ok: bool | None = None
-    last_verify_time: datetime | None = None
-    last_verify_ok: bool | None = None
-    last_restore_time: datetime | None = None
-    last_restore_ok: bool | None = None
-    error: str | None = None  # why the state is "failed"
-    age_seconds: float | None = None  # since the last good backup
-
-    def as_dict(self) -> dict[str, Any]:
-        """For /api/health."""
-
-        def when(moment: datetime | None) -> str | None:
-            return _iso(moment) if moment else None
-
-        return {
-            "state": self.state,
-            "last_good_backup": (
-                {"time": when(self.last_good_time), "key": self.last_good_key}
-                if self.last_good_time
-                else None
-            ),
-            "age_seconds": None if self.age_seconds is None else round(self.age_seconds, 1),
-            "last_attempt": (
-                {"time": when(self.last_attempt_time), "ok": self.last_attempt_ok}
-                if self.last_attempt_time
-                else None
-            ),
-            "last_verify": (
-                {"time": when(self.last_verify_time), "ok": self.last_verify_ok}
-                if self.last_verify_time
-                else None
-            ),
-            "last_restore": (
-                {"time": when(self.last_restore_time), "ok": self.last_restore_ok}
-                if self.last_restore_time
-                else None
-            ),
-            "error": self.error,
-        }
-
-
-_cache_lock = threading.Lock()
-_cache: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
-
-
-def _read_cached(path: str) -> dict[str, Any]:
-    """The status file's content, parsed again only when it changed (every page view asks)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {}
-    # a rename gives a new inode, so a rewrite within one mtime tick is still noticed
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    with _cache_lock:
-        hit = _cache.get(path)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-    data = _load(Path(path))
-    with _cache_lock:
-        _cache[path] = (stamp, data)
-    return data
-
-
-def _parse_time(entry: Any) -> datetime | None:
-    if not isinstance(entry, dict) or not isinstance(entry.get("time"), str):
-        return None
-    try:
-        return datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def read_status(settings: Settings, now: float | None = None) -> BackupStatus:
-    """The backup state for the health strip, /api/health and /status (cheap: cached on mtime)."""
-    if not settings.backup_enabled or settings.sqlite_path is None:
-        return BackupStatus("not configured")
-    data = _read_cached(settings.backup_status_path)
-    entries = {
-        name: data.get(name) if isinstance(data.get(name), dict) else {}
-        for name in (ATTEMPT, GOOD, VERIFY, RESTORE)
-    }
-    attempt, good, verify, restore = (entries[n] for n in (ATTEMPT, GOOD, VERIFY, RESTORE))
-    good_time = _parse_time(good)
-    current = time.time() if now is None else now
-    age = None if good_time is None else max(0.0, current - good_time.timestamp())
-    error = None
-    if attempt and attempt.get("ok") is False:
-        state, error = "failed", f"backup: {attempt.get('error') or 'failed'}"
-    elif verify and verify.get("ok") is False:
-        state, error = "failed", f"restore drill: {verify.get('error') or 'failed'}"
-    elif good_time is None:
-        state = "never"
-    elif age is not None and age > settings.backup_max_age_hours * 3600:
-        state = "stale"
-    else:
-        state = "ok"
-
-    def flag(entry: dict[str, Any]) -> bool | None:
-        return entry.get("ok") if isinstance(entry.get("ok"), bool) else None
-
-    return BackupStatus(
-        state=state,
-        last_good_time=good_time,
-        last_good_key=good.get("key") if good_time else None,
-        last_attempt_time=_parse_time(attempt),
-        last_attempt_ok=flag(attempt),
-        last_verify_time=_parse_time(verify),
-        last_verify_ok=flag(verify),
-        last_restore_time=_parse_time(restore),
-        last_restore_ok=flag(restore),
-        error=error,
-        age_seconds=age,
-    )
-
-
-def age_text(seconds: float | None) -> str:
-    """'just now', '12 min ago', '5 h ago', '3 d ago'."""
-    if seconds is None:
-        return "never"
-    if seconds < 60:
-        return "just now"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 48 * 3600:
-        return f"{int(seconds // 3600)} h ago"
-    return f"{int(seconds // 86400)} d ago"
-
-
-def summary_text(status: BackupStatus) -> str:
-    """'ok, 12 min ago', 'stale, 2 d ago', 'failed, last good 3 h ago', 'never', 'not configured'."""
-    age = age_text(status.age_seconds)
-    if status.state in ("ok", "stale"):
-        return f"{status.state}, {age}"
-    if status.state == "failed":
-        return "failed" + (f", last good {age}" if status.age_seconds is not None else "")
-    return status.state
-
-
-def drill_text(status: BackupStatus, now: float | None = None) -> str:
-    """The last restore drill: 'ok, 5 h ago', 'failed, 5 h ago' or 'never run'."""
-    if status.last_verify_time is None:
-        return "never run"
-    current = time.time() if now is None else now
-    verdict = "ok" if status.last_verify_ok else "failed"
-    return f"{verdict}, {age_text(max(0.0, current - status.last_verify_time.timestamp()))}"
-
-
 # ---- the commands ---------------------------------------------------------------------------
 
 
@@ -565,7 +358,7 @@ def _database_path(settings: Settings) -> Path:
 
 def backup(settings: Settings, kind: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Snapshot, check, gzip and upload the database; then apply retention. Returns the result."""
-    moment = now or _utc_now()
+    moment = now or utc_now()
     db = _database_path(settings)
     bucket, key = settings.backup_s3_bucket, latest_key(settings)
     if not db.is_file() or db.stat().st_size == 0:
@@ -597,7 +390,7 @@ def backup(settings: Settings, kind: str | None = None, now: datetime | None = N
             "sha256": checked.sha256,
             "schema-revision": checked.revision or "none",
             "db-bytes": str(checked.size),
-            "created": _iso(moment),
+            "created": iso(moment),
         }
         from boto3.s3.transfer import TransferConfig
 
@@ -703,13 +496,13 @@ def restore(
     try:
         metadata, size = download(_s3_client(settings), bucket, key, temp)
         checked, note = _check_download(temp, metadata, count_rows=False)
-        stamp = _utc_now().strftime("%Y%m%dT%H%M%SZ")
+        stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
         # mkstemp made it 0600; keep the mode the replaced file had (SQLite's usual 0644 otherwise)
         os.chmod(temp, db.stat().st_mode & 0o777 if db.exists() else 0o644)
         kept = _set_aside(db, stamp)
-        _like_folder(temp)
+        like_folder(temp)
         os.replace(temp, db)
-        _fsync_dir(db.parent)
+        fsync_dir(db.parent)
     finally:
         with contextlib.suppress(OSError):
             temp.unlink()
@@ -851,7 +644,7 @@ def run(argv: list[str] | None, settings: Settings) -> int:
     if args.command == "status":
         print(
             json.dumps(
-                {"summary": read_status(settings).as_dict(), **_load(Path(settings.backup_status_path))}
+                {"summary": read_status(settings).as_dict(), **load_status(Path(settings.backup_status_path))}
             )
         )
         return EXIT_OK

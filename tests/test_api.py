@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import backup, channels, commands, config_changes, health
+from app import backup_status, channels, commands, config_changes, health
 from app.channels import Command, Reply
 from app.models import Base, Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
 from app.presence import Presence
@@ -135,7 +135,7 @@ def test_health_is_503_until_ready(hub: Hub) -> None:
         "ready": True,
         "components": health.components(),
         "counters": {"processor.errors": 2},
-        "backup": backup.read_status(hub.settings).as_dict(),
+        "backup": backup_status.read_status(hub.settings).as_dict(),
     }
     assert response.json["backup"]["state"] == "not configured"
 

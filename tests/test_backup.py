@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from app import backup, db, health
+from app import backup, backup_status, db, health
 from app.presence import Presence
 from app.schema_head import HEAD_REVISION
 from app.settings import Settings
@@ -192,7 +192,7 @@ def test_backup_uploads_a_checked_gzip_equal_to_the_source(rig: Rig) -> None:
     good = status["last_good_backup"]
     assert good["ok"] is True and good["key"] == LATEST and good["error"] is None
     assert good["bytes"] == head["ContentLength"] and good["revision"] == HEAD_REVISION
-    summary = backup.read_status(rig.settings)
+    summary = backup_status.read_status(rig.settings)
     assert summary.state == "ok" and summary.last_good_key == LATEST
     assert summary.age_seconds is not None and summary.age_seconds < 60
 
@@ -306,7 +306,7 @@ def test_a_corrupt_database_is_never_uploaded(rig: Rig) -> None:
     assert status["last_backup_attempt"]["ok"] is False
     assert "integrity_check" in status["last_backup_attempt"]["error"]
     assert status["last_good_backup"]["ok"] is True
-    assert backup.read_status(rig.settings).state == "failed"
+    assert backup_status.read_status(rig.settings).state == "failed"
     assert not list(rig.db.parent.glob(f".*{backup.TEMP_SUFFIX}"))  # temp files cleaned up
 
 
@@ -529,7 +529,7 @@ def test_verify_drill_records_its_result(rig: Rig) -> None:
     drill = rig.status()["last_verify"]
     assert drill["ok"] is True and drill["revision"] == HEAD_REVISION and drill["note"] is None
     assert drill["rows"]["input_config"] == 25 and drill["rows"]["alembic_version"] == 1
-    summary = backup.read_status(rig.settings)
+    summary = backup_status.read_status(rig.settings)
     assert summary.state == "ok" and summary.last_verify_ok is True
     # a known older schema passes, and says so
     copy, metadata = rig.fetch()
@@ -551,7 +551,7 @@ def test_verify_of_a_corrupt_latest_fails_and_is_recorded(rig: Rig) -> None:
     assert "corrupt download refused" in done.stderr
     drill = rig.status()["last_verify"]
     assert drill["ok"] is False and "corrupt" in drill["error"]
-    summary = backup.read_status(rig.settings)
+    summary = backup_status.read_status(rig.settings)
     assert summary.state == "failed" and summary.error is not None and "restore drill" in summary.error
 
 
@@ -560,20 +560,20 @@ def test_verify_of_a_corrupt_latest_fails_and_is_recorded(rig: Rig) -> None:
 
 def test_read_status_states(rig: Rig, make_settings: Callable[..., Settings]) -> None:
     path = rig.settings.backup_status_path
-    assert backup.read_status(make_settings()).state == "not configured"
-    assert backup.read_status(rig.settings).state == "never"
+    assert backup_status.read_status(make_settings()).state == "not configured"
+    assert backup_status.read_status(rig.settings).state == "never"
     write_status(path, last_backup_attempt=entry(1), last_good_backup=entry(1))
-    assert backup.read_status(rig.settings).state == "ok"
+    assert backup_status.read_status(rig.settings).state == "ok"
     write_status(path, last_backup_attempt=entry(30), last_good_backup=entry(30))
-    stale = backup.read_status(rig.settings)
-    assert stale.state == "stale" and backup.summary_text(stale) == "stale, 30 h ago"
+    stale = backup_status.read_status(rig.settings)
+    assert stale.state == "stale" and backup_status.summary_text(stale) == "stale, 30 h ago"
     write_status(path, last_backup_attempt=entry(0, ok=False, error="boom"), last_good_backup=entry(3))
-    failed = backup.read_status(rig.settings)
-    assert failed.state == "failed" and backup.summary_text(failed) == "failed, last good 3 h ago"
+    failed = backup_status.read_status(rig.settings)
+    assert failed.state == "failed" and backup_status.summary_text(failed) == "failed, last good 3 h ago"
     write_status(path, last_backup_attempt=entry(0, ok=False, error="boom"))
-    assert backup.read_status(rig.settings).state == "failed"
+    assert backup_status.read_status(rig.settings).state == "failed"
     Path(path).write_text("{not json")
-    assert backup.read_status(rig.settings).state == "never"
+    assert backup_status.read_status(rig.settings).state == "never"
 
 
 # ---- the cron wrapper and the cron file -----------------------------------------------------

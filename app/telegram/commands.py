@@ -31,7 +31,7 @@ from telegram.ext import (
     filters,
 )
 
-from app import backup, commands, config_changes, health, registry, rule_state
+from app import backup_status, commands, config_changes, health, registry, rule_state
 from app.channels import Reply
 from app.config_changes import ChangeError, outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
@@ -596,13 +596,13 @@ class CommandBot:
         lines.append(f"Inputs enabled: {inputs_on} of {len(inputs)}")
         lines.append(f"Outputs enabled: {outputs_on} of {len(outputs)}")
         lines.append(f"Outputs switch: {'on' if switch else 'off (log only)'}")
-        saved = backup.read_status(self.settings)
-        line = f"Last backup: {backup.summary_text(saved)}"
+        saved = backup_status.read_status(self.settings)
+        line = f"Last backup: {backup_status.summary_text(saved)}"
         if saved.error:
             line += f" ({html.escape(saved.error[:200])})"  # an integrity report can run long
         lines.append(line)
         if saved.state != "not configured":
-            lines.append(f"Restore drill: {backup.drill_text(saved)}")
+            lines.append(f"Restore drill: {backup_status.drill_text(saved)}")
         return "\n".join(lines)
 
     async def status(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup, commands, config_changes, health
+from app import backup_status, commands, config_changes, health
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
@@ -225,7 +225,7 @@ def get_health() -> tuple[Response, int]:
         "components": health.components(),
         "counters": health.counters(),
         # shown, never part of the status code: a stale backup must not make Docker restart the hub
-        "backup": backup.read_status(web_ctx().settings).as_dict(),
+        "backup": backup_status.read_status(web_ctx().settings).as_dict(),
     }
     return jsonify(body), 200 if ready else 503
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import backup, commands, config_changes, health, registry
+from app import backup_status, commands, config_changes, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web.api import _seen
@@ -138,9 +138,9 @@ def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
 
 
 def _backup_badge() -> tuple[str, str, str]:
-    status = backup.read_status(ctx().settings)
+    status = backup_status.read_status(ctx().settings)
     colour = {"ok": "success", "stale": "warning", "never": "warning", "failed": "danger"}
-    return "Last backup", backup.summary_text(status), colour.get(status.state, "secondary")
+    return "Last backup", backup_status.summary_text(status), colour.get(status.state, "secondary")
 
 
 def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[str, Any] | None = None) -> Any:

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app import backup, observability
+from app import backup_status, observability
 from app.settings import Settings
 from app.web.api import ApiError
 from app.web.context import ctx
@@ -49,7 +49,7 @@ class BackupCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        status = backup.read_status(self.settings)
+        status = backup_status.read_status(self.settings)
         if status.state == "not configured":
             return
         if status.age_seconds is not None:
