@@ -117,12 +117,19 @@ def admin_row(app: Flask) -> User:
 # ---- every route is guarded -----------------------------------------------------------------
 
 
-def _sample_values(app: Flask, rule: Any) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+def _sample_values(app: Flask, rule: Any) -> list[dict[str, Any]]:
+    """URL values for the rule: one set, or one per choice of an any(...) part (every choice is a route)."""
+    choices: list[dict[str, Any]] = [{}]
     for name in rule.arguments:
         converter = rule._converters[name]
-        values[name] = 1 if type(converter).__name__ in ("IntegerConverter", "FloatConverter") else "x"
-    return values
+        if type(converter).__name__ == "AnyConverter":
+            options: list[Any] = sorted(converter.items)
+        elif type(converter).__name__ in ("IntegerConverter", "FloatConverter"):
+            options = [1]
+        else:
+            options = ["x"]
+        choices = [{**values, name: option} for values in choices for option in options]
+    return choices
 
 
 def test_every_route_except_the_public_ones_requires_login(app: Flask, client: FlaskClient) -> None:
@@ -130,17 +137,18 @@ def test_every_route_except_the_public_ones_requires_login(app: Flask, client: F
     for rule in app.url_map.iter_rules():
         if rule.endpoint in auth.PUBLIC_ENDPOINTS or rule.endpoint.split(".")[0] in auth.PUBLIC_BLUEPRINTS:
             continue
-        with app.test_request_context():
-            path = url_for(rule.endpoint, **_sample_values(app, rule))
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            response = client.open(path, method=method)
-            if path.startswith("/api") or path == "/metrics":  # scrapers need a 401, not a redirect
-                assert response.status_code == 401, (method, path)
-                assert response.json == {"error": "login required"}
-            else:
-                assert response.status_code == 302, (method, path)
-                assert response.location.startswith("/login?next="), (method, path)
-            checked += 1
+        for values in _sample_values(app, rule):
+            with app.test_request_context():
+                path = url_for(rule.endpoint, **values)
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                response = client.open(path, method=method)
+                if path.startswith("/api") or path == "/metrics":  # scrapers need a 401, not a redirect
+                    assert response.status_code == 401, (method, path)
+                    assert response.json == {"error": "login required"}
+                else:
+                    assert response.status_code == 302, (method, path)
+                    assert response.location.startswith("/login?next="), (method, path)
+                checked += 1
     assert checked >= 10  # the API alone has more; a smaller number means the walk is broken
 
 
