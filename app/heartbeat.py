@@ -72,8 +72,8 @@ class HeartbeatFilter(threads.AppThread):
         next_flush = time.monotonic() + FLUSH_SECONDS
         try:
             while not threads.shutting_down.is_set():
-                if self._pull.poll(200):
-                    frame = self._pull.recv()
+                frame = inproc.recv_frame(self._pull, 200)
+                if frame is not None:
                     try:
                         msg = inproc.decode(frame)
                     except inproc.MessageError as exc:

@@ -12,6 +12,7 @@ import zmq
 _context: zmq.Context | None = None
 _context_lock = threading.Lock()
 _registry: dict[str, type] = {}
+_field_names: dict[str, tuple[str, ...]] = {}  # per registered type, looked up once
 
 T = TypeVar("T")
 
@@ -40,6 +41,7 @@ def message(cls: type[T]) -> type[T]:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} must be a dataclass")
     _registry[cls.__name__] = cls
+    _field_names[cls.__name__] = tuple(f.name for f in dataclasses.fields(cls))
     return cls
 
 
@@ -51,7 +53,7 @@ def encode(msg: Any) -> bytes:
     name = type(msg).__name__
     if _registry.get(name) is not type(msg):
         raise MessageError(f"{name} is not a registered message type")
-    fields = {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    fields = {f: getattr(msg, f) for f in _field_names[name]}
     return msgpack.packb([name, fields], use_bin_type=True)
 
 
@@ -98,8 +100,25 @@ def send_patiently(sock: zmq.Socket, frame: bytes, give_up: threading.Event, wai
             sock.poll(wait_ms, zmq.POLLOUT)
 
 
+def recv_frame(sock: zmq.Socket, timeout_ms: int | None = None) -> bytes | None:
+    """Receive one frame, or None when nothing arrives within timeout_ms.
+
+    A frame already waiting is taken at once: polling first would cost every message of a busy
+    socket an extra system call (and a GIL handover), and only an empty socket needs the wait.
+    """
+    if timeout_ms is None:
+        return sock.recv()
+    try:
+        return sock.recv(zmq.NOBLOCK)
+    except zmq.Again:
+        if timeout_ms == 0:
+            return None
+    if not sock.poll(timeout_ms, zmq.POLLIN):
+        return None
+    return sock.recv()
+
+
 def recv(sock: zmq.Socket, timeout_ms: int | None = None) -> Any | None:
     """Receive one message, or None when nothing arrives within timeout_ms."""
-    if timeout_ms is not None and not sock.poll(timeout_ms, zmq.POLLIN):
-        return None
-    return decode(sock.recv())
+    frame = recv_frame(sock, timeout_ms)
+    return None if frame is None else decode(frame)
