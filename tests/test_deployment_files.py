@@ -180,6 +180,25 @@ def repo_path(path_in_image: str) -> Path:
     return ROOT / path_in_image[len(APP_DIR_IN_IMAGE) :]
 
 
+# ---- the official schemas -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [(COMPOSE_FILE, "vendor.compose-spec"), (TASKFILE, "vendor.taskfile")],
+    ids=["compose-spec", "taskfile"],
+)
+def test_file_validates_against_its_official_schema(path: Path, schema: str) -> None:
+    # check-jsonschema carries copies of the Compose spec and Task's schema, so this runs offline.
+    done = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # ---- docker-compose.template.yml -------------------------------------------------------------------
 
 
