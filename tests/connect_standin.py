@@ -7,10 +7,11 @@ import re
 import secrets
 import string
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.serving import Serving
 from tests.support import free_port
 
 STAMP = "2023-11-26T10:00:00Z"
@@ -41,8 +42,7 @@ class ConnectStandIn:
         self.mode = "ok"
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
 
     # ---- content -------------------------------------------------------------------------
 
@@ -119,21 +119,14 @@ class ConnectStandIn:
                 pass
 
         self.release.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ConnectStandIn", daemon=True)
-        self._thread.start()
+        self._serving = Serving(self.port, Handler, "ConnectStandIn")
         return self
 
     def stop(self) -> None:
         self.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(req.path)

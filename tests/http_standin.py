@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.serving import Serving
 
 PATH = "/api/v2/devices"
 MODES = ("ok", "500", "hang", "badjson", "object")
@@ -27,8 +29,7 @@ class MdashStandIn:
         self.mode = "ok"
         self.requests: list[dict[str, Any]] = []
         self.release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
 
     def start(self) -> None:
         standin = self
@@ -41,20 +42,13 @@ class MdashStandIn:
                 pass  # the request line carries the key; stay quiet like a server that logs nothing
 
         self.release.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="MdashStandIn", daemon=True)
-        self._thread.start()
+        self._serving = Serving(self.port, Handler, "MdashStandIn")
 
     def stop(self) -> None:
         self.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(req.path)

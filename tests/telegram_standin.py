@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.serving import Serving
 from tests.support import free_port, wait_for
 
 BOT_ID = 4242
@@ -65,8 +66,7 @@ class TelegramStandIn:
         self._failures: dict[str, list[tuple[str, int]]] = {}
         self._release = threading.Event()
         self._stopped = False
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -87,12 +87,7 @@ class TelegramStandIn:
 
         self._stopped = False
         self._release.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="TelegramStandIn", daemon=True
-        )
-        self._thread.start()
+        self._serving = Serving(self.port, Handler, "TelegramStandIn")
         return self
 
     def stop(self) -> None:
@@ -100,13 +95,9 @@ class TelegramStandIn:
             self._stopped = True
             self._lock.notify_all()  # wake long polls
         self._release.set()  # and hung requests
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
     def __enter__(self) -> TelegramStandIn:
         return self.start()
