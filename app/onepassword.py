@@ -19,7 +19,7 @@ from onepasswordconnectsdk.errors import FailedToRetrieveItemException, OnePassw
 from onepasswordconnectsdk.models import Item, Vault
 from onepasswordconnectsdk.utils import is_valid_uuid
 
-from app.settings import SettingsError, config_defaults
+from app.settings import OP_CONNECT_NAMES, SettingsError, config_defaults
 
 log = logging.getLogger(__name__)
 
@@ -352,15 +352,32 @@ def _read_from_environment(environ: dict[str, str]) -> Found:
     )
 
 
-def _print_dotenv(found: Found) -> int:
+def _print_dotenv(found: Found, environ: dict[str, str]) -> int:
     if not found.env_item_found:
-        print(f'onepassword: item "{found.env_item}" not found in vault {found.vault}', file=sys.stderr)
+        print(
+            f'onepassword: item "{found.env_item}" not found in vault {found.vault}; '
+            "copy .env.example instead and add the OP_CONNECT_* lines",
+            file=sys.stderr,
+        )
         return 2
     lines = [f'# 1Password item "{found.env_item}", vault {found.vault}']
     bad: list[str] = []
     for key, value in found.env_fields.items():
         if not _ENV_NAME.match(key):
             print(f"onepassword: field {key!r} is not a variable name; left out", file=sys.stderr)
+            continue
+        if key.startswith("OP_") or not value.strip():
+            # OP_* come from the shell below; a blank field would hide a secret item's value.
+            continue
+        try:
+            lines.append(dotenv_line(key, value))
+        except ValueError as exc:
+            bad.append(f"{key} {exc}")
+    # The container needs these to read the secret items (Telegram token, AWS keys, ...) at start.
+    lines.append("# 1Password Connect, so the hub reads the secret items at start-up")
+    for key in (*OP_CONNECT_NAMES, "OP_CONNECT_ATTEMPTS", "OP_CONNECT_TIMEOUT"):
+        value = environ.get(key, "").strip()
+        if not value:
             continue
         try:
             lines.append(dotenv_line(key, value))
@@ -401,7 +418,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         print(f"onepassword: {exc}", file=sys.stderr)
         return 2
     if args.command == "dotenv":
-        return _print_dotenv(found)
+        return _print_dotenv(found, env)
     return _print_check(found, env)
 
 

@@ -220,7 +220,10 @@ def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] 
             attempts=_int(values, "OP_CONNECT_ATTEMPTS", 1, 100),
             timeout=_seconds(values, "OP_CONNECT_TIMEOUT", 0.1, 300),
         )
-        values = {**defaults, **fetched, **local, "_ONEPASSWORD": f"1Password (vault {op['OP_VAULT']})"}
+        # An empty line in .env (`TELEGRAM_BOT_TOKEN=`, as .env.example has) means "not set here", so it
+        # must not blank a value the vault holds; a non-empty one still wins.
+        overrides = {k: v for k, v in local.items() if v.strip() or k not in fetched}
+        values = {**defaults, **fetched, **overrides, "_ONEPASSWORD": f"1Password (vault {op['OP_VAULT']})"}
     return values
 
 

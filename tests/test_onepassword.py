@@ -217,6 +217,17 @@ def test_the_environment_and_dotenv_override_onepassword(connect: ConnectStandIn
     assert s.telegram_bot_token == SECRETS["TELEGRAM_BOT_TOKEN"]  # the rest still from 1Password
 
 
+def test_an_empty_dotenv_line_does_not_blank_a_vault_value(connect: ConnectStandIn, tmp_path: Path) -> None:
+    # .env.example has `TELEGRAM_BOT_TOKEN=` and `INFLUXDB_TOKEN=` lines: "not set here", not "empty"
+    dotenv = tmp_path / ".env"
+    lines = [f"{k}='{v}'" for k, v in op_env(connect.url).items()]
+    dotenv.write_text("\n".join([*lines, "TELEGRAM_BOT_TOKEN=", "INFLUXDB_TOKEN=''", "MQTT_USERNAME=", ""]))
+    s = settings.load(env={"TABLESPACE_PATH": str(tmp_path / "ep.db")}, dotenv_path=dotenv)
+    assert s.telegram_bot_token == SECRETS["TELEGRAM_BOT_TOKEN"]
+    assert s.influxdb_token == SECRETS["INFLUXDB_TOKEN"]
+    assert s.mqtt_username == ""  # an empty line for a setting the vault does not hold still applies
+
+
 def test_a_missing_env_item_is_a_warning_and_the_secrets_still_load(
     fresh: ConnectStandIn, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -447,13 +458,18 @@ def test_dotenv_cli_round_trips_through_python_dotenv(
     fresh.add_item(
         vault_id,
         f"ENV.{APP}",
-        [(APP, k, v) for k, v in TRICKY.items()] + [("build", "DOCKER_ONLY", "left out")],
+        [(APP, k, v) for k, v in TRICKY.items()]
+        + [("build", "DOCKER_ONLY", "left out"), (APP, "OP_VAULT", "not-from-the-item")],
     )
-    assert onepassword.main(["dotenv"], environ=op_env(fresh.url)) == 0
+    env = op_env(fresh.url)
+    assert onepassword.main(["dotenv"], environ=env) == 0
     out = capsys.readouterr().out
     target = tmp_path / ".env"
     target.write_text(out)
-    assert dict(dotenv_values(target)) == TRICKY
+    # blank fields are left out (they would hide a secret item's value); the OP_CONNECT_* values come
+    # from the shell that ran it, so the container can read the secret items too
+    op_lines = {k: env[k] for k in env if k.startswith("OP_")}
+    assert dict(dotenv_values(target)) == {**{k: v for k, v in TRICKY.items() if v}, **op_lines}
     # Docker Compose expands $ in double-quoted and bare values: any value with a $ is single-quoted
     assert "APP_ADMIN_PASSWORD_HASH='pbkdf2:sha256:600000$Zx9$0a1b'" in out.splitlines()
     assert "DOLLAR='$HOME and $ alone and $(cmd) and {braces}'" in out.splitlines()
