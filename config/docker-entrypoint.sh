@@ -70,6 +70,10 @@ quote() {
 
 prepare_data_dir() {
     mkdir -p "$DATA_DIR"
+    # A root shell (task connect AS=root) can write anyway; handing /data to root would lock the hub out.
+    if [ "$(id -u "$RUN_AS_USER")" = 0 ]; then
+        return 0
+    fi
     # Only the directory and the hub's own files: a bind mount may hold other files that stay as they are.
     db=${TABLESPACE_PATH:-$DATA_DIR/event_processor.db}
     for path in "$DATA_DIR" "$db" "$db-wal" "$db-shm" "$db-journal" \
@@ -134,7 +138,17 @@ export HOME="${home:-/}" USER="$RUN_AS_USER" LOGNAME="$RUN_AS_USER"
 backups_on() {
     [ -n "${BACKUP_S3_BUCKET:-}" ] && return 0
     [ -n "${OP_CONNECT_SERVER:-}" ] || return 1
-    run_as python -m app.backup enabled >/dev/null
+    status=0
+    run_as python -m app.backup enabled >/dev/null || status=$?
+    case $status in
+        0) return 0 ;;
+        3) return 1 ;;
+    esac
+    # The settings did not load (1Password unreachable, a bad value). Taking that for "backups off" could
+    # start the hub on a fresh database that the next backup would upload over the good copy: stop, and
+    # let the restart policy try again.
+    log "could not tell whether backups are on (python -m app.backup enabled exited $status)"
+    exit "$status"
 }
 
 if is_hub "$@" && backups_on; then

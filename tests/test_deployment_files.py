@@ -484,10 +484,14 @@ def test_dockerignore_keeps_secrets_out_and_sources_in():
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    kept_out_paths = ".env .venv data data/event_processor.db .git tests/artifacts app/web/__pycache__/x.pyc"
+    kept_out_paths = (
+        ".env .venv data data/event_processor.db .git tests/artifacts app/web/__pycache__/x.pyc"
+        " config/mosquitto.passwd"
+    )
     for kept_out in (*kept_out_paths.split(), ".pytest_cache", ".ruff_cache"):
         assert dockerignore_excludes(kept_out, patterns), kept_out
     assert not dockerignore_excludes(".env.example", patterns)
+    assert not dockerignore_excludes("config/app.conf", patterns)
     copied = ["pyproject.toml", "requirements.lock"]
     for stage in dockerfile_stages():
         for value in instructions(stage, "COPY"):
@@ -782,6 +786,31 @@ def test_entrypoint_asks_the_hub_when_the_bucket_may_be_in_1password(sandbox, on
     restore = f"{uid}|python -m app.backup restore --if-missing"
     expected = [asked, restore, "0|cron ", hub] if on else [asked, hub]
     assert calls.read_text().splitlines() == expected
+
+
+@needs_root
+def test_entrypoint_stops_when_it_cannot_tell_whether_backups_are_on(sandbox):
+    # e.g. 1Password unreachable: "off" would let a fresh database overwrite the good backup later
+    bin_dir, calls = fake_bin(sandbox, enabled_status=2)
+    _user, _group, uid, _gid = unprivileged()
+    env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", OP_CONNECT_SERVER="http://op:8080")
+    result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "could not tell whether backups are on" in result.stderr
+    assert calls.read_text().splitlines() == [f"{uid}|python -m app.backup enabled"]
+
+
+@needs_root
+def test_a_root_shell_leaves_the_data_folder_to_the_app_user(sandbox):
+    _user, _group, uid, gid = unprivileged()
+    data = sandbox / "data"
+    data.mkdir()
+    os.chown(data, uid, gid)
+    env = entrypoint_env(sandbox, RUN_AS_USER="root", RUN_AS_GROUP="root")
+    result = subprocess.run([str(ENTRYPOINT), "sh", "-c", "id -u"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
+    assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
 
 
 @needs_root
