@@ -199,6 +199,29 @@ def test_file_validates_against_its_official_schema(path: Path, schema: str) -> 
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("arch", ["aarch64", "x86_64"])
+def test_every_runtime_dependency_has_a_wheel_for_the_pi_and_for_amd64(tmp_path: Path, arch: str) -> None:
+    # What the Dockerfile's builder installs (--only-binary: nothing compiled), resolved for each
+    # architecture from the package index without installing anything.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = tmp_path / "runtime.txt"
+    runtime.write_text("\n".join(project["dependencies"]) + "\n")
+    report = tmp_path / "report.json"
+    platforms = [f"--platform=manylinux{v}_{arch}" for v in ("2014", "_2_17", "_2_28")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--only-binary=:all:", *platforms]
+        + ["--python-version=3.11", "--implementation=cp", f"--target={tmp_path / 'target'}"]
+        + ["-c", str(ROOT / "requirements.lock"), "-r", str(runtime), f"--report={report}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"pika", "pyzmq", "psycopg-binary", "sqlalchemy", "flask"} <= names
+    assert not names & {"pytest", "ruff", "moto", "playwright"}  # no dev packages in the image
+
+
 # ---- docker-compose.template.yml -------------------------------------------------------------------
 
 
