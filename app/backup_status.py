@@ -220,12 +220,13 @@ def age_text(seconds: float | None) -> str:
 
 
 def summary_text(status: BackupStatus) -> str:
-    """'ok, 12 min ago', 'stale, 2 d ago', 'failed, last good 3 h ago', 'never', 'not configured'."""
+    """'ok, 12 min ago', 'stale, 2 d ago', 'failed, last good 3 h ago', 'drill failed, …', 'never'…"""
     age = age_text(status.age_seconds)
     if status.state in ("ok", "stale"):
         return f"{status.state}, {age}"
     if status.state == "failed":
-        return "failed" + (f", last good {age}" if status.age_seconds is not None else "")
+        what = "drill failed" if (status.error or "").startswith("restore drill") else "failed"
+        return what + (f", last good {age}" if status.age_seconds is not None else "")
     return status.state
 
 

@@ -702,6 +702,15 @@ def test_dashboard_shows_the_last_backup_and_telegram_state(rig: Rig, web: Any) 
         "danger",
         "failed, last good 5 h ago",
     )
+    # a failed restore drill turns the badge red too, even when the backups themselves succeed
+    write_status(
+        rig.settings.backup_status_path,
+        last_backup_attempt=entry(1),
+        last_good_backup=entry(1),
+        last_verify=entry(2, ok=False, error="integrity_check failed"),
+    )
+    page = web.get("/").get_data(as_text=True)
+    assert badge(page, "Last backup") == ("danger", "drill failed, last good 1 h ago")
     for state, colour in (("ok", "success"), ("retrying", "warning"), ("down", "danger")):
         health.set_state("telegram", state)
         assert badge(web.get("/").get_data(as_text=True), "Telegram") == (colour, state)
