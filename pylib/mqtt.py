@@ -13,6 +13,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from pylib import threads
+from pylib.reconnect import Reconnects, StateCallback
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ CONNECT_TIMEOUT = 1.0
 # re-sent after a reconnect (see Connection._flush), and what waits beyond that waits, bounded, in
 # our outbox rather than unbounded inside paho.
 MAX_INFLIGHT = 20
-# A repeated identical failure is logged at WARNING at most this often (every attempt at DEBUG).
-_REPEAT_WARNING_SECONDS = 300.0
 READ_BURST = 64  # packets read per wake-up beyond the first
 # How long close() waits for the DISCONNECT packet to go out.
 _CLOSE_SECONDS = 0.5
@@ -41,7 +40,6 @@ if _paho_log.level == logging.NOTSET:
     _paho_log.setLevel(logging.CRITICAL)
 
 MessageHandler = Callable[[str, bytes], None]
-StateCallback = Callable[[str, str | None], None]
 CountCallback = Callable[[str], None]
 # Every error that means "this attempt failed, try again later": socket errors (refused, timeout,
 # DNS, TLS, all OSError) and ssl.CertificateError (a ValueError) from the hostname check.
@@ -111,18 +109,14 @@ class Connection:
         self.connect_count = 0  # successful connections (tests use it to see a reconnect)
         self.attempts = 0
         self._handler = on_message
-        self._on_state = on_state
         self._on_count = on_count
-        self._backoff = backoff or threads.Backoff(initial=0.5, maximum=30.0)
+        self._retry = Reconnects(component, "MQTT", spec.describe(), log, on_state, backoff)
         self._outbox: deque[Outgoing] = deque()
         self._outbox_size = outbox_size
         self._inflight: dict[int, Outgoing] = {}  # mid -> message handed to paho, until on_publish
         self._socket_open = False
         self._closing = False
         self._refused: str | None = None
-        self._next_attempt = 0.0
-        self._failures = 0
-        self._warnings = threads.QuietRepeats(_REPEAT_WARNING_SECONDS)
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -161,10 +155,6 @@ class Connection:
         """Messages handed to the client and not yet acknowledged by the broker."""
         return len(self._inflight)
 
-    def _state(self, state: str, detail: str | None = None) -> None:
-        if self._on_state is not None:
-            self._on_state(state, detail)
-
     def _count(self, name: str) -> None:
         if self._on_count is not None:
             self._on_count(name)
@@ -186,7 +176,7 @@ class Connection:
             # paho closed the socket without telling us (it does on some select() errors)
             self.connected.clear()
             self._socket_open = False
-            self._lost("the connection closed")
+            self._retry.lost("the connection closed")
         if self._socket_open:
             try:
                 rc = self._client.loop(timeout=timeout)
@@ -201,18 +191,18 @@ class Connection:
                 log.exception("%s: the MQTT network loop failed", self.component)
                 self.connected.clear()
                 self._socket_open = False
-                self._lost(describe_error(exc))
+                self._retry.lost(describe_error(exc))
                 rc = MQTTErrorCode.MQTT_ERR_SUCCESS
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._socket_open:
                 # an error path in paho that did not call on_disconnect; the next attempt's
                 # reconnect() closes whatever is left of the old socket
                 self.connected.clear()
                 self._socket_open = False
-                self._lost(f"network loop failed: {paho.error_string(rc)}")
-        elif threads.monotonic() >= self._next_attempt:
+                self._retry.lost(f"network loop failed: {paho.error_string(rc)}")
+        elif self._retry.due():
             self._attempt()
         else:
-            threads.sleep(min(timeout, self._next_attempt - threads.monotonic()))
+            threads.sleep(min(timeout, self._retry.seconds_until_due()))
         self._flush()
 
     def publish(self, message: Outgoing) -> None:
@@ -244,20 +234,20 @@ class Connection:
         if unsent:
             log.warning("%s stopped with %d MQTT message(s) not confirmed published", self.component, unsent)
         self.connected.clear()
-        self._state("down", "stopped")
+        self._retry.state("down", "stopped")
 
     # --- connecting ----------------------------------------------------------------------------
 
     def _attempt(self) -> None:
         self.attempts += 1
-        self._state("connecting", self.spec.describe())
+        self._retry.state("connecting", self.spec.describe())
         # Set before reconnect(): if writing CONNECT fails, paho calls on_disconnect from inside it.
         self._socket_open = True
         try:
             self._client.reconnect()
         except CONNECT_ERRORS as exc:
             self._socket_open = False
-            self._failed(describe_error(exc))
+            self._retry.failed(describe_error(exc))
 
     def _on_connect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -284,13 +274,8 @@ class Connection:
         self._ready()
 
     def _ready(self) -> None:
-        # Backoff resets only here, not on TCP connect, so a broker that accepts connections and
-        # then refuses us is retried with growing delays instead of in a tight loop.
-        self._failures = 0
-        self._warnings.reset()
-        self._backoff.reset()
         self.connected.set()
-        self._state("connected", self.spec.describe())
+        self._retry.ready()
         log.info(
             "%s connected to MQTT %s, subscribed to %s",
             self.component,
@@ -309,37 +294,11 @@ class Connection:
             return
         refused, self._refused = self._refused, None
         if refused:
-            self._failed(refused)
+            self._retry.failed(refused)
         elif was_ready:
-            self._lost(f"connection lost ({reason})")
+            self._retry.lost(f"connection lost ({reason})")
         else:
-            self._failed(f"connection closed before it was ready: {reason}")
-
-    def _schedule(self) -> float:
-        delay = self._backoff.next_delay()
-        self._next_attempt = threads.monotonic() + delay
-        return delay
-
-    def _failed(self, detail: str) -> None:
-        self._failures += 1
-        delay = self._schedule()
-        self._state("down", detail)
-        if self._warnings.should_log(detail):
-            log.warning(
-                "%s cannot connect to MQTT %s (attempt %d): %s; retrying in %.1fs",
-                self.component,
-                self.spec.describe(),
-                self._failures,
-                detail,
-                delay,
-            )
-        else:
-            log.debug("%s still cannot connect (attempt %d): %s", self.component, self._failures, detail)
-
-    def _lost(self, detail: str) -> None:
-        delay = self._schedule()
-        self._state("connecting", detail)
-        log.warning("%s lost its MQTT connection: %s; reconnecting in %.1fs", self.component, detail, delay)
+            self._retry.failed(f"connection closed before it was ready: {reason}")
 
     # --- messages ------------------------------------------------------------------------------
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pika
 import pika.exceptions
 
 from pylib import threads
+from pylib.reconnect import Reconnects, StateCallback
 
 log = logging.getLogger(__name__)
 
@@ -17,17 +17,12 @@ DEFAULT_HEARTBEAT = 30  # seconds; short enough that a dead broker is noticed wi
 # Every error that means "this connection or channel is unusable: drop it and reconnect". OSError
 # covers socket errors pika occasionally lets through unwrapped.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (pika.exceptions.AMQPError, OSError)
-# A repeated identical failure is logged at WARNING at most this often, so a broker that stays down
-# for a week does not fill the disk; every attempt is still logged at DEBUG.
-_REPEAT_WARNING_SECONDS = 300.0
 
 # pika logs every failed attempt at ERROR with a traceback; we log one WARNING line per failure
 # ourselves, so keep pika quiet unless someone configured its logger on purpose.
 _pika_log = logging.getLogger("pika")
 if _pika_log.level == logging.NOTSET:
     _pika_log.setLevel(logging.CRITICAL)
-
-StateCallback = Callable[[str, str | None], None]
 
 
 @dataclass(frozen=True)
@@ -87,32 +82,24 @@ class Connector:
     ) -> None:
         self.spec = spec
         self.component = component
-        self._on_state = on_state
-        self._backoff = backoff or threads.Backoff(initial=0.5, maximum=30.0)
-        self._next_attempt = 0.0
-        self._failures = 0
-        self._warnings = threads.QuietRepeats(_REPEAT_WARNING_SECONDS)
+        self._retry = Reconnects(component, "RabbitMQ", spec.describe(), log, on_state, backoff)
         self.connect_count = 0
-
-    def _state(self, state: str, detail: str | None = None) -> None:
-        if self._on_state is not None:
-            self._on_state(state, detail)
 
     def due(self) -> bool:
         """True when the backoff delay since the last failure has passed."""
-        return threads.monotonic() >= self._next_attempt
+        return self._retry.due()
 
     def seconds_until_due(self) -> float:
-        return max(0.0, self._next_attempt - threads.monotonic())
+        return self._retry.seconds_until_due()
 
     def attempt(self) -> pika.BlockingConnection | None:
         """One pass over every server; None (after logging and scheduling the next try) on failure."""
-        self._state("connecting", self.spec.describe())
+        self._retry.state("connecting", self.spec.describe())
         try:
             # pika tries each parameter set in order and raises only when all have failed
             connection = pika.BlockingConnection(self.spec.parameters())
         except BROKER_ERRORS as exc:
-            self._failed(describe_error(exc))
+            self._retry.failed(describe_error(exc))
             return None
         self.connect_count += 1
         return connection
@@ -124,28 +111,8 @@ class Connector:
         refuses the set-up (say a durable exchange of the same name) is retried with growing delays
         instead of in a tight loop.
         """
-        self._failures = 0
-        self._warnings.reset()
-        self._backoff.reset()
-        self._state("connected", self.spec.describe())
+        self._retry.ready()
         log.info("%s connected to RabbitMQ %s", self.component, self.spec.describe())
-
-    def _failed(self, detail: str) -> None:
-        self._failures += 1
-        delay = self._backoff.next_delay()
-        self._next_attempt = threads.monotonic() + delay
-        self._state("down", detail)
-        if self._warnings.should_log(detail):
-            log.warning(
-                "%s cannot connect to RabbitMQ %s (attempt %d): %s; retrying in %.1fs",
-                self.component,
-                self.spec.describe(),
-                self._failures,
-                detail,
-                delay,
-            )
-        else:
-            log.debug("%s still cannot connect (attempt %d): %s", self.component, self._failures, detail)
 
     def connect(self) -> pika.BlockingConnection | None:
         """Retry until connected; None only when shutdown starts first (never gives up otherwise)."""
@@ -160,13 +127,7 @@ class Connector:
 
     def lost(self, exc: BaseException) -> None:
         """Record that a connection broke (or its set-up failed); the next attempt waits for backoff."""
-        detail = describe_error(exc)
-        delay = self._backoff.next_delay()
-        self._next_attempt = threads.monotonic() + delay
-        log.warning(
-            "%s lost its RabbitMQ connection: %s; reconnecting in %.1fs", self.component, detail, delay
-        )
-        self._state("connecting", detail)
+        self._retry.lost(describe_error(exc))
 
 
 def close(connection: pika.BlockingConnection | None) -> None:
