@@ -344,20 +344,36 @@ def save_input() -> Response | tuple[str, int]:
             steps.append(("update_meter", {"input_id": device_id, "fields": meter_fields}))
         reply, note = _send_all(steps, ["input settings", "meter settings"][: len(steps)])
         if reply.ok:
-            with ctx().session_factory() as session:
-                saved = session.get(InputConfig, device_id, options=[selectinload(InputConfig.meter)])
-                if saved is None:  # removed between the save and this read
-                    abort(404)
-                flash(_input_summary(saved), "success")
-            return redirect(url_for(".inputs", id=device_id, _anchor=f"input-{device_id}"))
-        if reply.status == 404:
-            abort(404)
-        errors = _reply_errors(reply, note)
+            return _saved(InputConfig, device_id, _input_summary, [selectinload(InputConfig.meter)])
+        errors = _refusal(reply, note)
     typed = _typed_back(
         form, INPUT_TEXT + INPUT_NUMBERS + METER_TEXT + METER_NUMBERS, INPUT_CHECKBOXES + METER_CHECKBOXES
     )
     with ctx().session_factory() as session:
         return _render_inputs(session, device_id, typed, errors, status=_error_status(errors))
+
+
+def _saved(
+    model: type[InputConfig] | type[OutputConfig],
+    device_id: int,
+    summary: Callable[[Any], str],
+    options: Sequence[Any] = (),
+) -> Response:
+    """After a save: flash what was saved (read back, as stored) and go back to the row."""
+    with ctx().session_factory() as session:
+        saved = session.get(model, device_id, options=list(options))
+        if saved is None:  # removed between the save and this read
+            abort(404)
+        flash(summary(saved), "success")
+    kind = "input" if model is InputConfig else "output"
+    return redirect(url_for(f".{kind}s", id=device_id, _anchor=f"{kind}-{device_id}"))
+
+
+def _refusal(reply: Reply, note: str) -> Errors:
+    """The errors for a refused save; a device that vanished meanwhile is a 404."""
+    if reply.status == 404:
+        abort(404)
+    return _reply_errors(reply, note)
 
 
 def _reply_errors(reply: Reply, note: str) -> Errors:
@@ -443,15 +459,8 @@ def save_output() -> Response | tuple[str, int]:
     if not errors:
         reply, note = _send_all([("update_output", {"id": device_id, "fields": fields})], ["settings"])
         if reply.ok:
-            with ctx().session_factory() as session:
-                saved = session.get(OutputConfig, device_id)
-                if saved is None:
-                    abort(404)
-                flash(_output_summary(saved), "success")
-            return redirect(url_for(".outputs", id=device_id, _anchor=f"output-{device_id}"))
-        if reply.status == 404:
-            abort(404)
-        errors = _reply_errors(reply, note)
+            return _saved(OutputConfig, device_id, _output_summary)
+        errors = _refusal(reply, note)
     back = _typed_back(form, OUTPUT_TEXT + OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
     with ctx().session_factory() as session:
         return _render_outputs(session, device_id, back, errors, status=_error_status(errors))
@@ -561,9 +570,7 @@ def save_links() -> Response | tuple[str, int]:
                     abort(404)
                 flash(_links_summary(session, saved), "success")
             return redirect(url_for(".links", id=device_id, _anchor=f"links-{device_id}"))
-        if reply.status == 404:
-            abort(404)
-        errors = _reply_errors(reply, note)
+        errors = _refusal(reply, note)
     typed = {"output_ids": set(output_ids), "input_ids": set(input_ids)}
     with ctx().session_factory() as session:
         return _render_links(session, device_id, typed, errors, status=_error_status(errors))
