@@ -265,22 +265,21 @@ def patch_device(kind: str, row_id: int) -> dict[str, Any]:
     return detail(row_id)
 
 
-@bp.put("/inputs/<int:input_id>/outputs")
-def put_output_links(input_id: int) -> dict[str, Any]:
-    body = _json_object()
-    ids = _checked(config_changes.validate_id_list, body.get("output_ids"), "output_ids")
-    _change("set_output_links", {"input_id": input_id, "output_ids": ids})
-    with web_ctx().session_factory() as session:
-        return {"input_id": input_id, "output_ids": _output_ids(session, input_id)}
+# what an input links to, in the URL -> (body field, processor action, reader of the saved set)
+_LINK_KINDS: dict[str, tuple[str, str, Callable[[Session, int], list[int]]]] = {
+    "outputs": ("output_ids", "set_output_links", _output_ids),
+    "inputs": ("input_ids", "set_input_links", _input_ids),
+}
 
 
-@bp.put("/inputs/<int:input_id>/inputs")
-def put_input_links(input_id: int) -> dict[str, Any]:
+@bp.put("/inputs/<int:input_id>/<any(outputs, inputs):linked>")
+def put_links(input_id: int, linked: str) -> dict[str, Any]:
+    name, action, saved_ids = _LINK_KINDS[linked]
     body = _json_object()
-    ids = _checked(config_changes.validate_id_list, body.get("input_ids"), "input_ids")
-    _change("set_input_links", {"input_id": input_id, "input_ids": ids})
+    ids = _checked(config_changes.validate_id_list, body.get(name), name)
+    _change(action, {"input_id": input_id, name: ids})
     with web_ctx().session_factory() as session:
-        return {"input_id": input_id, "input_ids": _input_ids(session, input_id)}
+        return {"input_id": input_id, name: saved_ids(session, input_id)}
 
 
 @bp.get("/outputs-enabled")
