@@ -74,6 +74,10 @@ class Found:
     settings: dict[str, Source] = field(default_factory=dict)
     missing: dict[str, tuple[str, str]] = field(default_factory=dict)
 
+    def values(self) -> dict[str, str]:
+        """Setting name -> value, from the ENV.<app_name> item and the SECRET_FIELDS items."""
+        return {name: source.value for name, source in self.settings.items()}
+
 
 class _Unreachable(Exception):
     """Worth retrying: no answer, or a server-side error (HTTP 5xx)."""
@@ -279,31 +283,6 @@ def read(
         raise AssertionError("the attempts loop returns or raises")
     finally:
         client.session.close()
-
-
-def fetch_settings(
-    *,
-    server: str,
-    token: str,
-    vault: str,
-    app_name: str,
-    aws_region: str,
-    known: frozenset[str],
-    attempts: int,
-    timeout: float,
-) -> dict[str, str]:
-    """Setting name -> value from the ENV.<app_name> item and the SECRET_FIELDS items."""
-    found = read(
-        server=server,
-        token=token,
-        vault=vault,
-        app_name=app_name,
-        aws_region=aws_region,
-        known=known,
-        attempts=attempts,
-        timeout=timeout,
-    )
-    return {name: source.value for name, source in found.settings.items()}
 
 
 # ---- command line: `python -m app.onepassword dotenv|check` ----------------------------------

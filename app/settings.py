@@ -210,7 +210,7 @@ def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] 
             raise SettingsError(missing[0], f"must be set too when any of {together} is")
         from app import onepassword  # only a 1Password deployment pays for httpx
 
-        fetched = onepassword.fetch_settings(
+        fetched = onepassword.read(
             server=op["OP_CONNECT_SERVER"],
             token=op["OP_CONNECT_TOKEN"],
             vault=op["OP_VAULT"],
@@ -219,7 +219,7 @@ def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] 
             known=frozenset(defaults),
             attempts=_int(values, "OP_CONNECT_ATTEMPTS", 1, 100),
             timeout=_seconds(values, "OP_CONNECT_TIMEOUT", 0.1, 300),
-        )
+        ).values()
         # An empty line in .env (`TELEGRAM_BOT_TOKEN=`, as .env.example has) means "not set here", so it
         # must not blank a value the vault holds; a non-empty one still wins.
         overrides = {k: v for k, v in local.items() if v.strip() or k not in fetched}

@@ -174,7 +174,7 @@ def test_fields_in_other_sections_and_non_settings_are_ignored(
     assert s.telegram_bot_token != "999:other-app-token"
     assert s.aws_access_key_id != "AKIAWRONGREGION"
     assert s.cronitor_telemetry_key != "wrong"
-    fetched = onepassword.fetch_settings(
+    fetched = onepassword.read(
         server=connect.url,
         token=TOKEN,
         vault="Automation",
@@ -183,7 +183,7 @@ def test_fields_in_other_sections_and_non_settings_are_ignored(
         known=frozenset(settings.config_defaults()),
         attempts=1,
         timeout=2,
-    )
+    ).values()
     assert "NOT_A_SETTING" not in fetched and "DEVICE_NAME" not in fetched
     assert not any(name.startswith("OP_") for name in fetched)  # 1Password cannot redirect itself
 
