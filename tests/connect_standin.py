@@ -109,17 +109,8 @@ class ConnectStandIn:
     # ---- server --------------------------------------------------------------------------
 
     def start(self) -> ConnectStandIn:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                standin._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
         self.release.clear()
-        self._serving = Serving(self.port, Handler, "ConnectStandIn")
+        self._serving = Serving(self.port, self._handle, "ConnectStandIn")
         return self
 
     def stop(self) -> None:

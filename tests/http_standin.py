@@ -32,17 +32,8 @@ class MdashStandIn:
         self._serving: Serving | None = None
 
     def start(self) -> None:
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                standin._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass  # the request line carries the key; stay quiet like a server that logs nothing
-
         self.release.clear()
-        self._serving = Serving(self.port, Handler, "MdashStandIn")
+        self._serving = Serving(self.port, self._handle, "MdashStandIn")
 
     def stop(self) -> None:
         self.release.set()
