@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from app.schema_head import HEAD_REVISION
+from app.settings import sqlite_file
 
 URL_VARIABLE = "EVENT_PROCESSOR_MIGRATE_URL"
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
@@ -35,11 +36,11 @@ def child_env(url: str) -> dict[str, str]:
 
 def start(url: str) -> subprocess.Popen[str] | None:
     """Start `python -m app.db` for url unless a SQLite file is already current (or in memory)."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        if path in ("", ":memory:") or sqlite_at_head(path):
+    path = sqlite_file(url)
+    if path is not None:
+        if path == ":memory:" or sqlite_at_head(path):
             return None
-    elif url.startswith("sqlite"):
+    elif url.startswith("sqlite"):  # in memory, or a form this check does not read
         return None
     return subprocess.Popen(
         [sys.executable, "-m", "app.db"],

@@ -157,10 +157,7 @@ class Settings:
     @property
     def sqlite_path(self) -> str | None:
         """The SQLite file behind database_url, or None for another database."""
-        prefix = "sqlite:///"
-        if not self.database_url.startswith(prefix):
-            return None
-        return self.database_url[len(prefix) :].split("?", 1)[0] or None
+        return sqlite_file(self.database_url)
 
     @property
     def mdash_enabled(self) -> bool:
@@ -179,6 +176,14 @@ class Settings:
             if wanted in types:
                 return handler
         return None
+
+
+def sqlite_file(database_url: str) -> str | None:
+    """The SQLite file a sqlite:/// URL names, or None for another database."""
+    prefix = "sqlite:///"
+    if not database_url.startswith(prefix):
+        return None
+    return database_url[len(prefix) :].split("?", 1)[0] or None
 
 
 def config_defaults() -> dict[str, str]:
@@ -414,8 +419,8 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         raise SettingsError("BACKUP_S3_BUCKET", f"{bucket!r} is not an S3 bucket name")
     status_path = v.get("BACKUP_STATUS_PATH", "").strip()
     if not status_path:
-        sqlite_file = database_url[len("sqlite:///") :] if database_url.startswith("sqlite:///") else ""
-        folder = Path(sqlite_file).parent if sqlite_file and sqlite_file != ":memory:" else Path("data")
+        db_file = sqlite_file(database_url)
+        folder = Path(db_file).parent if db_file and db_file != ":memory:" else Path("data")
         status_path = str(folder / "backup_status.json")
     sqs_enabled = _bool(v, "SNS_CONTROL_ENABLED")
     sqs_queue = v.get("SQS_QUEUE", "").strip()
