@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import registry, rule_state, rules
+from app import protocols, registry, rule_state, rules
 from app.channels import Command, Reply
 from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -100,6 +100,16 @@ INPUT_FIELDS: dict[str, Validator] = {
     "alert_offline": _boolean,
 }
 
+
+def _generation(value: Any) -> str | None:
+    """A wire generation a person chose for an output's device (g1, g2, g3); null or '': as detected."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value.strip().lower() not in protocols.GENERATIONS:
+        raise _Invalid(f"must be one of {', '.join(protocols.GENERATIONS)}, or null to follow the device")
+    return value.strip().lower()
+
+
 OUTPUT_FIELDS: dict[str, Validator] = {
     "device_label": _text(100),
     "device_params": _text(),
@@ -109,6 +119,7 @@ OUTPUT_FIELDS: dict[str, Validator] = {
     ),
     "trigger_interval": _integer(0, 86400),
     "alert_offline": _boolean,
+    "generation_override": _generation,
 }
 
 METER_FIELDS: dict[str, Validator] = {

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import health, registry
+from app import health, protocols, registry
 from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
 from app.presence import Presence
 from pylib import inproc, threads
@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 30.0
 
 
-def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
-    """The devices a message describes (device_info), the active inputs it reports, and any problems.
+def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
+    """The devices a message describes, the active inputs it reports, and any problems.
 
     Only descriptions refresh a registered device: active devices are often partial or spelled
     differently (snapshot-processor reports type 'camera' for its 'Camera'), so they only register
@@ -28,25 +28,9 @@ def adverts(data: dict[str, Any]) -> tuple[list[registry.Advert], list[registry.
     """
     described: list[registry.Advert] = []
     active: list[registry.Advert] = []
-    problems: list[str] = []
-    info = data.get("device_info")
-    groups: list[tuple[str, Any, list[registry.Advert]]] = []
-    if isinstance(info, dict):
-        groups += [("input", info.get("inputs"), described), ("output", info.get("outputs"), described)]
-    elif info is not None:
-        problems.append(f"device_info is a {type(info).__name__}, not a map")
-    # Dec 2023 clients also put inputs/outputs at the root of the body.
-    groups += [
-        ("input", data.get("inputs"), described),
-        ("output", data.get("outputs"), described),
-        ("input", data.get("active_devices"), active),
-    ]
-    for kind, devices, into in groups:
-        if devices is None:
-            continue
-        if not isinstance(devices, list):
-            problems.append(f"{kind} list is a {type(devices).__name__}")
-            continue
+    problems = list(inbound.problems)
+    groups = [("input", inbound.inputs, described), ("output", inbound.outputs, described)]
+    for kind, devices, into in groups + [("input", inbound.active, active)]:
         for device in devices:
             try:
                 into.append(registry.advert(kind, device))
@@ -62,12 +46,15 @@ class HeartbeatFilter(threads.AppThread):
         self._presence = presence
         self._known: dict[tuple[str, str], tuple[str | None, str, str | None, str | None]] = {}
         self._warned_conflicts: set[tuple[str, str]] = set()
+        # output key -> (generation, device name) as stored; one entry per registered output
+        self._generations: dict[str, tuple[str | None, str | None]] = {}
         self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
 
     def work(self) -> None:
         push = inproc.connect_push(PROCESSOR)
         with self._sessions() as session:
             self._known = registry.load_known(session)
+            self._generations = registry.load_generations(session)
         health.set_state("heartbeat_filter", "running")
         next_flush = time.monotonic() + FLUSH_SECONDS
         try:
@@ -91,7 +78,8 @@ class HeartbeatFilter(threads.AppThread):
 
     def _handle(self, env: Envelope, frame: bytes, push: Any) -> None:
         data = env.payload.get("data") or {}
-        described, active, problems = adverts(data)
+        inbound = protocols.read(env.routing_key, env.origin, data)
+        described, active, problems = adverts(inbound)
         for problem in problems:
             health.count("heartbeat_filter.bad_device")
             log.warning(
@@ -104,9 +92,14 @@ class HeartbeatFilter(threads.AppThread):
             # The processor can still act on devices already known; registration retries next time.
             health.count("heartbeat_filter.db_errors")
             log.exception("could not register devices from %s", env.origin)
+        try:
+            env.changed_keys += self._note_generation(env.origin, inbound, described)
+        except SQLAlchemyError:
+            health.count("heartbeat_filter.db_errors")
+            log.exception("could not store the wire generation of %s", inbound.device)
         if env.changed_keys:
             inproc.send(push, env)
-        elif data.get("active_devices"):
+        elif inbound.active:
             push.send(frame)  # unchanged: pass the frame on as it came, no second encoding
 
     def _register(
@@ -168,6 +161,40 @@ class HeartbeatFilter(threads.AppThread):
             changed.append(ad.device_key)
             log.info("%s %r changed its description", ad.kind, ad.device_key)
         return changed
+
+    def _note_generation(
+        self, origin: str, inbound: protocols.Inbound, described: list[registry.Advert]
+    ) -> list[str]:
+        """Remember which generation the device speaks, for each output it advertised (§6.2).
+
+        Only outputs registered to this origin are followed; a changed entry is written at once and
+        named in changed_keys, so the processor answers the device in kind from its next trigger.
+        """
+        if inbound.generation is None:
+            return []
+        seen = (inbound.generation, inbound.device)
+        keys = [
+            ad.device_key
+            for ad in described
+            if ad.kind == "output"
+            and self._generations.get(ad.device_key) != seen
+            and self._owned_by(ad.device_key, origin)
+        ]
+        if not keys:
+            return []
+        with self._sessions() as session:
+            registry.set_generation(session, keys, *seen)
+            session.commit()
+        for key in keys:
+            if key in self._generations:
+                log.info("output %r now speaks %s (device %s)", key, inbound.generation, inbound.device)
+            self._generations[key] = seen
+        return keys
+
+    def _owned_by(self, key: str, origin: str) -> bool:
+        """Registered, and to this origin (or to none: rows of an original database have no origin)."""
+        known = self._known.get(("output", key))
+        return known is not None and known[3] in (None, origin)
 
     def _flush(self) -> None:
         seen = self._presence.take_dirty()

@@ -97,6 +97,11 @@ class OutputConfig(Base):
     auto_schedule: Mapped[bool | None] = mapped_column(Boolean)
     auto_schedule_enable: Mapped[str | None] = mapped_column(String(5))
     auto_schedule_disable: Mapped[str | None] = mapped_column(String(5))
+    # The wire generation (app/protocols: g1, g2, g3) of the device that last advertised this output,
+    # that device's name (routing key part [3]), and a person's choice, which wins (NULL: as detected).
+    generation: Mapped[str | None] = mapped_column(String(10))
+    generation_device: Mapped[str | None] = mapped_column(String(100))
+    generation_override: Mapped[str | None] = mapped_column(String(10))
 
     links: Mapped[list[OutputLink]] = relationship(back_populates="output", cascade="all, delete-orphan")
 

@@ -30,7 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes, health, meters, registry, rule_state, rules
+from app import commands, config_changes, health, meters, protocols, registry, rule_state, rules
 from app.channels import (
     AUDIT,
     CONTROL_PUBLISHER,
@@ -114,6 +114,7 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
             device_params=row.device_params,
             trigger_topic=row.trigger_topic,
             trigger_interval=row.trigger_interval,
+            generation=row.generation_override or row.generation,
         )
     for input_id, output_id in session.execute(
         select(OutputLink.input_device_id, OutputLink.output_device_id)
@@ -273,24 +274,14 @@ class EventProcessor(threads.AppThread):
         if env.changed_keys:
             self._reload()
         data = env.payload.get("data") or {}
-        active = data.get("active_devices")
-        if active is None:
-            return
-        if not isinstance(active, list):
-            health.count("processor.malformed")
-            log.warning("active_devices from %s is a %s, not a list", env.origin, type(active).__name__)
+        # The codec of the sender's generation reads the activations; the HeartbeatFilter already
+        # logged and counted whatever in the body could not be read.
+        active = protocols.read(env.routing_key, env.origin, data).active
+        if not active:
             return
         event_time = wire.parse_timestamp(env.payload.get("timestamp"))
         event_ts = event_time.timestamp() if event_time else None
-        storage_url = data.get("storage_url")
         for device in active:
-            if isinstance(device, dict) and isinstance(storage_url, str):
-                # snapshot-processor puts the picture's folder link beside the devices, not in them
-                device.setdefault("storage_url", storage_url)
-            if not isinstance(device, dict):
-                health.count("processor.malformed")
-                log.warning("active device from %s is a %s, not a map", env.origin, type(device).__name__)
-                continue
             self._on_activation(env.origin, device, event_ts)
 
     def _on_activation(
@@ -509,18 +500,38 @@ class EventProcessor(threads.AppThread):
             )
         if verdict.fire:
             handler = self._settings.handler_for(output.device_type)
-            key = rules.routing_key(handler, output)
-            data = rules.control_data(handler, output, rule, message)
-            if key is None or data is None:
+            try:
+                outbound = protocols.encode(
+                    output.generation,
+                    protocols.Trigger(
+                        handler=handler,
+                        output_key=output.device_key,
+                        output_label=output.label,
+                        device_params=output.device_params,
+                        trigger_topic=output.trigger_topic,
+                        input_key=rule.device_key,
+                        input_label=rule.label,
+                        input_type=rule.device_type,
+                        duration=rules.pulse_duration(output, rule),
+                        message=message,
+                        now=now,
+                    ),
+                )
+            except protocols.Refused as exc:
+                # never send what would stop the device: say so in the record, the count and the log
+                outbound = None
+                verdict = rules.Decision(False, rules.REFUSED, str(exc))
+                log.warning("trigger of %r refused: %s", output.device_key, exc)
+            if outbound is None and verdict.fire:
                 verdict = rules.Decision(
                     False, rules.NO_ROUTE, f"no handler for device type {output.device_type!r}"
                 )
-            else:
+            if outbound is not None:
                 inproc.send(
                     self._control,
                     ControlMessage(
-                        routing_key=key,
-                        body=wire.make_payload(data),
+                        routing_key=outbound.routing_key,
+                        body=outbound.body,
                         expires_at=now + self._settings.control_message_ttl,
                         output_key=output.device_key,
                     ),
@@ -530,7 +541,8 @@ class EventProcessor(threads.AppThread):
                 health.count("processor.triggers")
                 # by handler (ioboard, snapshot, tts, bluetooth) or "topic" for a trigger_topic output
                 health.count(f"{TRIGGERS_BY_TYPE}{handler or 'topic'}")
-                result.update(fired=True, reason=None, detail=key)
+                health.count(f"processor.triggers_by_generation.{outbound.generation}")
+                result.update(fired=True, reason=None, detail=outbound.routing_key)
                 return result
         health.count(f"processor.blocked.{verdict.reason}")
         result.update(fired=False, reason=verdict.reason, detail=verdict.detail)

@@ -80,6 +80,23 @@ def load_known(session: Session) -> dict[tuple[str, str], tuple[str | None, str,
     return known
 
 
+def load_generations(session: Session) -> dict[str, tuple[str | None, str | None]]:
+    """Output key -> (generation, device name) as last detected (app/protocols)."""
+    rows = session.execute(
+        select(OutputConfig.device_key, OutputConfig.generation, OutputConfig.generation_device)
+    )
+    return {key: (generation, device) for key, generation, device in rows}
+
+
+def set_generation(session: Session, keys: list[str], generation: str, device: str) -> None:
+    """Record the generation an output's device was heard speaking (a person's override is separate)."""
+    session.execute(
+        update(OutputConfig)
+        .where(OutputConfig.device_key.in_(keys))
+        .values(generation=generation, generation_device=device[:MAX_KEY_LENGTH])
+    )
+
+
 def insert(session: Session, ad: Advert, origin: str) -> None:
     """A new device: inputs start disabled (a new device never fires until a person enables it)."""
     now = datetime.now(UTC).replace(tzinfo=None)

@@ -26,6 +26,7 @@ OUTPUT_INTERVAL = "output_interval"
 OUTPUTS_OFF = "outputs_off"
 NO_ROUTE = "no_route"
 QUIET_HOURS = "quiet_hours"
+REFUSED = "refused"  # the receiving device would choke on the trigger (app/protocols/checks.py)
 
 # Trigger times kept per input: enough for any multi-trigger rate (max 120) and link checks.
 HISTORY_LENGTH = 120
@@ -66,6 +67,7 @@ class OutputRule:
     device_params: str | None = None
     trigger_topic: str | None = None
     trigger_interval: int | None = None
+    generation: str | None = None  # what its device speaks (app/protocols); None: never heard
 
 
 @dataclass
@@ -177,32 +179,10 @@ def evaluate_output(rule: OutputRule, state: OutputState, now: float, outputs_en
     return FIRE
 
 
-def control_data(
-    handler: str | None,
-    output: OutputRule,
-    input_rule: InputRule,
-    message: str,
-) -> list | None:
-    """The 'data' array of the control message for an output handler (wire-format.md §4), or None.
-
-    ioboard: [key, duration]; duration is the input's activation_interval when set, else nil
-    (remote-monitor then pulses for its default 1 s).
-    snapshot: [key, label, device_params] as snapshot-processor unpacks it.
-    tts, bluetooth and outputs routed by their own trigger_topic: [key, label, device_params, message].
-    """
-    if handler == "ioboard":
-        return [output.device_key, input_rule.activation_interval]
-    if handler == "snapshot":
-        return [output.device_key, output.label, output.device_params]
-    if handler in ("tts", "bluetooth") or output.trigger_topic:
-        return [output.device_key, output.label, output.device_params, message]
-    return None
-
-
-def routing_key(handler: str | None, output: OutputRule) -> str | None:
-    if output.trigger_topic:
-        return output.trigger_topic
-    return f"event.control.{handler}" if handler else None
+def pulse_duration(output: OutputRule, input_rule: InputRule) -> int | None:
+    """The relay pulse sent to a switch: the input's activation_interval when set, else nil
+    (remote-monitor then pulses for its default 1 s)."""
+    return input_rule.activation_interval
 
 
 # ---- quiet hours ----------------------------------------------------------------------------------

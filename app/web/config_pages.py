@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, registry
+from app import commands, config_changes, protocols, registry, rules
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
+from app.processor import load_snapshot
 from app.web import api
 from app.web.context import ctx
 
@@ -37,7 +38,7 @@ METER_NUMBERS = (
     "meter_high_limit",
 )
 METER_CHECKBOXES = ("meter_reset_additive",)
-OUTPUT_TEXT = ("device_label", "device_params", "trigger_topic")
+OUTPUT_TEXT = ("device_label", "device_params", "trigger_topic", "generation_override")
 OUTPUT_NUMBERS = ("trigger_interval",)
 OUTPUT_CHECKBOXES = ("device_enabled", "alert_offline")
 
@@ -414,7 +415,47 @@ def _render_outputs(
     status: int = 200,
 ) -> tuple[str, int]:
     return _render_rows(
-        "config_outputs.html", _output_rows(session), _output_values, open_id, typed, errors, status
+        "config_outputs.html",
+        _output_rows(session),
+        _output_values,
+        open_id,
+        typed,
+        errors,
+        status,
+        generations=[("", "As detected")] + [(g, protocols.LABELS[g]) for g in protocols.GENERATIONS],
+        speaks=_speaks,
+    )
+
+
+def _speaks(row: OutputConfig) -> str:
+    """What the page says about the wire generation the output's device speaks, and why."""
+    if row.generation_override:
+        heard = f"; heard speaking {row.generation.upper()}" if row.generation else ""
+        chosen = protocols.LABELS.get(row.generation_override, row.generation_override)
+        return f"{chosen}, set by hand{heard}."
+    if row.generation:
+        device = f" from device {row.generation_device}" if row.generation_device else ""
+        return f"{protocols.LABELS.get(row.generation, row.generation)}, detected{device}."
+    return "Not heard yet: sent the G1/G2 control message until its device speaks, unless set here."
+
+
+def output_problems(session: Session, output_id: int, settings: Any) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) for an output as saved: what its device would reject, what holds its relays."""
+    snap = load_snapshot(session)
+    output = snap.outputs_by_id.get(output_id)
+    if output is None:
+        return [], []
+    durations = [
+        rules.pulse_duration(output, snap.inputs_by_id[input_id])
+        for input_id, output_ids in snap.output_links.items()
+        if output_id in output_ids and input_id in snap.inputs_by_id
+    ]
+    return protocols.setup_problems(
+        output.generation,
+        settings.handler_for(output.device_type),
+        output.device_params,
+        output.trigger_topic,
+        durations,
     )
 
 
@@ -459,7 +500,14 @@ def save_output() -> Response | tuple[str, int]:
     if not errors:
         reply, note = _send_all([("update_output", {"id": device_id, "fields": fields})], ["settings"])
         if reply.ok:
-            return _saved(OutputConfig, device_id, _output_summary)
+            response = _saved(OutputConfig, device_id, _output_summary)
+            with ctx().session_factory() as session:
+                refusals, warnings = output_problems(session, device_id, ctx().settings)
+            for text in refusals:
+                flash(f"Its triggers will be refused, as the device would reject them: {text}.", "danger")
+            for text in warnings:
+                flash(text, "warning")
+            return response
         errors = _refusal(reply, note)
     back = _typed_back(form, OUTPUT_TEXT + OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
     with ctx().session_factory() as session:
