@@ -292,8 +292,10 @@ def test_malformed_bodies_are_counted_and_threads_live(rig) -> None:
     )
     device.publish("event.notify.ioboard.pi-hallway", body=b"\xc4" + b"x" * 10)  # truncated bin
     wait_for(lambda: health.counters().get("rabbitmq_source.malformed", 0) >= len(MALFORMED) + 1)
-    wait_for(lambda: health.counters().get("processor.malformed", 0) >= 4)
-    wait_for(lambda: health.counters().get("heartbeat_filter.bad_device", 0) >= 2)
+    # the codec refuses the list that is not a list and the item that is not a map; the HeartbeatFilter
+    # counts those and the keyless devices, the processor the keyless devices it was handed
+    wait_for(lambda: health.counters().get("processor.malformed", 0) >= 2)
+    wait_for(lambda: health.counters().get("heartbeat_filter.bad_device", 0) >= 6)
     device.publish("event.notify.ioboard.pi-hallway", notify())
     consumer.wait(1)
     assert all(t.is_alive() for t in threads.tracked())
