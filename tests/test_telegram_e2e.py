@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import pytest
+import umsgpack
 
 from app import health
 from tests.hubtools import Api, Device, start_hub
@@ -78,6 +82,35 @@ def test_camera_image_goes_to_the_chat_as_a_photo(telegram_hub) -> None:
     assert [f["content"] for f in photo.files.values()] == [jpeg]
     assert "Front Camera 1 person(s) and 7 things" in (photo.text or "")
     assert "https://drive.example/folder" in (photo.params.get("caption") or "")
+
+
+def test_current_snapshot_processor_image_goes_to_the_chat_as_a_photo(telegram_hub) -> None:
+    # snapshot-processor with pylib >= 0.5: umsgpack, a seconds-precision 'Z' timestamp, and the
+    # picture inside the input with its storage URL (generations spec §5.2)
+    device, api, standin = telegram_hub
+    api.patch("inputs", "Front Camera", device_enabled=True)
+    api.link("Front Camera", "SMS")
+    jpeg = b"\xff\xd8\xff\xe0" + b"\x01" * 4096 + b"\xff\xd9"
+    body = {
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "inputs": [
+            {
+                "device_key": "Front Camera",
+                "device_label": "Front Camera",
+                "type": "camera",
+                "image": jpeg,
+                "image_timestamp": str(int(time.time())),
+                "storage_url": "https://drive.example/now",
+                "storage_path": "/data/ftp/uploads/snapshots/front/fetch_front-camera.jpg",
+            }
+        ],
+    }
+    device.publish("event.notify.snapshot.snapshot-processor.image", body=umsgpack.packb(body))
+    photo = standin.wait_calls("sendPhoto", 1, timeout=20)[0]
+    assert [f["content"] for f in photo.files.values()] == [jpeg]
+    assert "https://drive.example/now" in (photo.params.get("caption") or "")
+    # the picture's 'camera' type is not taken as a new description of the 'Camera' input
+    assert api.device("inputs", "Front Camera")["device_type"] == "Camera"
 
 
 def test_without_telegram_the_sms_output_says_why(make_settings) -> None:
