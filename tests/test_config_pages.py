@@ -763,3 +763,77 @@ def test_links_of_a_removed_device_are_a_404(pages: Pages) -> None:
         s.commit()
     assert pages.client.get(f"/config/links?id={pages.ids['hall']}").status_code == 404
     assert pages.client.post("/config/links", data={"id": str(pages.ids["hall"])}).status_code == 404
+
+
+# ---- device generation ------------------------------------------------------------------------
+
+
+def select_tag(page: str, element_id: str) -> str:
+    match = re.search(rf'<select[^>]*\bid="{re.escape(element_id)}"[^>]*>.*?</select>', page, re.DOTALL)
+    assert match, f"no select #{element_id}"
+    return match.group(0)
+
+
+def test_outputs_page_shows_the_generation_and_saves_an_override(pages: Pages) -> None:
+    buzzer, cam = pages.ids["buzzer"], pages.ids["cam"]
+    with pages.sessions() as s:
+        row = s.get(OutputConfig, cam)
+        row.generation, row.generation_device = "g3", "snapshot"
+        s.commit()
+    page = html.unescape(text(pages.client.get("/config/outputs")))
+    assert "Speaks: Not heard yet: sent the G1/G2 control message" in page  # the buzzer
+    assert "Speaks: G3 (2024, inputs with state), detected from device snapshot." in page
+    options = select_tag(page, f"output-{buzzer}-generation_override")
+    assert re.search(r'<option value="" selected>As detected</option>', options)
+    assert all(f'<option value="{g}">' in options for g in ("g1", "g2", "g3"))
+
+    form = output_form(buzzer, "", generation_override="g3")
+    response = pages.client.post("/config/outputs", data=form, follow_redirects=True)
+    assert get_row(pages, OutputConfig, buzzer).generation_override == "g3"
+    page = html.unescape(text(response))
+    assert "Speaks: G3 (2024, inputs with state), set by hand." in page
+    assert '<option value="g3" selected>' in select_tag(page, f"output-{buzzer}-generation_override")
+    assert_no_none(page)
+    # back to detection
+    pages.client.post("/config/outputs", data=output_form(buzzer, "", generation_override=""))
+    assert get_row(pages, OutputConfig, buzzer).generation_override is None
+
+
+def test_a_bad_generation_is_shown_beside_the_field_and_saves_nothing(pages: Pages) -> None:
+    buzzer = pages.ids["buzzer"]
+    before = snapshot(pages)
+    response = pages.client.post("/config/outputs", data=output_form(buzzer, "", generation_override="g9"))
+    assert response.status_code == 400
+    page = html.unescape(text(response))
+    assert "is-invalid" in select_tag(page, f"output-{buzzer}-generation_override")
+    assert "Must be one of g1, g2, g3, or null to follow the device" in page
+    assert snapshot(pages) == before and pages.processor.commands == []
+
+
+def test_saving_warns_of_a_long_g3_pulse_and_of_triggers_that_would_be_refused(pages: Pages) -> None:
+    buzzer, cam, door = pages.ids["buzzer"], pages.ids["cam"], pages.ids["door"]
+    with pages.sessions() as s:
+        s.get(InputConfig, door).activation_interval = 30  # today's pulse: the input's interval
+        s.add_all([OutputLink(input_device_id=door, output_device_id=o) for o in (buzzer, cam)])
+        s.commit()
+    # a G1 board pulses each relay in a thread of its own: no warning
+    page = html.unescape(
+        text(pages.client.post("/config/outputs", data=output_form(buzzer, ""), follow_redirects=True))
+    )
+    assert "one after another" not in page and "alert-warning" not in page
+    form = output_form(buzzer, "", generation_override="g3")
+    page = html.unescape(text(pages.client.post("/config/outputs", data=form, follow_redirects=True)))
+    assert (
+        "A G3 board pulses its relays one after another: a 30 s pulse holds its other relays for as long."
+        in page
+    )
+    assert "alert-warning" in page
+    # a camera string the snapshot-processor cannot split: saved, and the page says its triggers are refused
+    form = output_form(cam, "admin:pw@192.168.1.20:88,554,555")
+    page = html.unescape(text(pages.client.post("/config/outputs", data=form, follow_redirects=True)))
+    assert get_row(pages, OutputConfig, cam).device_params == "admin:pw@192.168.1.20:88,554,555"
+    assert (
+        "Its triggers will be refused, as the device would reject them: "
+        "camera parameters allow at most one ','" in page
+    )
+    assert "alert-danger" in page
