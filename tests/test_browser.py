@@ -187,3 +187,34 @@ def test_dashboard_fits_a_phone(rig: tuple[Any, str], browser: Any) -> None:
     assert page.locator("button.panic-button").bounding_box()["width"] > 300
     shot(page, "phone-dashboard")
     context.close()
+
+
+def test_output_generation_is_shown_and_overridden_with_a_warning(rig: tuple[Any, str], browser: Any) -> None:
+    hub, base = rig
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    log_in(page, base)
+    buzzer = row_id(hub, OutputConfig, "Hallway Buzzer")
+    front = row_id(hub, InputConfig, FRONT)
+    api(page, base, "PATCH", f"/api/inputs/{front}", {"activation_interval": 30})
+    api(page, base, "PUT", f"/api/inputs/{front}/outputs", {"output_ids": [buzzer]})
+
+    page.goto(f"{base}/config/outputs?id={buzzer}")
+    card = page.locator(f"#output-{buzzer}")
+    # the heartbeat came in the 2023 nested layout from pi-hallway
+    assert (
+        "G1 (2023, nested data), detected from device pi-hallway."
+        in card.locator(f"#output-{buzzer}-speaks").inner_text()
+    )
+    card.locator(f"#output-{buzzer}-generation_override").select_option("g3")
+    card.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    assert "Saved Hallway Buzzer" in page.locator(".alert-success").inner_text()
+    warning = page.locator(".alert-warning").inner_text()
+    assert "A G3 board pulses its relays one after another: a 30 s pulse" in warning
+    assert page.locator(f"#output-{buzzer}-generation_override").input_value() == "g3"
+    assert "set by hand; heard speaking G1" in page.locator(f"#output-{buzzer}-speaks").inner_text()
+    with hub.sessions() as s:
+        assert s.get(OutputConfig, buzzer).generation_override == "g3"
+    shot(page, "output-generation")
+    context.close()
