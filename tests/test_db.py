@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from app import db
+from app import db, protocols
 from app.models import (
     ApiToken,
     Base,
@@ -39,6 +40,7 @@ from app.models import (
     RuleState,
     User,
 )
+from app.processor import load_snapshot
 
 ORIGINAL_SCHEMA = Path(__file__).parent / "data" / "original_db_schema.sql"
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -321,6 +323,9 @@ NEW_COLUMNS = {
         "label_customized",
         "last_seen",
         "created_at",
+        "generation",
+        "generation_device",
+        "generation_override",
     ),
     "event_log": ("decision_id",),
 }
@@ -598,3 +603,36 @@ def test_early_migration_child_runs_only_when_needed(tmp_path: Path, engines: Ca
     assert early_migration.sqlite_at_head(str(path))
     assert early_migration.start(url) is None  # current: no child at all
     assert early_migration.start("sqlite://") is None  # in memory: nothing to migrate ahead
+
+
+def test_outputs_of_an_original_database_keep_getting_the_control_message(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    """0009 adds no generation to old rows: they are answered as before, in the G1 format, until heard."""
+    path = tmp_path / "event_processor.db"
+    make_original_database(path)
+    engine = engines(sqlite_url(path))
+    db.upgrade(engine)
+    with db.session_factory(engine)() as session:
+        snap = load_snapshot(session)
+    siren = next(o for o in snap.outputs_by_id.values() if o.device_key == "siren")
+    assert siren.generation is None
+    trigger = protocols.Trigger(
+        handler="ioboard",
+        output_key=siren.device_key,
+        output_label=siren.label,
+        device_params=siren.device_params,
+        trigger_topic=siren.trigger_topic,
+        input_key="front-door",
+        input_label="Front Door",
+        input_type="Contact",
+        duration=None,
+        message="Front Door",
+        now=1_700_000_000.0,
+    )
+    out = protocols.encode(siren.generation, trigger)
+    assert out is not None and out.routing_key == "event.control.ioboard"
+    assert msgpack.unpackb(out.body) == {
+        "timestamp": "2023-11-14T22:13:20.000000+0000",
+        "data": ["siren", None],
+    }
