@@ -17,6 +17,9 @@ from pylib import inproc, threads
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 30.0
+# An output's recorded device must have been silent this long before another device's generation
+# replaces it (a board replaced by a newer one takes over after this; two boards never flip-flop).
+GENERATION_HOLD_SECONDS = 600.0
 
 
 def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
@@ -48,6 +51,8 @@ class HeartbeatFilter(threads.AppThread):
         self._warned_conflicts: set[tuple[str, str]] = set()
         # output key -> (generation, device name) as stored; one entry per registered output
         self._generations: dict[str, tuple[str | None, str | None]] = {}
+        self._confirmed: dict[str, float] = {}  # output key -> when its recorded device last confirmed it
+        self._warned_generation: set[str] = set()
         self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
 
     def work(self) -> None:
@@ -93,7 +98,7 @@ class HeartbeatFilter(threads.AppThread):
             health.count("heartbeat_filter.db_errors")
             log.exception("could not register devices from %s", env.origin)
         try:
-            env.changed_keys += self._note_generation(env.origin, inbound, described)
+            env.changed_keys += self._note_generation(env.origin, inbound, described, env.received_at)
         except SQLAlchemyError:
             health.count("heartbeat_filter.db_errors")
             log.exception("could not store the wire generation of %s", inbound.device)
@@ -163,23 +168,41 @@ class HeartbeatFilter(threads.AppThread):
         return changed
 
     def _note_generation(
-        self, origin: str, inbound: protocols.Inbound, described: list[registry.Advert]
+        self, origin: str, inbound: protocols.Inbound, described: list[registry.Advert], now: float
     ) -> list[str]:
         """Remember which generation the device speaks, for each output it advertised (§6.2).
 
         Only outputs registered to this origin are followed; a changed entry is written at once and
         named in changed_keys, so the processor answers the device in kind from its next trigger.
+        Two devices advertising the same output key would flip it at every heartbeat: while the
+        recorded device keeps confirming it (GENERATION_HOLD_SECONDS), another one is refused and counted.
         """
         if inbound.generation is None:
             return []
         seen = (inbound.generation, inbound.device)
-        keys = [
-            ad.device_key
-            for ad in described
-            if ad.kind == "output"
-            and self._generations.get(ad.device_key) != seen
-            and self._owned_by(ad.device_key, origin)
-        ]
+        keys = []
+        for ad in described:
+            if ad.kind != "output" or not self._owned_by(ad.device_key, origin):
+                continue
+            stored = self._generations.get(ad.device_key)
+            if stored == seen:
+                self._confirmed[ad.device_key] = now
+                continue
+            held_by = stored[1] if stored is not None else None
+            recent = now - self._confirmed.get(ad.device_key, float("-inf")) < GENERATION_HOLD_SECONDS
+            if held_by not in (None, inbound.device) and recent:
+                health.count("heartbeat_filter.generation_conflict")
+                if ad.device_key not in self._warned_generation:
+                    self._warned_generation.add(ad.device_key)
+                    log.warning(
+                        "output %r is advertised by devices %s and %s; keeping %s's until it falls silent",
+                        ad.device_key,
+                        held_by,
+                        inbound.device,
+                        held_by,
+                    )
+                continue
+            keys.append(ad.device_key)
         if not keys:
             return []
         with self._sessions() as session:
@@ -189,6 +212,7 @@ class HeartbeatFilter(threads.AppThread):
             if key in self._generations:
                 log.info("output %r now speaks %s (device %s)", key, inbound.generation, inbound.device)
             self._generations[key] = seen
+            self._confirmed[key] = now
         return keys
 
     def _owned_by(self, key: str, origin: str) -> bool:

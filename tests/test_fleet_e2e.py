@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import umsgpack
 
-from app import health
+from app import health, heartbeat
 from pylib import wire
 from tests import device_parsers as dev
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
@@ -288,4 +288,47 @@ def test_an_override_answers_a_device_that_has_not_spoken_in_its_generation(make
         device.close()
         g3.close()
         g1.close()
+        hub.stop()
+
+
+def test_generation_follows_a_board_upgrade_and_two_boards_never_flip_an_output(
+    make_settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(heartbeat, "GENERATION_HOLD_SECONDS", 3.0)
+    settings = make_settings()
+    hub = start_hub(settings)
+    device = Device(settings)
+    try:
+        api = Api(hub)
+        garage = out("Garage Buzzer")
+
+        def heard() -> tuple[str, str]:
+            d = api.get(f"/api/outputs/{api.device('outputs', 'Garage Buzzer')['id']}")
+            return d["generation"], d["generation_device"]
+
+        def g1_heartbeat(board: str) -> None:
+            body = {"timestamp": stamp(), "data": {"device_info": {"inputs": [], "outputs": [garage]}}}
+            publish_raw(device, f"event.heartbeat.ioboard.{board}", body)
+
+        def g3_heartbeat(board: str) -> None:
+            publish_raw(
+                device,
+                f"event.heartbeat.ioboard.{board}",
+                {"timestamp": stamp(), "inputs": [], "outputs": [garage]},
+            )
+
+        g1_heartbeat("pi-a")
+        wait_for(lambda: any(o["device_key"] == "Garage Buzzer" for o in api.get("/api/devices")["outputs"]))
+        assert wait_for(lambda: heard()[0] and heard()) == ("g1", "pi-a")
+        # the same board upgraded to its 2024 release: followed at once
+        g3_heartbeat("pi-a")
+        wait_for(lambda: heard() == ("g3", "pi-a"))
+        # another board lists the same key while pi-a keeps confirming it: refused and counted
+        g1_heartbeat("pi-b")
+        wait_for(lambda: health.counters().get("heartbeat_filter.generation_conflict", 0) >= 1)
+        assert heard() == ("g3", "pi-a")
+        # pi-a falls silent past the hold: pi-b takes the output over
+        wait_for(lambda: (g1_heartbeat("pi-b"), heard() == ("g1", "pi-b"))[1], 15)
+    finally:
+        device.close()
         hub.stop()
