@@ -8,10 +8,13 @@ which G2 devices parse the same way.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.protocols import checks
 from pylib import wire
+
+if TYPE_CHECKING:
+    from app.protocols import Inbound
 
 
 def device_list(value: Any, what: str, problems: list[str]) -> list[Any]:
@@ -23,7 +26,7 @@ def device_list(value: Any, what: str, problems: list[str]) -> list[Any]:
     return value
 
 
-def active_devices(data: dict[str, Any], inbound: Any) -> None:
+def active_devices(data: dict[str, Any], inbound: Inbound) -> None:
     """The activations of `active_devices`, each a map (snapshot-processor's storage_url copied in)."""
     storage_url = data.get("storage_url")
     for device in device_list(data.get("active_devices"), "active_devices", inbound.problems):
@@ -36,7 +39,7 @@ def active_devices(data: dict[str, Any], inbound: Any) -> None:
         inbound.active.append(device)
 
 
-def device_info(data: dict[str, Any], inbound: Any) -> None:
+def device_info(data: dict[str, Any], inbound: Inbound) -> None:
     info = data.get("device_info")
     if isinstance(info, dict):
         inbound.inputs += device_list(info.get("inputs"), "device_info inputs", inbound.problems)
@@ -45,7 +48,7 @@ def device_info(data: dict[str, Any], inbound: Any) -> None:
         inbound.problems.append(f"device_info is a {type(info).__name__}, not a map")
 
 
-def read(data: dict[str, Any], inbound: Any) -> None:
+def read(data: dict[str, Any], inbound: Inbound) -> None:
     device_info(data, inbound)
     active_devices(data, inbound)
 

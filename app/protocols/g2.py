@@ -7,12 +7,15 @@ never read, so an activation never fires twice (wire-format-generations.md §3.2
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.protocols import g1
 
+if TYPE_CHECKING:
+    from app.protocols import Inbound
 
-def read(data: dict[str, Any], inbound: Any) -> None:
+
+def read(data: dict[str, Any], inbound: Inbound) -> None:
     g1.device_info(data, inbound)
     if "device_info" not in data:
         # the root lists repeat device_info; read them only when it is missing

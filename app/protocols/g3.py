@@ -9,11 +9,14 @@ active_input, output_triggered: {device_key, device_label, device_params}}`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from app.protocols import checks, g1
+
+if TYPE_CHECKING:
+    from app.protocols import Inbound
 
 HANDLERS = ("ioboard", "snapshot")
 TRIGGERED = "triggered"
@@ -22,7 +25,7 @@ TRIGGERED = "triggered"
 LONG_PULSE_SECONDS = 5.0
 
 
-def read(data: dict[str, Any], inbound: Any) -> None:
+def read(data: dict[str, Any], inbound: Inbound) -> None:
     for device in g1.device_list(data.get("inputs"), "inputs", inbound.problems):
         if not isinstance(device, dict):
             inbound.problems.append(f"input is a {type(device).__name__}, not a map")
