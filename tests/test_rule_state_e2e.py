@@ -150,6 +150,7 @@ def test_rule_state_survives_a_restart_of_the_hub(quiet_rig) -> None:
     api.patch("inputs", BACK, device_enabled=True, multi_trigger=True, multi_trigger_rate=3)
     api.patch("inputs", BACK, multi_trigger_interval=3600)
     api.link(BACK, CAMERA)
+    api.patch("outputs", CAMERA, device_params="admin:pw@192.168.1.20:88,554")  # without, it is refused
     api.patch("inputs", CAMERA, device_enabled=True, info_notify=True)
     api.link(CAMERA, "SMS")
     device.publish("event.notify.ioboard.pi-hallway", notify())  # latches FRONT, buzzer interval starts
