@@ -1,4 +1,7 @@
-"""Retention for the audit trail: prunes old decision, decision_output and event_log rows in small batches."""
+"""Retention for the audit trail: prunes old decisions, event_log rows and config changes in batches.
+
+The original's event_log rows (migrated history, no decision_id) are kept unless a setting says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Decision, DecisionOutput, EventLog, MeterHistory
+from app.models import ConfigChange, Decision, DecisionOutput, EventLog, MeterHistory
 from pylib import threads
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,13 @@ def _delete_meter_history(session: Session, ids: list[int]) -> dict[str, int]:
     return {"meter_history": result.rowcount}  # type: ignore[attr-defined]
 
 
+def _delete_changes(session: Session, ids: list[int]) -> dict[str, int]:
+    result = session.execute(
+        delete(ConfigChange).where(ConfigChange.id.in_(ids)), execution_options={"synchronize_session": False}
+    )
+    return {"config_change": result.rowcount}  # type: ignore[attr-defined]
+
+
 def _delete_events(session: Session, ids: list[int]) -> dict[str, int]:
     result = session.execute(
         delete(EventLog).where(EventLog.id.in_(ids)), execution_options={"synchronize_session": False}
@@ -62,12 +72,18 @@ class _Pruner:
         self.factory = factory
         self.batch_size = batch_size
         self.pause = pause
-        self.counts = {"decision": 0, "decision_output": 0, "event_log": 0, "meter_history": 0}
+        self.counts = {
+            "decision": 0,
+            "decision_output": 0,
+            "event_log": 0,
+            "meter_history": 0,
+            "config_change": 0,
+        }
         self.stopped = False
 
     def run(
         self,
-        model: type[Decision] | type[EventLog] | type[MeterHistory],
+        model: Any,
         where: ColumnElement[bool] | None,
         limit: int | None,
         remove: Callable[[Session, list[int]], dict[str, int]],
@@ -94,9 +110,12 @@ class _Pruner:
             # doubles as the pause between batches; a shutdown leaves the rest for the next prune
             self.stopped = threads.shutting_down.wait(self.pause)
 
-    def excess(self, model: type[Decision] | type[EventLog] | type[MeterHistory], max_rows: int) -> int:
+    def excess(self, model: Any, max_rows: int, where: ColumnElement[bool] | None = None) -> int:
+        query = select(func.count()).select_from(model)
+        if where is not None:
+            query = query.where(where)
         with self.factory() as session:
-            total = session.scalar(select(func.count()).select_from(model)) or 0
+            total = session.scalar(query) or 0
         return max(0, total - max_rows)
 
 
@@ -108,24 +127,32 @@ def prune(
     *,
     batch_size: int = BATCH_SIZE,
     pause: float = BATCH_PAUSE,
+    prune_migrated: bool = False,
 ) -> dict[str, int]:
     """Delete audit rows older than retention_days, then the oldest beyond max_rows per table.
 
     Applies to decision (with its decision_output rows) and event_log independently. `now` is
-    naive UTC like the stored timestamps (an aware datetime is converted). Returns the number of
-    rows deleted per table: {"decision": n, "decision_output": n, "event_log": n, "meter_history": n}.
+    naive UTC like the stored timestamps (an aware datetime is converted). Configuration changes are
+    kept by the same rules as decisions. The original's event_log rows (no decision_id: history
+    migrated with its database) are never deleted unless prune_migrated is set; they cannot grow.
+    Returns the number of rows deleted per table.
     """
     cutoff = _utc_naive(now) - timedelta(days=retention_days)
     pruner = _Pruner(session_factory, max(1, batch_size), pause)
-    tables: tuple[tuple[Any, Callable[[Session, list[int]], dict[str, int]]], ...] = (
-        (Decision, _delete_decisions),
-        (EventLog, _delete_events),
-        (MeterHistory, _delete_meter_history),  # the charts' reading history, bounded the same way
+    hub_events = None if prune_migrated else EventLog.decision_id.is_not(None)
+    tables: tuple[
+        tuple[Any, ColumnElement[bool] | None, Callable[[Session, list[int]], dict[str, int]]], ...
+    ] = (
+        (Decision, None, _delete_decisions),
+        (EventLog, hub_events, _delete_events),
+        (MeterHistory, None, _delete_meter_history),  # the charts' reading history, bounded the same way
+        (ConfigChange, None, _delete_changes),
     )
-    for model, remove in tables:
-        pruner.run(model, model.timestamp < cutoff, None, remove)
+    for model, only, remove in tables:
+        old = model.timestamp < cutoff
+        pruner.run(model, old if only is None else old & only, None, remove)
         # counted once: rows written meanwhile are newer than every row this deletes
-        pruner.run(model, None, pruner.excess(model, max_rows), remove)
+        pruner.run(model, only, pruner.excess(model, max_rows, only), remove)
     if any(pruner.counts.values()):
         log.info("audit prune deleted %s", pruner.counts)
     return pruner.counts

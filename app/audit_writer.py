@@ -181,7 +181,10 @@ class AuditWriter(threads.AppThread):
         self._next_prune = time.monotonic() + PRUNE_SECONDS
         try:
             deleted = audit.prune(
-                self._sessions, self._settings.event_log_retention_days, self._settings.event_log_max_rows
+                self._sessions,
+                self._settings.event_log_retention_days,
+                self._settings.event_log_max_rows,
+                prune_migrated=self._settings.event_log_prune_migrated,
             )
             log.info("audit retention: deleted %s", deleted)
         except SQLAlchemyError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -14,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import protocols, registry, rule_state, rules
 from app.channels import Command, Reply
-from app.models import GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
+from app.models import ConfigChange, GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,10 @@ METER_FIELDS: dict[str, Validator] = {
     "meter_iot_topic": _text(100, re.compile(r"[^#+\s]+"), "an MQTT topic without wildcards (at most 100)"),
 }
 
-# Values never written to the log: camera credentials and phone numbers live here.
+# Values never written to the log or the history: camera credentials and phone numbers live here.
 _SECRET_FIELDS = frozenset({"device_params"})
+# What the history stores for a secret field's value (None stays None: "not set").
+HIDDEN = "(hidden)"
 
 
 def _validate(spec: dict[str, Validator], fields: Any) -> dict[str, Any]:
@@ -248,9 +252,30 @@ def scheduler_enabled(session: Session) -> bool:
 
 
 @dataclass
+class Diff:
+    """The fields a change touched, with their values before and after (secret values hidden)."""
+
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, name: str, old: Any, new: Any) -> None:
+        if name in _SECRET_FIELDS:
+            old, new = (HIDDEN if old else None), (HIDDEN if new else None)
+            if old == new == HIDDEN:
+                new = HIDDEN + " changed"
+        self.before.setdefault(name, old)
+        self.after[name] = new
+
+
+@dataclass
 class _Done:
     result: dict[str, Any]
     summary: str
+    # For the history: what was changed (input, output, meter, links, group, general) and which one.
+    kind: str | None = None
+    target_id: int | None = None
+    target_key: str | None = None
+    diff: Diff = field(default_factory=Diff)
 
 
 def _row_id(args: dict[str, Any], field: str) -> int:
@@ -272,14 +297,16 @@ def _load(session: Session, model: type[_Row], args: dict[str, Any], field: str,
     return row
 
 
-def _assign(row: Any, fields: dict[str, Any]) -> list[str]:
-    """Set the fields on the row; describe each real change for the log (secrets masked)."""
+def _assign(row: Any, fields: dict[str, Any], diff: Diff | None = None) -> list[str]:
+    """Set the fields on the row; describe each real change for the log (secrets masked) and the diff."""
     changes = []
     for name, value in fields.items():
         old = getattr(row, name)
         if old == value:
             continue
         setattr(row, name, value)
+        if diff is not None:
+            diff.note(name, old, value)
         if name in _SECRET_FIELDS:
             changes.append(f"{name} {'cleared' if value is None else 'changed'}")
         else:
@@ -298,7 +325,8 @@ def _drop_timed_reenable(session: Session, kind: str, row_id: int) -> None:
 def _update_input(session: Session, args: dict[str, Any]) -> _Done:
     row = _load(session, InputConfig, args, "id", "input")
     fields = validate_input_fields(args.get("fields"))
-    changes = _assign(row, fields)
+    diff = Diff()
+    changes = _assign(row, fields, diff)
     if "device_label" in fields:
         # A cleared label hands the label back to the device's own heartbeats.
         row.label_customized = fields["device_label"] is not None
@@ -306,18 +334,21 @@ def _update_input(session: Session, args: dict[str, Any]) -> _Done:
         row.customized = True
     if "device_enabled" in fields:
         _drop_timed_reenable(session, "input", row.id)
-    return _Done({"id": row.id}, f"input {row.device_key!r}: {', '.join(changes) or 'no change'}")
+    summary = f"input {row.device_key!r}: {', '.join(changes) or 'no change'}"
+    return _Done({"id": row.id}, summary, "input", row.id, row.device_key, diff)
 
 
 def _update_output(session: Session, args: dict[str, Any]) -> _Done:
     row = _load(session, OutputConfig, args, "id", "output")
     fields = validate_output_fields(args.get("fields"))
-    changes = _assign(row, fields)
+    diff = Diff()
+    changes = _assign(row, fields, diff)
     if "device_label" in fields:
         row.label_customized = fields["device_label"] is not None
     if "device_enabled" in fields:
         _drop_timed_reenable(session, "output", row.id)
-    return _Done({"id": row.id}, f"output {row.device_key!r}: {', '.join(changes) or 'no change'}")
+    summary = f"output {row.device_key!r}: {', '.join(changes) or 'no change'}"
+    return _Done({"id": row.id}, summary, "output", row.id, row.device_key, diff)
 
 
 def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
@@ -334,9 +365,11 @@ def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
     if low is not None and high is not None and low > high:
         field = "meter_low_limit" if "meter_low_limit" in fields else "meter_high_limit"
         raise ChangeError(field, f"the low limit {low} is above the high limit {high}")
-    changes = _assign(row.meter, fields)
+    diff = Diff()
+    changes = _assign(row.meter, fields, diff)
     row.customized = True
-    return _Done({"id": row.id}, f"meter {row.device_key!r}: {', '.join(changes) or 'no change'}")
+    summary = f"meter {row.device_key!r}: {', '.join(changes) or 'no change'}"
+    return _Done({"id": row.id}, summary, "meter", row.id, row.device_key, diff)
 
 
 def _keys(session: Session, model: type[InputConfig] | type[OutputConfig], ids: set[int]) -> list[str]:
@@ -378,47 +411,125 @@ def _replace_links(
     return set(added), removed
 
 
-def _set_output_links(session: Session, args: dict[str, Any]) -> _Done:
-    row = _load(session, InputConfig, args, "input_id", "input")
-    wanted = validate_id_list(args.get("output_ids"), "output_ids")
+def _linked_output_keys(session: Session, row: InputConfig) -> list[str]:
+    return _keys(session, OutputConfig, {link.output_device_id for link in row.output_links})
+
+
+def _linked_input_keys(session: Session, row: InputConfig) -> list[str]:
+    return _keys(session, InputConfig, {link.linked_device_id for link in row.input_links})
+
+
+def _replace_output_links(session: Session, row: InputConfig, wanted: list[int], diff: Diff) -> str:
     _check_exist(session, OutputConfig, wanted, "output_ids", "output")
+    before = _linked_output_keys(session, row)
     added, removed = _replace_links(
         row.output_links, lambda link: link.output_device_id, lambda i: OutputLink(output_device_id=i), wanted
     )
-    summary = (
-        f"input {row.device_key!r} output links: added {_keys(session, OutputConfig, added)}, "
+    if added or removed:
+        diff.note("outputs", before, sorted(_keys(session, OutputConfig, set(wanted))))
+    return (
+        f"output links: added {_keys(session, OutputConfig, added)}, "
         f"removed {_keys(session, OutputConfig, removed)}"
     )
-    return _Done({"id": row.id}, summary)
+
+
+def _replace_input_links(session: Session, row: InputConfig, wanted: list[int], diff: Diff) -> str:
+    if row.id in wanted:
+        raise ChangeError("input_ids", "an input cannot link to itself")
+    _check_exist(session, InputConfig, wanted, "input_ids", "input")
+    before = _linked_input_keys(session, row)
+    added, removed = _replace_links(
+        row.input_links, lambda link: link.linked_device_id, lambda i: InputLink(linked_device_id=i), wanted
+    )
+    if added or removed:
+        diff.note("inputs", before, sorted(_keys(session, InputConfig, set(wanted))))
+    added_keys, removed_keys = _keys(session, InputConfig, added), _keys(session, InputConfig, removed)
+    return f"input links: added {added_keys}, removed {removed_keys}"
+
+
+def _set_output_links(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "input_id", "input")
+    wanted = validate_id_list(args.get("output_ids"), "output_ids")
+    diff = Diff()
+    summary = f"input {row.device_key!r} " + _replace_output_links(session, row, wanted, diff)
+    return _Done({"id": row.id}, summary, "links", row.id, row.device_key, diff)
 
 
 def _set_input_links(session: Session, args: dict[str, Any]) -> _Done:
     row = _load(session, InputConfig, args, "input_id", "input")
     wanted = validate_id_list(args.get("input_ids"), "input_ids")
-    if row.id in wanted:
-        raise ChangeError("input_ids", "an input cannot link to itself")
-    _check_exist(session, InputConfig, wanted, "input_ids", "input")
-    added, removed = _replace_links(
-        row.input_links, lambda link: link.linked_device_id, lambda i: InputLink(linked_device_id=i), wanted
+    diff = Diff()
+    summary = f"input {row.device_key!r} " + _replace_input_links(session, row, wanted, diff)
+    return _Done({"id": row.id}, summary, "links", row.id, row.device_key, diff)
+
+
+def _set_links(session: Session, args: dict[str, Any]) -> _Done:
+    """An input's output links and input links together: one transaction, one history entry."""
+    row = _load(session, InputConfig, args, "input_id", "input")
+    output_ids = validate_id_list(args.get("output_ids"), "output_ids")
+    input_ids = validate_id_list(args.get("input_ids"), "input_ids")
+    diff = Diff()
+    outs = _replace_output_links(session, row, output_ids, diff)
+    ins = _replace_input_links(session, row, input_ids, diff)
+    return _Done(
+        {"id": row.id}, f"input {row.device_key!r} {outs}; {ins}", "links", row.id, row.device_key, diff
     )
-    summary = (
-        f"input {row.device_key!r} input links: added {_keys(session, InputConfig, added)}, "
-        f"removed {_keys(session, InputConfig, removed)}"
+
+
+def _set_group_enabled(session: Session, args: dict[str, Any]) -> _Done:
+    """Every input of a group on or off together: all or nothing, one history entry."""
+    name = args.get("group")
+    if not isinstance(name, str) or not name.strip():
+        raise ChangeError("group", "group must be a group name")
+    enabled = args.get("enabled")
+    if not isinstance(enabled, bool):
+        raise ChangeError("enabled", "enabled must be true or false")
+    stmt = select(InputConfig).where(InputConfig.group_name == name.strip()).order_by(InputConfig.id)
+    members = list(session.scalars(stmt.execution_options(populate_existing=True)))
+    if not members:
+        raise ChangeError("group", f"there is no group {name.strip()!r}", status=404)
+    diff = Diff()
+    for row in members:
+        if bool(row.device_enabled) != enabled or row.device_enabled is None:
+            diff.note(row.device_key, row.device_enabled, enabled)
+            row.device_enabled = enabled
+        _drop_timed_reenable(session, "input", row.id)
+    state = "enabled" if enabled else "disabled"
+    summary = f"group {name.strip()!r} ({len(members)} inputs) {state}: {len(diff.after)} changed"
+    return _Done(
+        {
+            "group": name.strip(),
+            "enabled": enabled,
+            "members": [m.id for m in members],
+            "changed": len(diff.after),
+        },
+        summary,
+        "group",
+        None,
+        name.strip(),
+        diff,
     )
-    return _Done({"id": row.id}, summary)
+
+
+def _set_general_value(session: Session, key: str, value: str, diff: Diff) -> None:
+    row = _general_row(session, key)
+    old = row.config_value if row is not None else None
+    if old != value:
+        diff.note(key, old, value)
+    if row is None:
+        session.add(GeneralConfig(config_key=key, config_value=value))
+    else:
+        row.config_value = value
 
 
 def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
     enabled = args.get("enabled")
     if not isinstance(enabled, bool):
         raise ChangeError("enabled", "enabled must be true or false")
-    value = "1" if enabled else "0"
-    row = _outputs_enabled_row(session)
-    if row is None:
-        session.add(GeneralConfig(config_key=OUTPUTS_ENABLED_KEY, config_value=value))
-    else:
-        row.config_value = value
-    return _Done({"enabled": enabled}, f"outputs {'enabled' if enabled else 'disabled'}")
+    diff = Diff()
+    _set_general_value(session, OUTPUTS_ENABLED_KEY, "1" if enabled else "0", diff)
+    summary = f"outputs {'enabled' if enabled else 'disabled'}"
+    return _Done({"enabled": enabled}, summary, "general", None, OUTPUTS_ENABLED_KEY, diff)
 
 
 def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
@@ -434,14 +545,19 @@ def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
     enable = parse_hhmm(enable) if enable is not None else None
     disable = parse_hhmm(disable) if disable is not None else None
     auto, enable, disable = validate_schedule(args.get("auto_schedule"), enable, disable)
+    diff = Diff()
     changes = _assign(
-        row, {"auto_schedule": auto, "auto_schedule_enable": enable, "auto_schedule_disable": disable}
+        row, {"auto_schedule": auto, "auto_schedule_enable": enable, "auto_schedule_disable": disable}, diff
     )
     if isinstance(row, InputConfig) and changes:
         row.customized = True
     return _Done(
         {"kind": kind, "id": row.id},
         f"{kind} {row.device_key!r} schedule: {', '.join(changes) or 'no change'}",
+        kind,
+        row.id,
+        row.device_key,
+        diff,
     )
 
 
@@ -449,18 +565,10 @@ def _set_scheduler_enabled(session: Session, args: dict[str, Any]) -> _Done:
     enabled = args.get("enabled")
     if not isinstance(enabled, bool):
         raise ChangeError("enabled", "enabled must be true or false")
-    value = "1" if enabled else "0"
-    stmt = (
-        select(GeneralConfig)
-        .where(GeneralConfig.config_key == SCHEDULER_ENABLED_KEY)
-        .order_by(GeneralConfig.id)
-    )
-    row = session.scalars(stmt).first()
-    if row is None:
-        session.add(GeneralConfig(config_key=SCHEDULER_ENABLED_KEY, config_value=value))
-    else:
-        row.config_value = value
-    return _Done({"enabled": enabled}, f"auto-scheduler {'on' if enabled else 'off'}")
+    diff = Diff()
+    _set_general_value(session, SCHEDULER_ENABLED_KEY, "1" if enabled else "0", diff)
+    summary = f"auto-scheduler {'on' if enabled else 'off'}"
+    return _Done({"enabled": enabled}, summary, "general", None, SCHEDULER_ENABLED_KEY, diff)
 
 
 # ---- quiet hours (informational inputs) ---------------------------------------------------------
@@ -473,14 +581,6 @@ QUIET_ALL_OUTPUTS_KEY = "quiet-hours-all-outputs"
 def _general_row(session: Session, key: str) -> GeneralConfig | None:
     stmt = select(GeneralConfig).where(GeneralConfig.config_key == key).order_by(GeneralConfig.id)
     return session.scalars(stmt).first()
-
-
-def _set_general(session: Session, key: str, value: str) -> None:
-    row = _general_row(session, key)
-    if row is None:
-        session.add(GeneralConfig(config_key=key, config_value=value))
-    else:
-        row.config_value = value
 
 
 def quiet_hours(session: Session, default: rules.QuietHours) -> rules.QuietHours:
@@ -514,10 +614,12 @@ def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
         changes[QUIET_ALL_OUTPUTS_KEY] = "1" if args["all_outputs"] else "0"
     if not changes:
         raise ChangeError(None, "give not_before, not_after and/or all_outputs")
+    diff = Diff()
     for key, value in changes.items():
-        _set_general(session, key, value)
-    summary = ", ".join(f"{k}={v}" for k, v in changes.items())
-    return _Done({k.removeprefix("quiet-hours-").replace("-", "_"): v for k, v in changes.items()}, summary)
+        _set_general_value(session, key, value, diff)
+    summary = "quiet hours " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    result = {k.removeprefix("quiet-hours-").replace("-", "_"): v for k, v in changes.items()}
+    return _Done(result, summary, "general", None, "quiet-hours", diff)
 
 
 _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
@@ -525,6 +627,8 @@ _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "update_output": _update_output,
     "set_output_links": _set_output_links,
     "set_input_links": _set_input_links,
+    "set_links": _set_links,
+    "set_group_enabled": _set_group_enabled,
     "set_outputs_enabled": _set_outputs_enabled,
     "set_quiet_hours": _set_quiet_hours,
     "update_meter": _update_meter,
@@ -532,6 +636,32 @@ _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "set_scheduler_enabled": _set_scheduler_enabled,
 }
 ACTIONS = frozenset(_ACTIONS)
+
+
+def _json(values: dict[str, Any]) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def record(session: Session, cmd: Command, done: _Done) -> None:
+    """Add a change's history entry to its transaction: the change and its record stand or fall together.
+
+    A request that changed nothing leaves no entry.
+    """
+    if not done.diff.after:
+        return
+    session.add(
+        ConfigChange(
+            timestamp=datetime.now(UTC).replace(tzinfo=None),
+            actor=(cmd.actor or "unknown")[:200],
+            action=cmd.action[:50],
+            target_kind=done.kind,
+            target_id=done.target_id,
+            target_key=(done.target_key or "")[:100] or None,
+            summary=done.summary,
+            before=_json(done.diff.before),
+            after=_json(done.diff.after),
+        )
+    )
 
 
 def _rollback(session: Session) -> None:
@@ -553,6 +683,7 @@ def apply(session: Session, cmd: Command) -> Reply:
         return Reply(ok=False, error="args must be an object", field="args", status=400)
     try:
         done = handler(session, cmd.args)
+        record(session, cmd, done)
         session.commit()
     except ChangeError as exc:
         _rollback(session)

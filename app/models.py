@@ -252,3 +252,24 @@ class Heartbeat(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     dt: Mapped[datetime | None] = mapped_column(DateTime)
     ts: Mapped[float | None] = mapped_column(Float)
+
+
+class ConfigChange(Base):
+    """One configuration change: who made it, what it changed (before and after, as JSON), and when."""
+
+    __tablename__ = "config_change"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+    # web:<user>, token:<user>/<token name>, telegram:<user id>, scheduler, sqs, …
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    action: Mapped[str] = mapped_column(String(50), nullable=False)
+    # input, output, meter, links, general; target_id/key name the device when there is one
+    target_kind: Mapped[str | None] = mapped_column(String(20))
+    target_id: Mapped[int | None] = mapped_column(Integer)
+    target_key: Mapped[str | None] = mapped_column(String(100))
+    summary: Mapped[str] = mapped_column(Text, nullable=False)
+    before: Mapped[str | None] = mapped_column(Text)  # JSON object of the changed fields
+    after: Mapped[str | None] = mapped_column(Text)
+
+
+Index("ix_config_change_target", ConfigChange.target_kind, ConfigChange.target_id, ConfigChange.timestamp)

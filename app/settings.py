@@ -137,6 +137,27 @@ class Settings:
     sqs_wait_seconds: int = 10
     # Where settings came from besides app.conf/.env/environment: "" or "1Password (vault …)"
     onepassword_source: str = ""
+    # The original's event_log rows (migrated history) are kept by retention unless this is on.
+    event_log_prune_migrated: bool = False
+    # The dashboard link in Telegram replies: ngrok's public URL (from its local agent API) or a fixed one.
+    ngrok_enabled: bool = False
+    ngrok_tunnel_name: str = "frontend"
+    ngrok_client_api_host: str = "127.0.0.1"
+    ngrok_client_api_port: int = 4040
+    public_url: str = ""
+    healthchecks_badges: tuple[str, ...] = ()
+    healthchecks_badge_base_url: str = "https://healthchecks.io/badge"
+    grafana_url: str = ""
+    cloudwatch_metrics: bool = False
+    cloudwatch_namespace: str = "automation"
+    cloudwatch_seconds: float = 300.0
+    syslog_address: str = ""
+    backup_latest_minutes: int = 5
+
+    @property
+    def mqtt_enabled(self) -> bool:
+        """MQTT is off when MQTT_SERVER_ADDRESS is empty (a house with no MQTT devices)."""
+        return bool(self.mqtt_host)
 
     @property
     def sentry_enabled(self) -> bool:
@@ -184,6 +205,29 @@ def sqlite_file(database_url: str) -> str | None:
     if not database_url.startswith(prefix):
         return None
     return database_url[len(prefix) :].split("?", 1)[0] or None
+
+
+def syslog_target(address: str) -> tuple[str, int] | str:
+    """SYSLOG_ADDRESS as a (host, port) for UDP, or a socket path (/dev/log); raises ValueError.
+
+    Takes what the original's compose file gave Docker's syslog driver (udp://host:514), a plain
+    host[:port], or unix:///dev/log.
+    """
+    text = address.strip()
+    if text.startswith("unix://"):
+        text = text[len("unix://") :]
+    if text.startswith("/"):
+        return text
+    if text.startswith("udp://"):
+        text = text[len("udp://") :]
+    elif "://" in text:
+        raise ValueError(f"{address!r}: only udp://host[:port], host[:port] or unix:///path are supported")
+    host, sep, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    if not sep:
+        host, port_text = text, "514"
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{address!r} is not udp://host[:port]")
+    return host, int(port_text)
 
 
 def config_defaults() -> dict[str, str]:
@@ -353,7 +397,10 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     cookie_secure = v.get("APP_SESSION_COOKIE_SECURE", "auto").strip().lower() or "auto"
     if cookie_secure not in ("auto", "true", "false"):
         raise SettingsError("APP_SESSION_COOKIE_SECURE", f"{cookie_secure!r} is not auto, true or false")
-    mqtt_host, mqtt_port = _host_port("MQTT_SERVER_ADDRESS", _text(v, "MQTT_SERVER_ADDRESS"), 1883)
+    mqtt_address = v.get("MQTT_SERVER_ADDRESS", "").strip()
+    mqtt_host, mqtt_port = (
+        _host_port("MQTT_SERVER_ADDRESS", mqtt_address, 1883) if mqtt_address else ("", 1883)
+    )
     subscriptions = _topics("MQTT_PUB_TOPIC_CSV", v.get("MQTT_PUB_TOPIC_CSV", ""))
     # Device heartbeats ('OK' on <kind>/heartbeat/<device_id>) are always wanted.
     if "+/heartbeat/+" not in subscriptions:
@@ -426,6 +473,27 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     sqs_queue = v.get("SQS_QUEUE", "").strip()
     if sqs_enabled and not sqs_queue:
         raise SettingsError("SQS_QUEUE", "must be set when SNS_CONTROL_ENABLED is true")
+    badges = tuple(p.strip().strip("/") for p in v.get("HEALTHCHECKS_BADGE_CSV", "").split(",") if p.strip())
+    for badge in badges:
+        if any(c.isspace() or c in "?#\\" for c in badge) or ".." in badge:
+            raise SettingsError(
+                "HEALTHCHECKS_BADGE_CSV", f"{badge!r} is not a badge id such as <key>/<slug>.svg"
+            )
+    badge_base = _url(v, "HEALTHCHECKS_BADGE_BASE_URL").rstrip("/")
+    if badges and not badge_base:
+        raise SettingsError("HEALTHCHECKS_BADGE_BASE_URL", "must be set when HEALTHCHECKS_BADGE_CSV is")
+    cloudwatch = v.get("CLOUDWATCH_METRICS", "auto").strip().lower() or "auto"
+    if cloudwatch == "auto":
+        # As the original, where AWS is configured: keys given to the hub.
+        cloudwatch_on = bool(v.get("AWS_ACCESS_KEY_ID", "").strip())
+    else:
+        cloudwatch_on = _bool(v, "CLOUDWATCH_METRICS")
+    syslog = v.get("SYSLOG_ADDRESS", "").strip()
+    if syslog:
+        try:
+            syslog_target(syslog)
+        except ValueError as exc:
+            raise SettingsError("SYSLOG_ADDRESS", str(exc)) from None
     quiet: dict[str, dt.time] = {}
     for name in ("QUIET_HOURS_NOT_BEFORE", "QUIET_HOURS_NOT_AFTER"):
         try:
@@ -514,6 +582,20 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         sqs_queue=sqs_queue,
         sqs_wait_seconds=_int(v, "SQS_WAIT_SECONDS", 0, 20),
         onepassword_source=v.get("_ONEPASSWORD", ""),
+        event_log_prune_migrated=_bool(v, "EVENT_LOG_PRUNE_MIGRATED"),
+        ngrok_enabled=_bool(v, "NGROK_ENABLED"),
+        ngrok_tunnel_name=_text(v, "NGROK_TUNNEL_NAME"),
+        ngrok_client_api_host=_text(v, "NGROK_CLIENT_API_HOST"),
+        ngrok_client_api_port=_int(v, "NGROK_CLIENT_API_PORT", 1, 65535),
+        public_url=_url(v, "DASHBOARD_PUBLIC_URL"),
+        healthchecks_badges=badges,
+        healthchecks_badge_base_url=badge_base,
+        grafana_url=_url(v, "GRAFANA_URL"),
+        cloudwatch_metrics=cloudwatch_on,
+        cloudwatch_namespace=_text(v, "CLOUDWATCH_NAMESPACE"),
+        cloudwatch_seconds=_seconds(v, "CLOUDWATCH_SECONDS", 0.05, 86400),
+        syslog_address=syslog,
+        backup_latest_minutes=_int(v, "BACKUP_LATEST_MINUTES", 1, 1440),
     )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import audit, db
-from app.models import Decision, DecisionOutput, EventLog, MeterHistory
+from app.models import ConfigChange, Decision, DecisionOutput, EventLog, MeterHistory
 from tests.test_db import temporary_pg_database
 
 NOW = datetime(2025, 6, 1, 12, 0, 0)
@@ -55,10 +55,19 @@ def add_decisions(factory: sessionmaker[Session], stamps: list[datetime], output
     return [d.id for d in decisions]
 
 
-def add_events(factory: sessionmaker[Session], stamps: list[datetime | None]) -> list[int]:
+def add_events(
+    factory: sessionmaker[Session], stamps: list[datetime | None], migrated: bool = False
+) -> list[int]:
+    """event_log rows as the hub writes them (linked to a decision), or as the original did (migrated)."""
     with factory() as session, session.begin():
         events = [
-            EventLog(input_device=f"in{n}", output_device="out", timestamp=t) for n, t in enumerate(stamps)
+            EventLog(
+                input_device=f"in{n}",
+                output_device="out",
+                timestamp=t,
+                decision_id=None if migrated else n + 1,
+            )
+            for n, t in enumerate(stamps)
         ]
         session.add_all(events)
     return [e.id for e in events]
@@ -86,7 +95,13 @@ def test_prune_by_age(factory: sessionmaker[Session]) -> None:
 
     counts = audit.prune(factory, retention_days=90, max_rows=1000, now=NOW)
 
-    assert counts == {"decision": 3, "decision_output": 6, "event_log": 3, "meter_history": 0}
+    assert counts == {
+        "decision": 3,
+        "decision_output": 6,
+        "event_log": 3,
+        "meter_history": 0,
+        "config_change": 0,
+    }
     assert decision_ids(factory) == ids[3:]
     # the outputs of the deleted decisions went with them, the others stayed
     assert output_parents(factory) == [i for i in ids[3:] for _ in range(2)]
@@ -103,7 +118,13 @@ def test_prune_by_count_keeps_the_newest(factory: sessionmaker[Session]) -> None
     counts = audit.prune(factory, retention_days=30, max_rows=4, now=NOW, batch_size=2, pause=0)
 
     newest = sorted(ids, key=lambda i: stamps[ids.index(i)], reverse=True)[:4]
-    assert counts == {"decision": 5, "decision_output": 5, "event_log": 6, "meter_history": 0}
+    assert counts == {
+        "decision": 5,
+        "decision_output": 5,
+        "event_log": 6,
+        "meter_history": 0,
+        "config_change": 0,
+    }
     assert decision_ids(factory) == sorted(newest)
     assert output_parents(factory) == sorted(newest)
     # the timestamp-less event counts as the oldest
@@ -124,6 +145,7 @@ def test_prune_with_nothing_to_do(factory: sessionmaker[Session]) -> None:
         "decision_output": 0,
         "event_log": 0,
         "meter_history": 0,
+        "config_change": 0,
     }
     add_decisions(factory, [NOW])
     add_events(factory, [NOW])
@@ -132,6 +154,7 @@ def test_prune_with_nothing_to_do(factory: sessionmaker[Session]) -> None:
         "decision_output": 0,
         "event_log": 0,
         "meter_history": 0,
+        "config_change": 0,
     }
 
 
@@ -143,7 +166,13 @@ def test_prune_across_many_batches(sqlite_factory: sessionmaker[Session]) -> Non
 
     counts = audit.prune(sqlite_factory, retention_days=90, max_rows=20, now=NOW, batch_size=100, pause=0)
 
-    assert counts == {"decision": 1060, "decision_output": 1060, "event_log": 1060, "meter_history": 0}
+    assert counts == {
+        "decision": 1060,
+        "decision_output": 1060,
+        "event_log": 1060,
+        "meter_history": 0,
+        "config_change": 0,
+    }
     assert len(decision_ids(sqlite_factory)) == len(output_parents(sqlite_factory)) == 20
     with sqlite_factory() as session:
         assert session.scalar(select(func.min(Decision.timestamp))) == recent[19]
@@ -217,3 +246,47 @@ def test_meter_history_is_pruned_by_age_and_count(factory: sessionmaker[Session]
     assert audit.prune(factory, retention_days=90, max_rows=1, now=NOW)["meter_history"] == 1
     with factory() as session:
         assert [row.timestamp for row in session.scalars(select(MeterHistory))] == [NOW]
+
+
+def add_changes(factory: sessionmaker[Session], stamps: list[datetime]) -> list[int]:
+    with factory() as session, session.begin():
+        rows = [
+            ConfigChange(timestamp=t, actor="web:admin", action="update_input", summary=f"change {n}")
+            for n, t in enumerate(stamps)
+        ]
+        session.add_all(rows)
+    return [r.id for r in rows]
+
+
+def change_ids(factory: sessionmaker[Session]) -> list[int]:
+    with factory() as session:
+        return list(session.scalars(select(ConfigChange.id).order_by(ConfigChange.id)))
+
+
+def test_migrated_history_is_kept_by_age_and_by_count(factory: sessionmaker[Session]) -> None:
+    # The original's rows are years old and far more than max_rows; the hub's own rows are pruned around them.
+    migrated = add_events(factory, [NOW - timedelta(days=900 + d) for d in range(8)] + [None], migrated=True)
+    hub_old = add_events(factory, [NOW - timedelta(days=200)])
+    hub_new = add_events(factory, [NOW - timedelta(hours=h) for h in range(5)])
+
+    counts = audit.prune(factory, retention_days=90, max_rows=3, now=NOW)
+
+    assert counts["event_log"] == 1 + 2  # the old hub row by age, then two by count
+    assert event_ids(factory) == sorted(migrated + hub_new[:3])
+    assert set(hub_old).isdisjoint(event_ids(factory))
+
+
+def test_prune_migrated_setting_lets_retention_delete_the_original_rows(
+    factory: sessionmaker[Session],
+) -> None:
+    migrated = add_events(factory, [NOW - timedelta(days=900), NOW - timedelta(days=1)], migrated=True)
+    counts = audit.prune(factory, retention_days=90, max_rows=100, now=NOW, prune_migrated=True)
+    assert counts["event_log"] == 1
+    assert event_ids(factory) == migrated[1:]
+
+
+def test_configuration_changes_are_kept_like_decisions(factory: sessionmaker[Session]) -> None:
+    ids = add_changes(factory, [NOW - timedelta(days=d) for d in (200, 95, 30, 20, 10, 1)])
+    counts = audit.prune(factory, retention_days=90, max_rows=3, now=NOW)
+    assert counts["config_change"] == 3
+    assert change_ids(factory) == ids[3:]

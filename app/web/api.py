@@ -10,15 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import inspect, or_, select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup_status, commands, config_changes, health
+from app import backup_status, commands, config_changes, health, history
 from app.channels import Reply
 from app.config_changes import ChangeError
-from app.models import Decision, DecisionOutput, InputConfig, InputLink, OutputConfig, OutputLink
+from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
 from app.web import auth
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
@@ -357,9 +357,9 @@ def _limit_param() -> int:
     return limit
 
 
-def _since_param() -> datetime | None:
-    """since as a naive UTC datetime (how the database stores times), from ISO 8601 or unix seconds."""
-    raw = request.args.get("since", "").strip()
+def _since_param(name: str = "since") -> datetime | None:
+    """since (or until) as naive UTC (as the database stores times), from ISO 8601 or unix seconds."""
+    raw = request.args.get(name, "").strip()
     if not raw:
         return None
     try:
@@ -372,20 +372,12 @@ def _since_param() -> datetime | None:
                 raise ValueError(raw)
             return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
         except (ValueError, OverflowError, OSError):
-            raise ApiError(400, f"since {raw!r} is not a usable unix time", "since") from None
+            raise ApiError(400, f"{name} {raw!r} is not a usable unix time", name) from None
     try:
         when = datetime.fromisoformat(raw)
     except ValueError:
-        raise ApiError(400, f"since {raw!r} is not ISO 8601 or unix seconds", "since") from None
+        raise ApiError(400, f"{name} {raw!r} is not ISO 8601 or unix seconds", name) from None
     return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
-
-
-def _device_filter(id_column: Any, key_column: Any, value: str) -> Any:
-    """Match by row id when the value is a number, and by device key always (keys may be numeric)."""
-    clauses = [key_column == value]
-    if value.isascii() and value.isdigit() and len(value) <= 18:  # 18 digits fit SQLite INTEGER
-        clauses.append(id_column == int(value))
-    return or_(*clauses)
 
 
 def _decision(row: Decision) -> dict[str, Any]:
@@ -414,20 +406,70 @@ def _decision(row: Decision) -> dict[str, Any]:
     }
 
 
+def _history_row(row: EventLog) -> dict[str, Any]:
+    return {
+        "kind": "history",
+        "id": row.id,
+        "timestamp": _iso_dt(row.timestamp) if row.timestamp else None,
+        "input_device": row.input_device,
+        "output_device": row.output_device,
+    }
+
+
+def _change_row(row: ConfigChange) -> dict[str, Any]:
+    return {
+        "kind": "change",
+        "id": row.id,
+        "timestamp": _iso_dt(row.timestamp),
+        "actor": row.actor,
+        "action": row.action,
+        "target_kind": row.target_kind,
+        "target_id": row.target_id,
+        "target_key": row.target_key,
+        "summary": row.summary,
+        "before": history.values(row.before),
+        "after": history.values(row.after),
+    }
+
+
+def _entry(entry: history.Entry) -> dict[str, Any]:
+    if entry.kind == "decision":
+        return {"kind": "decision", **_decision(entry.row)}
+    if entry.kind == "history":
+        return _history_row(entry.row)
+    return _change_row(entry.row)
+
+
+def _kinds_param() -> tuple[str, ...]:
+    raw = request.args.get("kind", "").strip()
+    if not raw:
+        return history.KINDS
+    kinds = tuple(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in history.KINDS]
+    if bad or not kinds:
+        raise ApiError(400, f"kind must be a comma list of {', '.join(history.KINDS)}", "kind")
+    return kinds
+
+
 @bp.get("/events")
 def get_events() -> dict[str, Any]:
+    """Decisions, the original's migrated event_log rows and configuration changes, newest first."""
     limit = _limit_param()
     since = _since_param()
-    stmt = select(Decision).options(selectinload(Decision.outputs))
-    input_value = request.args.get("input", "").strip()
-    if input_value:
-        stmt = stmt.where(_device_filter(Decision.input_device_id, Decision.input_key, input_value))
-    output_value = request.args.get("output", "").strip()
-    if output_value:
-        match = _device_filter(DecisionOutput.output_device_id, DecisionOutput.output_key, output_value)
-        stmt = stmt.where(Decision.outputs.any(match))
-    if since is not None:
-        stmt = stmt.where(Decision.timestamp >= since)
-    stmt = stmt.order_by(Decision.timestamp.desc(), Decision.id.desc()).limit(limit)
+    until = _since_param("until")
+    kinds = _kinds_param()
+    search = request.args.get("q", "").strip()
+    if len(search) > history.MAX_SEARCH:
+        raise ApiError(400, f"q must be at most {history.MAX_SEARCH} characters", "q")
     with web_ctx().session_factory() as session:
-        return {"events": [_decision(row) for row in session.scalars(stmt)]}
+        input_value = request.args.get("input", "").strip()
+        output_value = request.args.get("output", "").strip()
+        filters = history.Filters(
+            input=history.device(session, InputConfig, input_value) if input_value else None,
+            output=history.device(session, OutputConfig, output_value) if output_value else None,
+            since=since,
+            until=until,
+            search=search,
+            kinds=kinds,
+        )
+        return {"events": [_entry(e) for e in history.page(session, filters, 0, limit)]}

@@ -17,12 +17,11 @@ from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.processor import load_snapshot
-from app.web import api
+from app.web import api, auth
 from app.web.context import ctx
 
 bp = Blueprint("config_pages", __name__, url_prefix="/config")
 
-ACTOR = "web"
 # The hub's own buttons have nothing to configure on the inputs page; they still appear on the links page.
 BUTTON_TYPES = frozenset({"panic button", "dash button"})
 
@@ -142,7 +141,7 @@ def _send_all(steps: list[tuple[str, dict[str, Any]]], what: list[str]) -> tuple
     saved: list[str] = []
     reply = Reply(ok=True)
     for (action, args), name in zip(steps, what, strict=True):
-        reply = commands.request(action, args, actor=ACTOR)
+        reply = commands.request(action, args, actor=auth.actor())
         if not reply.ok:
             break
         saved.append(name)
@@ -604,12 +603,10 @@ def save_links() -> Response | tuple[str, int]:
     if set(input_ids) - known_inputs:
         errors["input_ids"] = "One of the chosen inputs no longer exists; reload the page"
     if not errors:
+        # One command: the output links and input links are saved together or not at all.
         reply, note = _send_all(
-            [
-                ("set_output_links", {"input_id": device_id, "output_ids": output_ids}),
-                ("set_input_links", {"input_id": device_id, "input_ids": input_ids}),
-            ],
-            ["output links", "input links"],
+            [("set_links", {"input_id": device_id, "output_ids": output_ids, "input_ids": input_ids})],
+            ["links"],
         )
         if reply.ok:
             with ctx().session_factory() as session:

@@ -14,12 +14,12 @@ from werkzeug.wrappers import Response
 from app import backup_status, commands, config_changes, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
+from app.web import auth
 from app.web.api import _seen
 from app.web.context import ctx
 
 bp = Blueprint("dashboard", __name__)
 
-ACTOR = "dashboard"
 # The hub's own buttons: the panic button has its own big button, the dash button is for scripts.
 BUILTIN_KEYS = frozenset({registry.PANIC_BUTTON, registry.DASH_BUTTON})
 BUILTIN_TYPES = frozenset({"Panic Button", "Dash Button"})
@@ -189,7 +189,7 @@ def _back() -> Response:
 
 
 def _send(action: str, args: dict[str, Any]) -> Reply:
-    return commands.request(action, args, actor=ACTOR)
+    return commands.request(action, args, actor=auth.actor())
 
 
 def _on_off() -> bool | None:
@@ -258,18 +258,13 @@ def toggle_group() -> Response:
     enabled = _on_off()
     if enabled is None:
         return _back()
-    # One command per member: each goes through the EventProcessor like any other change.
-    failures = []
-    for input_id in ids:
-        reply = _send("update_input", {"id": input_id, "fields": {"device_enabled": enabled}})
-        if not reply.ok:
-            failures.append(reply.error or "failed")
-    with ctx().session_factory() as session:
-        states = {_saved_input(session, i) for i in ids}
-    if failures:
-        flash(f"Group {name}: {len(failures)} of {len(ids)} members not changed ({failures[0]}).", "danger")
-    state = states.pop() if len(states) == 1 else "partly enabled"
-    flash(f"Group {name} ({len(ids)} inputs) is now {state}.", "success" if not failures else "warning")
+    # One command for the whole group: every member changes or none does, with one history entry.
+    reply = _send("set_group_enabled", {"group": name, "enabled": enabled})
+    if not _failed(reply, f"Group {name}"):
+        with ctx().session_factory() as session:
+            states = {_saved_input(session, i) for i in ids}
+        state = states.pop() if len(states) == 1 else "partly enabled"
+        flash(f"Group {name} ({len(ids)} inputs) is now {state}.", "success")
     return _back()
 
 

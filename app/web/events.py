@@ -1,4 +1,4 @@
-"""The event log page: decision records newest first, filtered by input, output and time, 50 a page."""
+"""The event log page: decisions, migrated history and config changes newest first, filtered, 50 a page."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Any
 
 import pytz
 from flask import Blueprint, render_template, request
-from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
+from sqlalchemy import select
 
-from app import config_changes
-from app.models import Decision, DecisionOutput, InputConfig, OutputConfig
+from app import config_changes, history
+from app.models import InputConfig, OutputConfig
 from app.web.context import ctx
 
 bp = Blueprint("events", __name__)
@@ -66,6 +65,24 @@ def _page_number(errors: dict[str, str]) -> int:
     return int(raw)
 
 
+def _kind(errors: dict[str, str]) -> tuple[str, ...]:
+    raw = request.args.get("kind", "").strip()
+    if not raw:
+        return history.KINDS
+    if raw not in history.KINDS:
+        errors["kind"] = f"{raw!r} is not a kind of entry."
+        return history.KINDS
+    return (raw,)
+
+
+def _search(errors: dict[str, str]) -> str:
+    raw = request.args.get("q", "").strip()
+    if len(raw) > history.MAX_SEARCH:
+        errors["q"] = f"Search for at most {history.MAX_SEARCH} characters."
+        return ""
+    return raw
+
+
 @bp.get("/events")
 def index() -> Any:
     errors: dict[str, str] = {}
@@ -73,18 +90,11 @@ def index() -> Any:
     output_id = _id("output", errors)
     since = _time("from", errors)
     until = _time("to", errors)
+    kinds = _kind(errors)
+    search = _search(errors)
     page = _page_number(errors)
     if since is not None and until is not None and since > until:
         errors["to"] = "The end is before the start."
-    stmt = select(Decision)
-    if input_id is not None:
-        stmt = stmt.where(Decision.input_device_id == input_id)
-    if output_id is not None:
-        stmt = stmt.where(Decision.outputs.any(DecisionOutput.output_device_id == output_id))
-    if since is not None:
-        stmt = stmt.where(Decision.timestamp >= since)
-    if until is not None:
-        stmt = stmt.where(Decision.timestamp <= until)
     with ctx().session_factory() as session:
         inputs = session.execute(
             select(InputConfig.id, InputConfig.device_label, InputConfig.device_key)
@@ -92,34 +102,31 @@ def index() -> Any:
         outputs = session.execute(
             select(OutputConfig.id, OutputConfig.device_label, OutputConfig.device_key)
         ).all()
-        total = (
-            0 if "to" in errors else session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        filters_ = history.Filters(
+            input=history.device(session, InputConfig, str(input_id)) if input_id is not None else None,
+            output=history.device(session, OutputConfig, str(output_id)) if output_id is not None else None,
+            since=since,
+            until=until,
+            search=search,
+            kinds=kinds,
         )
+        total = 0 if "to" in errors else history.count(session, filters_)
         pages = max(1, -(-total // PAGE_SIZE))
         if page > pages:
             errors.setdefault("page", f"Page {page} does not exist; there are {pages}.")
             page = pages
-        rows = (
-            []
-            if "to" in errors
-            else list(
-                session.scalars(
-                    stmt.options(selectinload(Decision.outputs))
-                    .order_by(Decision.timestamp.desc(), Decision.id.desc())
-                    .offset((page - 1) * PAGE_SIZE)
-                    .limit(PAGE_SIZE)
-                )
-            )
-        )
+        entries = [] if "to" in errors else history.page(session, filters_, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         # Keep every valid filter in the page links; drop the bad ones so a link never repeats an error.
-        kept = {k: request.args.get(k, "").strip() for k in ("input", "output", "from", "to")}
+        kept = {k: request.args.get(k, "").strip() for k in ("input", "output", "from", "to", "kind", "q")}
         filters = {k: v for k, v in kept.items() if v and k not in errors}
         return render_template(
             "events.html",
-            events=rows,
+            entries=entries,
             inputs=sorted(((i, lbl or key) for i, lbl, key in inputs), key=lambda t: t[1].lower()),
             outputs=sorted(((i, lbl or key) for i, lbl, key in outputs), key=lambda t: t[1].lower()),
-            selected={"input": input_id, "output": output_id},
+            kinds=history.KIND_NAMES,
+            values=history.values,
+            selected={"input": input_id, "output": output_id, "kind": kinds[0] if len(kinds) == 1 else ""},
             typed=kept,
             filters=filters,
             errors=errors,

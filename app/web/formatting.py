@@ -27,6 +27,17 @@ def blank(value: Any) -> Any:
     return "" if value is None else value
 
 
+def change_value(value: Any) -> str:
+    """A before/after value of a configuration change as a person reads it."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 # Navigation bar entries: (endpoint, label, Font Awesome icon); only registered endpoints are shown.
 NAV = [
     ("dashboard.index", "Home", "fa-house"),
@@ -54,6 +65,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["url_map_endpoints"] = _endpoints
     app.jinja_env.filters["localtime"] = local_time
     app.jinja_env.filters["blank"] = blank
+    app.jinja_env.filters["change_value"] = change_value
     app.jinja_env.globals["user_tz"] = lambda: ctx().settings.user_tz
     app.jinja_env.globals["device_name"] = lambda: ctx().settings.device_name
     app.jinja_env.globals["now"] = lambda: datetime.now(UTC)
