@@ -112,6 +112,10 @@ class Hub:
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
+        if self.settings.ngrok_enabled:
+            from app.remote_url import NgrokDiscovery
+
+            started.append(NgrokDiscovery(self.settings))
         if self.settings.sqs_control_enabled:
             from app.sqs_control import SqsControl  # boto3 costs ~30 MB: only when SQS control is on
 

@@ -127,7 +127,7 @@ class Api:
         assert status == 200, body
 
     def decisions(self, input_key: str) -> list[dict]:
-        return self.get(f"/api/events?input={urllib.parse.quote(input_key)}")["events"]
+        return self.get(f"/api/events?kind=decision&input={urllib.parse.quote(input_key)}")["events"]
 
 
 def start_hub(settings: Settings) -> Hub:

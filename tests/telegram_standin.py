@@ -67,6 +67,11 @@ class TelegramStandIn:
         self._release = threading.Event()
         self._stopped = False
         self._serving: Serving | None = None
+        # getChat of a group: its title and primary invite link (None: the bot is not allowed to see one);
+        # createChatInviteLink answers with invite_link_to_create, or "not enough rights" when None.
+        self.chat_title = "Group"
+        self.chat_invite_link: str | None = None
+        self.invite_link_to_create: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -235,6 +240,10 @@ class TelegramStandIn:
             return self._send(
                 req, 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {exc} missing"}
             )
+        except PermissionError as exc:
+            return self._send(
+                req, 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {exc}"}
+            )
         if result is None:
             return self._send(
                 req, 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
@@ -358,10 +367,27 @@ class TelegramStandIn:
             except ValueError:
                 ident = chat_id
             kind = "private" if isinstance(ident, int) and ident > 0 else "supergroup"
+            group: dict[str, Any] = {"title": self.chat_title}
+            if self.chat_invite_link:
+                group["invite_link"] = self.chat_invite_link
             return {
                 "id": ident,
                 "type": kind,
-                **({"first_name": "Tester"} if kind == "private" else {"title": "Group"}),
+                # Bot API 7.3+ always sends these in a ChatFullInfo
+                "accent_color_id": 0,
+                "max_reaction_count": 11,
+                **({"first_name": "Tester"} if kind == "private" else group),
+            }
+        if method == "createChatInviteLink":
+            params["chat_id"]  # noqa: B018  (a missing chat_id is a 400, as Telegram answers)
+            if self.invite_link_to_create is None:
+                raise PermissionError("not enough rights to manage chat invite links")
+            return {
+                "invite_link": self.invite_link_to_create,
+                "creator": {"id": 1, "is_bot": True, "first_name": "Hub"},
+                "creates_join_request": False,
+                "is_primary": False,
+                "is_revoked": False,
             }
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -14,14 +15,15 @@ import pytest
 from sqlalchemy import select, update
 from telegram.ext import Application
 
-from app import registry, rule_state
+from app import registry, remote_url, rule_state
 from app.config_changes import outputs_enabled
 from app.models import InputConfig, OutputConfig
 from app.presence import presence
 from app.settings import Settings
 from app.telegram import commands as tgc
 from tests.hubtools import Api, Device, start_hub
-from tests.support import wait_for
+from tests.serving import Serving
+from tests.support import free_port, wait_for
 from tests.telegram_standin import Call, TelegramStandIn
 
 TOKEN = "123456:TEST-token"
@@ -483,3 +485,109 @@ def test_schedule_refusals_change_nothing(rig: Rig, command: str, answer: str) -
     before = schedule_of(rig, InputConfig, GARAGE)
     assert rig.ask(command).text.startswith(answer)
     assert schedule_of(rig, InputConfig, GARAGE) == before
+
+
+# ---- configuration history in /why ------------------------------------------------------------------
+
+
+def test_why_answers_with_configuration_changes_who_and_before_after(rig: Rig) -> None:
+    rig.bot()
+    rig.api.patch("inputs", GARAGE, activation_interval=45)  # by the API token made in the rig
+    rig.ask("/inputon garage")  # already on: no change, no entry
+    question = rig.ask("/inputoff garage")
+    rig.press(question, "Confirm")
+    wait_for(lambda: rig.enabled(InputConfig, GARAGE) is False)
+    why = wait_for(lambda: "device_enabled on → off" in (t := rig.ask("/why garage").text) and t)
+    assert "<b>Last 3 changes</b>" in why  # the rig enabled it and set its group first
+    assert f"by telegram:{ALICE}" in why and "device_enabled on → off" in why
+    assert "by token:admin/end-to-end tests" in why and "activation_interval (none) → 45" in why
+    # newest first
+    assert why.index(f"telegram:{ALICE}") < why.index("token:admin/end-to-end tests")
+
+
+# ---- the reply to plain chat text: group, invite link, dashboard link -------------------------------
+
+
+class NgrokAgent:
+    """ngrok's local agent API (GET /api/tunnels), answering with the tunnels it is given."""
+
+    def __init__(self, tunnels: list[dict[str, Any]]) -> None:
+        self.tunnels = tunnels
+        self.requests: list[str] = []
+        self.port = free_port()
+        self.serving = Serving(self.port, self._handle, "NgrokAgent")
+
+    def _handle(self, req: Any) -> None:
+        self.requests.append(req.path)
+        if req.path != "/api/tunnels":
+            req.send_response(404)
+            req.end_headers()
+            return
+        body = json.dumps({"tunnels": self.tunnels, "uri": "/api/tunnels"}).encode()
+        req.send_response(200)
+        req.send_header("Content-Type", "application/json")
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+
+def tunnel(name: str, url: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "ID": "abc",
+        "uri": f"/api/tunnels/{name}",
+        "public_url": url,
+        "proto": url.split(":")[0],
+        "config": {"addr": "http://app:8080", "inspect": True},
+    }
+
+
+def test_plain_text_gets_the_group_an_invite_link_the_bot_makes_and_the_ngrok_dashboard(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote_url.set_discovered(None)
+    monkeypatch.setattr(remote_url, "SEARCH_SECONDS", 0.05)
+    agent = NgrokAgent([])
+    try:
+        settings = dataclasses.replace(
+            rig.settings, ngrok_enabled=True, ngrok_client_api_port=agent.port, ngrok_tunnel_name="frontend"
+        )
+        discovery = remote_url.NgrokDiscovery(settings)
+        discovery.start()
+        wait_for(lambda: len(agent.requests) >= 2)  # no tunnel yet: it keeps asking
+        assert remote_url.dashboard_url(settings) is None
+        agent.tunnels = [
+            tunnel("other", "https://other.ngrok-free.app"),
+            tunnel("frontend (http)", "http://abcd.ngrok-free.app"),
+            tunnel("frontend", "https://user:pw@abcd.ngrok-free.app"),
+        ]
+        wait_for(lambda: remote_url.dashboard_url(settings) == "https://abcd.ngrok-free.app")
+        rig.settings = settings
+        rig.standin.chat_title = "Home <Alarm>"
+        rig.standin.invite_link_to_create = "https://t.me/+made_by_the_bot"
+        rig.bot()
+        reply = rig.ask("hello").text
+        assert 'I am in the <a href="https://t.me/+made_by_the_bot">Home &lt;Alarm&gt;</a> group.' in reply
+        assert '<a href="https://abcd.ngrok-free.app">Dashboard</a>' in reply
+        assert "pw" not in reply  # never the credentials the original put into the chat
+        assert rig.standin.calls("getChat")[-1].params["chat_id"] == str(ROOM)
+        # the link is made once and reused, never re-exported (that would revoke the one people have)
+        rig.ask("are you there?")
+        assert len(rig.standin.calls("createChatInviteLink")) == 1
+    finally:
+        agent.serving.stop()
+        remote_url.set_discovered(None)
+
+
+def test_plain_text_without_invite_rights_and_with_a_tailscale_address(rig: Rig) -> None:
+    remote_url.set_discovered(None)
+    rig.settings = dataclasses.replace(rig.settings, public_url="https://hub.tail1234.ts.net")
+    rig.bot()
+    reply = rig.ask("hi").text  # the stand-in refuses createChatInviteLink: not enough rights
+    assert "I am in the <b>Group</b> group." in reply
+    assert '<a href="https://hub.tail1234.ts.net">Dashboard</a>' in reply
+    # a group whose primary link the bot can see: that one is given
+    rig.standin.chat_invite_link = "https://t.me/joinchat/primary"
+    assert '<a href="https://t.me/joinchat/primary">Group</a>' in rig.ask("hi again").text
+    # commands are not chat: no group reply for them
+    assert "I am in" not in rig.ask("/status").text

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
+from telegram.error import TelegramError
 from telegram.ext import (
     Application,
     ApplicationHandlerStop,
@@ -31,7 +32,7 @@ from telegram.ext import (
     filters,
 )
 
-from app import backup_status, commands, config_changes, health, registry, rule_state
+from app import backup_status, commands, config_changes, health, history, registry, remote_url, rule_state
 from app.channels import Reply
 from app.config_changes import ChangeError, outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
@@ -65,7 +66,7 @@ HELP = (
     "/outputson, /outputsoff – the global outputs switch\n"
     "/report – fire the Dash Button\n"
     "/status – brokers, devices, switches\n"
-    "/why &lt;input&gt; – its last decisions\n"
+    "/why &lt;input&gt; – its last decisions and configuration changes\n"
     "/schedule &lt;names&gt; [HH:MM HH:MM | off] – show, set (enable, disable time) or stop daily schedules"
 )
 
@@ -207,6 +208,16 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 def _terms_text(terms: list[str]) -> str:
     return html.escape(" ".join(terms))
 
@@ -230,6 +241,7 @@ class CommandBot:
         self.confirm_ttl = confirm_ttl
         self.state = _State()
         self._allowed = frozenset(settings.telegram_users)
+        self._invite_link: str | None = None  # one link made by the bot, reused (never revokes another)
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -635,9 +647,10 @@ class CommandBot:
                 )
             )
             label = html.escape(row.device_label or row.device_key)
-            if not decisions:
-                return f"<b>{label}</b>: no decisions recorded."
             tz = pytz.timezone(self.settings.user_tz)
+            changes = self._changes_text(session, row.id, tz)
+            if not decisions:
+                return f"<b>{label}</b>: no decisions recorded.{changes}"
             lines = [f"<b>{label}</b>: last {_plural(len(decisions), 'decision')}"]
             for d in decisions:
                 when = d.timestamp.replace(tzinfo=UTC).astimezone(tz).strftime("%d %b %H:%M:%S")
@@ -658,7 +671,61 @@ class CommandBot:
                     else:
                         why = ", ".join(x for x in (out.reason, out.detail) if x) or "not fired"
                         lines.append(f"  ❌ {name}: {html.escape(why)}")
-            return "\n".join(lines)
+            return "\n".join(lines) + changes
+
+    @staticmethod
+    def _changes_text(session: Session, input_id: int, tz: Any) -> str:
+        """The input's last configuration changes: when, who, and each field before and after."""
+        rows = history.recent_changes(session, history.INPUT_CHANGE_KINDS, input_id, WHY_LIMIT)
+        if not rows:
+            return ""
+        lines = [f"\n\n<b>Last {_plural(len(rows), 'change')}</b>"]
+        for change in rows:
+            when = change.timestamp.replace(tzinfo=UTC).astimezone(tz).strftime("%d %b %H:%M:%S")
+            before, after = history.values(change.before), history.values(change.after)
+            fields = "; ".join(
+                f"{name} {_shown(before.get(name))} → {_shown(value)}"
+                for name, value in sorted(after.items())
+            )
+            lines.append(f"<b>{when}</b> by {html.escape(change.actor)}: {html.escape(fields)}")
+        return "\n".join(lines)
+
+    async def _room_invite(self, bot: Any) -> tuple[str | None, str | None]:
+        """The chat room's title and an invite link: its own, or one the bot may make (made once)."""
+        room = self.settings.telegram_chat_room
+        try:
+            chat = await bot.get_chat(room)
+        except TelegramError as exc:
+            log.warning("could not read the chat room %s: %s", room, exc)
+            return None, None
+        title = chat.title or chat.full_name or str(room)
+        link = chat.invite_link or self._invite_link
+        if link is None:
+            try:
+                # A link of its own: exporting the primary link instead would revoke the one people have.
+                invite = await bot.create_chat_invite_link(room, name="event-processor")
+            except TelegramError as exc:
+                log.info("no invite link for the chat room (the bot may not make one): %s", exc)
+            else:
+                link = self._invite_link = invite.invite_link
+        return title, link
+
+    async def chat(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Plain text, as the original answered it: the bot's group, its invite link, the dashboard."""
+        title, link = await self._room_invite(context.bot)
+        lines = []
+        if title is not None:
+            name = html.escape(title)
+            if link:
+                lines.append(f'I am in the <a href="{html.escape(link, quote=True)}">{name}</a> group.')
+            else:
+                lines.append(f"I am in the <b>{name}</b> group.")
+        url = remote_url.dashboard_url(self.settings)
+        if url:
+            lines.append(f'<a href="{html.escape(url, quote=True)}">Dashboard</a>')
+        if not lines:
+            lines.append("Send /help for the commands.")
+        await self._say(update, "\n".join(lines))
 
     async def why(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         terms = list(context.args or [])
@@ -823,6 +890,7 @@ def register(
     for name, callback in handlers.items():
         application.add_handler(CommandHandler(name, callback, filters=new_messages))
     application.add_handler(CallbackQueryHandler(bot.on_button, pattern=rf"^{CALLBACK_PREFIX}:"))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND & new_messages, bot.chat))
     # Last in the group, so it only sees commands no handler above took.
     application.add_handler(MessageHandler(filters.COMMAND & new_messages, bot.help))
     application.bot_data["commands"] = bot
