@@ -22,6 +22,7 @@ from app.web import (
     errors,
     events,
     formatting,
+    legacy,
     metrics,
     schedule,
 )
@@ -60,6 +61,7 @@ def create_app(
         config_pages.bp,
         schedule.bp,
         schedule.api_bp,
+        legacy.bp,
     ):
         app.register_blueprint(blueprint)
     metrics.init_app(app)  # /metrics and /api/logging, behind the same login and bearer tokens

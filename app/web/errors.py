@@ -8,7 +8,7 @@ from flask import Flask, Response, render_template, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from app.web import api
+from app.web import api, legacy
 from app.web.context import is_api_request
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,10 @@ MESSAGES = {
 }
 
 
-def _page(status: int, title: str) -> tuple[str, int]:
+def _page(status: int, title: str, event_id: str | None = None) -> tuple[str, int]:
     message = MESSAGES.get(status, "Something went wrong; it has been logged.")
-    return render_template("error.html", status=status, title=title, message=message), status
+    html = render_template("error.html", status=status, title=title, message=message, event_id=event_id)
+    return html, status
 
 
 def _http(exc: HTTPException) -> Response | tuple[str, int]:
@@ -39,7 +40,8 @@ def _internal(exc: InternalServerError) -> Response | tuple[Response | str, int]
         return api.internal_error(exc)
     original = getattr(exc, "original_exception", None) or exc
     log.error("%s %s failed", request.method, request.path, exc_info=original)
-    return _page(500, "Internal error")
+    # With Sentry on, the page offers the feedback form for the event just sent (as the original did).
+    return _page(500, "Internal error", legacy.last_event_id())
 
 
 def _database(exc: OperationalError) -> tuple[Response | str, int]:

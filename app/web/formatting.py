@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytz
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 
 from app.web.context import ctx
 
@@ -60,7 +61,20 @@ def _nav_items() -> list[tuple[str, str, str]]:
     return [item for item in NAV if item[0] in endpoints]
 
 
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def render_ms() -> str:
+    """Milliseconds since this request began: the footer's render time, as the original showed one."""
+    started = getattr(g, "started", None)
+    return f"{(time.perf_counter() - started) * 1000:.0f}" if started is not None else "?"
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(_start_clock)
+    app.jinja_env.globals["render_ms"] = render_ms
+    app.jinja_env.globals["grafana_url"] = lambda: ctx().settings.grafana_url
     app.jinja_env.globals["nav_items"] = _nav_items
     app.jinja_env.globals["url_map_endpoints"] = _endpoints
     app.jinja_env.filters["localtime"] = local_time
