@@ -75,7 +75,6 @@ class Hub:
         publisher = ControlPublisher(self.settings)
         processor = EventProcessor(self.settings, self.sessions, self.clock)
         heartbeat = HeartbeatFilter(self.sessions, presence)
-        mqtt = MqttSource(self.settings)
         rabbit = RabbitSource(self.settings)
         self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
         started: list[threads.AppThread] = [
@@ -83,10 +82,14 @@ class Hub:
             publisher,
             processor,
             heartbeat,
-            mqtt,
             rabbit,
             self.web,
         ]
+        if self.settings.mqtt_enabled:
+            started.append(MqttSource(self.settings))
+        else:
+            # A house without MQTT devices: nothing to connect to, nothing to alarm about.
+            log.info("MQTT off: MQTT_SERVER_ADDRESS is empty; sensor boards and meters are not heard")
         # Optional integrations are imported only when configured: influxdb-client and requests
         # would cost a Pi ~15 MB of memory for nothing.
         if self.settings.influxdb_enabled:

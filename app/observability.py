@@ -231,10 +231,19 @@ def init_sentry(settings: Settings) -> bool:
 # ---- health pings and the heartbeat row -----------------------------------------------------
 
 
-def down_components(components: dict[str, dict[str, Any]] | None = None) -> list[str]:
+def critical_components(settings: Settings | None = None) -> tuple[str, ...]:
+    """The components whose trouble fails a health ping; MQTT only when it is configured."""
+    if settings is not None and not settings.mqtt_enabled:
+        return tuple(c for c in CRITICAL_COMPONENTS if c != "mqtt")
+    return CRITICAL_COMPONENTS
+
+
+def down_components(
+    components: dict[str, dict[str, Any]] | None = None, settings: Settings | None = None
+) -> list[str]:
     """The critical components not in a healthy state (missing counts as down)."""
     states = health.components() if components is None else components
-    return [c for c in CRITICAL_COMPONENTS if states.get(c, {}).get("state") not in HEALTHY_STATES]
+    return [c for c in critical_components(settings) if states.get(c, {}).get("state") not in HEALTHY_STATES]
 
 
 class HealthPinger(threads.AppThread):
@@ -306,7 +315,7 @@ class HealthPinger(threads.AppThread):
         health.set_state("heartbeat_row", "ok", row.dt.isoformat() + "Z")
 
     def ping(self) -> None:
-        down = down_components()
+        down = down_components(settings=self.settings)
         summary = "down: " + ", ".join(down) if down else "all components healthy"
         if self.settings.hc_ping_url:
             url = self.settings.hc_ping_url + ("/fail" if down else "")
@@ -367,9 +376,12 @@ def rss_bytes(path: str = "/proc/self/status") -> int | None:
 class HubCollector(Collector):
     """Reads health counters, component states, presence and queue depths at scrape time."""
 
-    def __init__(self, presence: Presence, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, presence: Presence, clock: Callable[[], float] = time.time, settings: Settings | None = None
+    ) -> None:
         self.presence = presence
         self.clock = clock
+        self.settings = settings
 
     def collect(self) -> Iterator[Any]:
         counts = health.counters()
@@ -429,7 +441,7 @@ class HubCollector(Collector):
             "1 when the component is connected/running/ok.",
             labels=["component"],
         )
-        for component in sorted(set(states) | set(CRITICAL_COMPONENTS)):
+        for component in sorted(set(states) | set(critical_components(self.settings))):
             state = states.get(component, {}).get("state")
             up.add_metric([component], 1.0 if state in HEALTHY_STATES else 0.0)
         yield up
@@ -474,9 +486,9 @@ class HubCollector(Collector):
             )
 
 
-def make_registry(presence: Presence) -> CollectorRegistry:
+def make_registry(presence: Presence, settings: Settings | None = None) -> CollectorRegistry:
     """A registry of its own per web app, so tests can run several hubs in one process."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(presence))
+    registry.register(HubCollector(presence, settings=settings))
     ProcessCollector(registry=registry)  # the standard process_* metrics (CPU, fds, start time)
     return registry

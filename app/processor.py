@@ -443,6 +443,9 @@ class EventProcessor(threads.AppThread):
             return Reply(ok=False, error="value must be a whole number", field="value", status=400)
         if mode not in (None, "set", "adjust"):
             return Reply(ok=False, error="mode must be 'set' or 'adjust'", field="mode", status=400)
+        if not self._settings.mqtt_enabled:
+            # The meter hears its reset only over MQTT: changing the stored register alone would lie.
+            return Reply(ok=False, error="MQTT is off (MQTT_SERVER_ADDRESS is empty)", status=409)
         meter = self._snap.meters.get(rule.id) or self._create_meter(rule)
         with self._sessions() as session:
             row = session.scalars(select(MeterConfig).where(MeterConfig.input_device_id == rule.id)).one()

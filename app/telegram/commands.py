@@ -586,6 +586,8 @@ class CommandBot:
         for name in BROKERS:
             comp = components.get(name)
             state = comp["state"] if comp else "not running"
+            if name == "mqtt" and not self.settings.mqtt_enabled:
+                state = "off (no MQTT_SERVER_ADDRESS)"
             detail = f" ({comp['detail']})" if comp and comp.get("detail") else ""
             lines.append(f"{html.escape(name)}: {html.escape(state + detail)}")
         ctx = WebContext(self.settings, self.sessions, self.presence)

@@ -116,7 +116,9 @@ def _components() -> list[tuple[str, str, str]]:
 
     strip = [
         badge("RabbitMQ", "rabbitmq_source", "control_publisher", absent="unknown"),
-        badge("MQTT", "mqtt", absent="unknown"),
+        badge("MQTT", "mqtt", absent="unknown")
+        if ctx().settings.mqtt_enabled
+        else ("MQTT", "off", "secondary"),
         _telegram_badge(states.get("telegram")),
         badge("InfluxDB", "influxdb"),
         _backup_badge(),

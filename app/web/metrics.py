@@ -70,7 +70,7 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         presence = ctx().presence
         settings = ctx().settings
-    registry = observability.make_registry(presence)
+    registry = observability.make_registry(presence, settings)
     registry.register(BackupCollector(settings))
     app.extensions[_REGISTRY] = registry
     app.register_blueprint(bp)
