@@ -156,15 +156,69 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class SyslogFormatter(logging.Formatter):
+    """RFC 3164 lines as the original's Docker syslog driver sent them: time, host, tag[pid], message.
+
+    The message part keeps the original's layout: "<logger> <thread> [<LEVEL>] <message>".
+    """
+
+    def __init__(self, host: str, tag: str) -> None:
+        super().__init__("%(name)s %(threadName)s [%(levelname)s] %(message)s")
+        self.host = re.sub(r"\s+", "-", host) or "-"
+        self.tag = re.sub(r"[^A-Za-z0-9_.-]", "_", tag)[:32] or "event-processor"
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.localtime(record.created)
+        # RFC 3164: "Mmm dd hh:mm:ss", the day padded with a space
+        when = f"{time.strftime('%b', stamp)} {stamp.tm_mday:2d} {time.strftime('%H:%M:%S', stamp)}"
+        text = super().format(record)
+        line = f"{when} {self.host} {self.tag}[{record.process}]: {text}"
+        encoded = line.encode("utf-8")
+        if len(encoded) > SYSLOG_MAX_BYTES:  # one datagram: a huge traceback must not be lost whole
+            line = encoded[: SYSLOG_MAX_BYTES - 3].decode("utf-8", "ignore") + "..."
+        return line
+
+
+SYSLOG_MAX_BYTES = 8192  # rsyslog's default maximum message size
+
+
+def syslog_handler(settings: Settings) -> logging.Handler | None:
+    """A handler sending every record to SYSLOG_ADDRESS (UDP or a local socket), or None when unset."""
+    import logging.handlers
+    import socket
+
+    from app.settings import syslog_target
+
+    if not settings.syslog_address:
+        return None
+    target = syslog_target(settings.syslog_address)
+    try:
+        handler = logging.handlers.SysLogHandler(
+            address=target, facility=logging.handlers.SysLogHandler.LOG_USER, socktype=socket.SOCK_DGRAM
+        )
+    except OSError as exc:
+        # Logs still reach stdout; a missing /dev/log must not keep the house unguarded.
+        log.warning("syslog at %s unavailable (%s): logging to stdout only", settings.syslog_address, exc)
+        return None
+    handler.setFormatter(SyslogFormatter(socket.gethostname(), settings.device_name))
+    return handler
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
-    """Root handler with the chosen format and the secret filter; returns the handler."""
+    """Root handler with the chosen format and the secret filter (and syslog when set); returns it."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(SecretFilter(Redactor(secret_values(settings))))
+    secret_filter = SecretFilter(Redactor(secret_values(settings)))
+    handler.addFilter(secret_filter)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
+    syslog = syslog_handler(settings)
+    if syslog is not None:
+        syslog.addFilter(secret_filter)
+        root.addHandler(syslog)
+        log.info("logging to syslog at %s too", settings.syslog_address)
     root.setLevel(settings.log_level)
     # pika and waitress narrate every connection step at INFO; the hub logs the state changes itself.
     for noisy in ("pika", "waitress", "alembic"):

@@ -7,6 +7,8 @@ import http.client
 import io
 import json
 import logging
+import os
+import re
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -341,3 +343,65 @@ def test_metrics_after_a_heartbeat_and_an_activation(make_settings, restore_logg
         device.close()
         consumer.close()
         hub.stop()
+
+
+# ---- syslog -----------------------------------------------------------------------------------
+
+
+def test_syslog_address_sends_rfc3164_lines_over_udp_with_secrets_redacted(
+    make_settings, restore_logging
+) -> None:
+    import socket
+
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(5)
+    try:
+        port = receiver.getsockname()[1]
+        settings = make_settings(
+            SYSLOG_ADDRESS=f"udp://127.0.0.1:{port}",
+            DEVICE_NAME="hub-a",
+            **{k: v for k, v in SECRETS.items()},
+        )
+        out = io.StringIO()
+        observability.configure_logging(settings, out)
+        logging.getLogger("app.test").warning("broker password %s refused", SECRETS["RABBITMQ_PASSWORD"])
+        datagrams = []
+        while True:
+            data = receiver.recv(65536).decode()
+            datagrams.append(data)
+            if "refused" in data:
+                break
+        line = datagrams[-1]
+        # <PRI> facility user (1) * 8 + warning (4) = 12, then "Mmm dd hh:mm:ss host tag[pid]: message"
+        match = re.fullmatch(
+            r"<12>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) hub-a\[(\d+)\]: "
+            r"app\.test MainThread \[WARNING\] broker password \*\*\* refused\x00?",
+            line,
+        )
+        assert match is not None, line
+        assert int(match.group(3)) == os.getpid()
+        assert SECRETS["RABBITMQ_PASSWORD"] not in "".join(datagrams)
+        assert "refused" in out.getvalue()  # stdout still gets every line
+        # a long traceback is cut to one datagram rather than lost
+        logging.getLogger("app.test").error("x" * 20000)
+        big = receiver.recv(65536)
+        assert len(big) <= observability.SYSLOG_MAX_BYTES + 8 and big.rstrip(b"\x00").endswith(b"...")
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("address", ["tcp://logs:514", "udp://:514", "logs:port", "udp://logs:70000"])
+def test_a_bad_syslog_address_stops_start_up_naming_it(make_settings, address: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        make_settings(SYSLOG_ADDRESS=address)
+    assert err.value.name == "SYSLOG_ADDRESS"
+
+
+def test_syslog_address_forms() -> None:
+    from app.settings import syslog_target
+
+    assert syslog_target("udp://10.0.0.5:5514") == ("10.0.0.5", 5514)
+    assert syslog_target("logs.lan") == ("logs.lan", 514)
+    assert syslog_target("unix:///dev/log") == "/dev/log"
+    assert syslog_target("/dev/log") == "/dev/log"
