@@ -19,7 +19,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -605,6 +605,11 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument(
         "kind", nargs="?", choices=("date", "time"), help="also keep a copy named by UTC date/time"
     )
+    make.add_argument(
+        "--if-due",
+        action="store_true",
+        help="only when the last attempt is BACKUP_LATEST_MINUTES old (cron runs this every minute)",
+    )
     again = commands.add_parser("restore", help="replace the database with a backup")
     again.add_argument("--if-missing", action="store_true", help="only when the database is missing or empty")
     again.add_argument("--from", dest="key", metavar="KEY", help="restore this object instead of the latest")
@@ -615,6 +620,26 @@ def _parser() -> argparse.ArgumentParser:
         "enabled", help=f"exit 0 when backups are on, {EXIT_OFF} when off (the bucket may be in 1Password)"
     )
     return parser
+
+
+# cron starts a minute's job a moment late, so "5 minutes" must not wait for a sixth
+DUE_SLACK_SECONDS = 30
+
+
+def backup_due(settings: Settings, now: datetime | None = None) -> bool:
+    """Whether the latest copy is due: no attempt recorded, or the last one BACKUP_LATEST_MINUTES ago."""
+    data = load_status(Path(settings.backup_status_path))
+    last = data.get(ATTEMPT)
+    stamp = last.get("time") if isinstance(last, dict) else None
+    if not isinstance(stamp, str):
+        return True
+    try:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return True
+    elapsed = ((now or utc_now()) - when).total_seconds()
+    # a clock that went backwards makes the record "future": take a backup rather than wait for it
+    return elapsed < 0 or elapsed >= settings.backup_latest_minutes * 60 - DUE_SLACK_SECONDS
 
 
 def _describe(result: dict[str, Any]) -> str:
@@ -658,6 +683,8 @@ def run(argv: list[str] | None, settings: Settings) -> int:
             return EXIT_USAGE
         log.info("backups are off (BACKUP_S3_BUCKET is empty): nothing to %s", args.command)
         return EXIT_OK
+    if args.command == "backup" and args.if_due and not backup_due(settings):
+        return EXIT_OK  # quietly: cron asks every minute
     try:
         _database_path(settings)
     except BadSettings as exc:

@@ -611,6 +611,30 @@ def test_backup_db_sh_runs_from_cron_with_the_saved_environment(rig: Rig) -> Non
     assert rig.status()["last_verify"]["ok"] is True
 
 
+def test_latest_copy_every_five_minutes_by_default_and_configurable(rig: Rig) -> None:
+    seed(rig.db)
+    done = rig.cli("backup", "--if-due")
+    assert done.returncode == 0, done.stderr
+    assert rig.object_keys() == [LATEST] and "backup uploaded" in done.stderr
+    first = rig.status()["last_backup_attempt"]["time"]
+    # a minute later cron asks again: not due, and nothing is said (the log stays quiet)
+    again = rig.cli("backup", "--if-due")
+    assert again.returncode == 0 and again.stderr == ""
+    assert rig.status()["last_backup_attempt"]["time"] == first
+    stamp = datetime.strptime(first, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert rig.settings.backup_latest_minutes == 5
+    assert not backup.backup_due(rig.settings, stamp + timedelta(minutes=4))
+    assert backup.backup_due(rig.settings, stamp + timedelta(minutes=4, seconds=31))  # cron's jitter
+    assert backup.backup_due(rig.settings, stamp - timedelta(minutes=1))  # the clock went back
+    hourly = dataclasses.replace(rig.settings, backup_latest_minutes=60)
+    assert not backup.backup_due(hourly, stamp + timedelta(minutes=30))
+    assert backup.backup_due(hourly, stamp + timedelta(minutes=60))
+    # when due, the next run uploads again
+    write_status(rig.settings.backup_status_path, last_backup_attempt=entry(1))
+    assert rig.cli("backup", "--if-due").stderr.count("backup uploaded") == 1
+    assert rig.status()["last_backup_attempt"]["time"] >= first  # the hour-old record was replaced
+
+
 def test_cron_file_is_valid_and_has_no_percent_sign() -> None:
     text = (REPO / "config" / "cron" / "backup_db").read_text()
     assert text.endswith("\n") and "%" not in text
@@ -633,7 +657,7 @@ def test_cron_file_is_valid_and_has_no_percent_sign() -> None:
         assert command[-3:] == [">>", "/data/backup.log", "2>&1"], line
         jobs[command[1]] = parts[:5]
     assert settings["SHELL"] == "/bin/sh" and "/opt/app/.venv/bin" in settings["PATH"].split(":")
-    assert jobs["backup"][0] == "*/15"
+    assert jobs["backup"] == ["*"] * 5 and "--if-due" in text  # every minute, going ahead when due
     assert jobs["date"][2:] == ["*", "*", "*"] and "*" not in jobs["date"][:2]
     assert jobs["verify"][2:] == ["*", "*", "*"] and "*" not in jobs["verify"][:2]
     script = REPO / "backup_db.sh"
