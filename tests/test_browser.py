@@ -122,9 +122,14 @@ def test_log_in_enable_link_fire_panic_and_see_the_decision(rig: tuple[Any, str]
     page.wait_for_load_state()
     assert page.locator(f"#links-{panic}-out-{buzzer}").is_checked()
     shot(page, "links")
-    # The dashboard hides the built-in buttons (as the original did), so arm it through the API.
-    api(page, base, "PATCH", f"/api/inputs/{panic}", {"device_enabled": True})
+    # A new install's panic button is not armed; arm it from the dashboard, as a person would.
     page.goto(f"{base}/")
+    state = page.locator(".panic-state")
+    assert "not armed" in state.inner_text() and "triggers Hallway Buzzer" in state.inner_text()
+    state.locator("button[type=submit]").click()
+    page.wait_for_url(f"{base}/")
+    assert "Panic Button is now enabled." in page.inner_text(".alert")
+    assert page.locator(".panic-state").get_attribute("data-armed") == "yes"
 
     # Fire the panic button: the JS confirm dialog asks, and accepting it sends confirm=yes.
     dialogs: list[str] = []

@@ -20,7 +20,6 @@ from tests.support import wait_for
 from tests.test_observability import Recorder
 from tests.test_pages import page_app
 
-
 PASSWORD_HASH = generate_password_hash("pw-legacy", method="pbkdf2:sha256:1000")
 
 

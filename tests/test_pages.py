@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -14,16 +15,19 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import config_changes, db, health, registry
 from app.models import (
+    ConfigChange,
     Decision,
     DecisionOutput,
     InputConfig,
     MeterConfig,
     MeterHistory,
     OutputConfig,
+    OutputLink,
 )
 from app.presence import Presence
 from app.settings import Settings
@@ -186,12 +190,20 @@ def test_group_toggle_sets_every_member(pages: Pages) -> None:
     assert "Group Downstairs (2 inputs) is now enabled." in html
     assert input_row(pages, "door").device_enabled is True
     assert input_row(pages, "window").device_enabled is True
-    assert [c.args["id"] for c in pages.processor.commands] == sorted(
-        [pages.ids["door"], pages.ids["window"]]
-    )
+    # one command for the group: all or nothing, one history entry naming each member that changed
+    assert [(c.action, c.args) for c in pages.processor.commands] == [
+        ("set_group_enabled", {"group": "Downstairs", "enabled": True})
+    ]
+    with pages.sessions() as s:
+        (change,) = s.scalars(select(ConfigChange)).all()
+        assert change.target_kind == "group" and change.target_key == "Downstairs"
+        assert json.loads(change.before) == {"window": False}  # the door was already on
+        assert json.loads(change.after) == {"window": True}
     html = follow(pages.client, "/groups/enabled", {"group": "Downstairs", "enabled": "0"})
     assert "Group Downstairs (2 inputs) is now disabled." in html
     assert not input_row(pages, "door").device_enabled and not input_row(pages, "window").device_enabled
+    with pages.sessions() as s:
+        assert len(s.scalars(select(ConfigChange)).all()) == 2
 
 
 def test_output_toggle_and_global_outputs_switch(pages: Pages) -> None:
@@ -529,3 +541,26 @@ def test_charts_with_no_data(pages: Pages) -> None:
     assert "No events in the last 7 days." in html
     [svg] = parse_svgs(html)
     assert "no readings yet" in ET.tostring(svg, encoding="unicode")
+
+
+def test_a_fresh_install_shows_the_panic_button_and_arms_it_from_the_dashboard(pages: Pages) -> None:
+    html = pages.client.get("/").get_data(as_text=True)
+    assert 'class="btn btn-danger btn-lg w-100 panic-button"' in html
+    state = re.search(r'<div class="[^"]*panic-state" data-armed="(\w+)">(.*?)</div>', html, re.S)
+    assert state is not None and state.group(1) == "no"
+    assert "not armed" in text_of(state.group(2)) and "link it to outputs" in text_of(state.group(2))
+    with pages.sessions() as s:
+        panic = s.scalars(select(InputConfig).where(InputConfig.device_key == registry.PANIC_BUTTON)).one()
+        panic_id = panic.id
+        s.add(OutputLink(input_device_id=panic_id, output_device_id=pages.ids["buzzer"]))
+        s.commit()
+    html = follow(pages.client, f"/inputs/{panic_id}/enabled", {"enabled": "1"})
+    assert "Panic Button is now enabled." in html
+    state = re.search(r'<div class="[^"]*panic-state" data-armed="(\w+)">(.*?)</div>', html, re.S)
+    assert state is not None and state.group(1) == "yes"
+    assert "armed" in text_of(state.group(2)) and "triggers Buzzer" in text_of(state.group(2))
+    assert 'data-confirm="Disarm the panic button?"' in html
+    # the arming went through the processor like any change, and is in the history
+    with pages.sessions() as s:
+        change = s.scalars(select(ConfigChange).where(ConfigChange.target_id == panic_id)).one()
+        assert change.target_key == registry.PANIC_BUTTON and change.actor == "web"

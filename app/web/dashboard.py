@@ -151,7 +151,9 @@ def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[st
     with ctx().session_factory() as session:
         inputs = list(
             session.scalars(
-                select(InputConfig).options(selectinload(InputConfig.meter)).order_by(InputConfig.device_key)
+                select(InputConfig)
+                .options(selectinload(InputConfig.meter), selectinload(InputConfig.output_links))
+                .order_by(InputConfig.device_key)
             )
         )
         outputs = list(session.scalars(select(OutputConfig).order_by(OutputConfig.device_key)))
@@ -168,8 +170,10 @@ def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[st
             for inp in inputs
             if registry.is_meter(inp.device_type)
         ]
+        panic = _panic(session, inputs)
         html = render_template(
             "dashboard.html",
+            panic=panic,
             inputs=input_rows(inputs, now),
             outputs=[_device_row(out, now) for out in outputs],
             meters=meters,
@@ -179,6 +183,24 @@ def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[st
             form=form or {},
         )
     return html, status
+
+
+@dataclass
+class Panic:
+    """The built-in panic button as the dashboard shows it: armed or not, and what it triggers."""
+
+    input_id: int
+    armed: bool
+    outputs: list[str]
+
+
+def _panic(session: Session, inputs: list[InputConfig]) -> Panic | None:
+    row = next((i for i in inputs if i.device_key == registry.PANIC_BUTTON), None)
+    if row is None:
+        return None
+    ids = [link.output_device_id for link in row.output_links]
+    outputs = session.scalars(select(OutputConfig).where(OutputConfig.id.in_(ids))).all() if ids else []
+    return Panic(row.id, _input_enabled(row), sorted((label_of(o) for o in outputs), key=str.lower))
 
 
 @bp.get("/")
