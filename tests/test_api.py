@@ -480,6 +480,7 @@ def test_events_newest_first_with_outputs(hub: Hub, decisions: dict[str, int]) -
     assert [e["id"] for e in got] == [decisions["third"], decisions["second"], decisions["first"]]
     first = got[2]
     assert first == {
+        "kind": "decision",
         "id": decisions["first"],
         "timestamp": "2024-01-01T12:00:00+00:00",
         "input_id": hub.ids["door"],
@@ -558,6 +559,10 @@ def test_events_limit_defaults_to_100(hub: Hub) -> None:
         ("?since=2024-13-01", "since"),
         ("?since=nan", "since"),
         ("?since=1e30", "since"),
+        ("?until=soon", "until"),
+        ("?kind=decision,gossip", "kind"),
+        ("?kind=,", "kind"),
+        ("?q=" + "x" * 101, "q"),
     ],
 )
 def test_events_bad_query_values_are_400(hub: Hub, query: str, param: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, db
+from app import commands, config_changes, db
 from app.channels import Reply
-from app.models import InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
+from app.models import ConfigChange, InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
 from app.settings import Settings
 from app.web import config_pages, create_app
 from tests.test_api import StandInProcessor
@@ -683,8 +684,14 @@ def test_saving_links(pages: Pages) -> None:
     response = pages.client.post("/config/links", data=form)
     assert response.status_code == 302
     assert response.headers["Location"].endswith(f"/config/links?id={door}#links-{door}")
-    assert [c.action for c in pages.processor.commands] == ["set_output_links", "set_input_links"]
+    # one command: output links and input links are saved together or not at all, one history entry
+    assert [c.action for c in pages.processor.commands] == ["set_links"]
     assert links_of(pages, door) == ({cam, sms}, {hall})
+    with pages.sessions() as s:
+        (change,) = s.scalars(select(ConfigChange)).all()
+        assert change.target_kind == "links" and change.target_id == door
+        assert json.loads(change.before) == {"outputs": [], "inputs": []}
+        assert json.loads(change.after) == {"outputs": ["SMS", "cam"], "inputs": ["hall"]}
     page = text(pages.client.get(response.headers["Location"]))
     assert "Saved Door: triggers Camera, SMS; fires only with hall." in page
     assert "checked" in input_tag(page, f"links-{door}-out-{cam}")
@@ -736,24 +743,27 @@ def test_bad_links_change_neither_list(
     assert snapshot(pages) == before
 
 
-def test_a_refused_input_link_after_saved_output_links_is_reported(
-    pages: Pages, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = commands.request
-
-    def input_links_fail(
-        action: str, args: dict[str, Any], actor: str = "api", timeout: float = 5.0
-    ) -> Reply:
-        if action == "set_input_links":
-            return Reply(ok=False, error="the database is busy or unavailable; try again", status=503)
-        return real(action, args, actor=actor, timeout=timeout)
-
-    monkeypatch.setattr(commands, "request", input_links_fail)
+def test_a_refused_links_save_changes_neither_list(pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
     door = pages.ids["door"]
+    with pages.sessions() as s:
+        s.add(OutputLink(input_device_id=door, output_device_id=pages.ids["buzzer"]))
+        s.commit()
+    before = snapshot(pages)
+    real = config_changes._replace_input_links
+
+    def input_links_fail(*args: Any, **kwargs: Any) -> str:
+        # the output half has been applied in the session by now; this must undo it
+        raise config_changes.ChangeError("input_ids", "there is no input with id 12345")
+
+    monkeypatch.setattr(config_changes, "_replace_input_links", input_links_fail)
     form = {"id": str(door), "output_ids": [str(pages.ids["cam"])], "input_ids": [str(pages.ids["hall"])]}
     response = pages.client.post("/config/links", data=form)
-    assert response.status_code == 503
-    assert "The output links were saved; the rest was not." in text(response)
+    assert response.status_code == 400
+    assert "There is no input with id 12345" in text(response)  # beside the input links
+    assert snapshot(pages) == before
+    with pages.sessions() as s:
+        assert s.scalars(select(ConfigChange)).all() == []
+    monkeypatch.setattr(config_changes, "_replace_input_links", real)
 
 
 def test_links_of_a_removed_device_are_a_404(pages: Pages) -> None:
