@@ -1,4 +1,4 @@
-"""History: the original's event_log rows in the timeline; every configuration change kept with who and what."""
+"""History: the original's event_log rows in the timeline; every config change kept with who and what."""
 
 from __future__ import annotations
 
