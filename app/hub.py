@@ -115,6 +115,10 @@ class Hub:
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
+        if self.settings.healthchecks_badges:
+            from app.badges import BadgePoller
+
+            started.append(BadgePoller(self.settings))
         if self.settings.ngrok_enabled:
             from app.remote_url import NgrokDiscovery
 

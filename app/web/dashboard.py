@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import backup_status, commands, config_changes, health, registry
+from app import backup_status, badges, commands, config_changes, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web import auth
@@ -125,6 +125,10 @@ def _components() -> list[tuple[str, str, str]]:
     ]
     if "sqs_control" in states:  # shown only where SQS control is switched on
         strip.append(badge("SQS control", "sqs_control"))
+    # Healthchecks badges (HEALTHCHECKS_BADGE_CSV), as the original showed them under its dashboard
+    colours = {"up": "success", "grace": "warning", "started": "info", "down": "danger"}
+    for _, hc in badges.states(ctx().settings):
+        strip.append((f"Healthchecks {hc.label}", hc.state, colours.get(hc.state, "secondary")))
     return strip
 
 
