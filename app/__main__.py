@@ -39,6 +39,9 @@ def run(hub: object, nanny_interval: float = 0.5) -> int:
         log.critical("thread(s) died unexpectedly: %s; shutting down", ", ".join(names))
         died.set()
         threads.shutting_down.set()
+        on_fatal = getattr(hub, "on_fatal", None)
+        if on_fatal is not None:
+            on_fatal()
 
     threads.Nanny(on_death, nanny_interval).start()
     threads.shutting_down.wait()

@@ -115,6 +115,14 @@ class Hub:
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
+        if self.settings.cloudwatch_metrics:
+            from app.cloudwatch import CloudWatchMetrics  # boto3: only where AWS metrics are wanted
+
+            started.append(CloudWatchMetrics(self.settings, presence))
+        else:
+            log.info(
+                "CloudWatch metrics off: set AWS keys (CLOUDWATCH_METRICS=auto) or CLOUDWATCH_METRICS=true"
+            )
         if self.settings.healthchecks_badges:
             from app.badges import BadgePoller
 
@@ -149,6 +157,13 @@ class Hub:
                 observability.register_depth(
                     "telegram_outbox", lambda s=service: s.notifier.pending() if s.notifier else 0
                 )
+
+    def on_fatal(self) -> None:
+        """A thread died: tell CloudWatch (Fatals=1) before the process exits, as the original did."""
+        if self.settings.cloudwatch_metrics:
+            from app.cloudwatch import post_fatal
+
+            post_fatal(self.settings)
 
     def stop(self, timeout: float = 4.0) -> None:
         """Stop every thread and release sockets; returns within about `timeout` seconds."""
