@@ -26,6 +26,7 @@ from app import db, protocols
 from app.models import (
     ApiToken,
     Base,
+    ConfigChange,
     Decision,
     DecisionOutput,
     EventLog,
@@ -533,6 +534,17 @@ def _one_of_each(stamp: datetime) -> list[Any]:
         MeterHistory(input_device_id=1, timestamp=stamp, register_value=50, meter_value=3, reading=0.05),
         RuleState(state_key="latch:1", state_value='{"last_fired": 1.5}', updated=stamp),
         Heartbeat(dt=stamp, ts=1700000000.5),
+        ConfigChange(
+            timestamp=stamp,
+            actor="token:admin/" + "n" * 100,
+            action="update_input",
+            target_kind="input",
+            target_id=1,
+            target_key=long_key,
+            summary="input: activation_interval None -> 30",
+            before='{"activation_interval": null}',
+            after='{"activation_interval": 30}',
+        ),
     ]
 
 
