@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import audit, health, rule_state
+from app import audit, db_writes, health, rule_state
 from app.channels import AUDIT, AuditRecord, StateWrite
 from app.models import Decision, DecisionOutput, EventLog
 from app.settings import Settings
@@ -21,8 +24,10 @@ log = logging.getLogger(__name__)
 BATCH_SECONDS = 0.1
 BATCH_SIZE = 500
 NAP_SECONDS = 0.02  # between looks for more records while a batch fills
-# A batch that cannot be written is retried this many times before it is counted as lost.
-MAX_RETRIES = 5
+# While the database cannot write, held records are retried after this long, doubling up to the most.
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 10.0
+WRITER = "audit"
 FIRST_PRUNE_SECONDS = 300.0
 PRUNE_SECONDS = 86400.0
 
@@ -92,18 +97,44 @@ def write(session: Session, records: list[AuditRecord]) -> None:
     session.commit()
 
 
+def _bad_records(exc: SQLAlchemyError) -> bool:
+    """True when the records themselves were refused (a constraint, a value the column cannot hold),
+    False when the database could not write at all (a full disk, a lock, a lost connection)."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    # a parameter SQLAlchemy could not even bind, before the database saw it
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
+
+
 class AuditWriter(threads.AppThread):
+    """Writes decisions and rule state; while the database cannot write it holds them in memory.
+
+    Held decisions (at most AUDIT_BUFFER_SIZE, the oldest dropped first and counted as
+    audit.lost) and held rule state (the newest value per key) are written, oldest first, as soon
+    as a retry succeeds. The loop keeps taking records meanwhile, so the processor never waits.
+    """
+
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session]) -> None:
         super().__init__("AuditWriter")
         self._settings = settings
         self._sessions = session_factory
         self._pull = inproc.bind_pull(AUDIT)
         self._next_prune = time.monotonic() + FIRST_PRUNE_SECONDS
+        self._held: deque[AuditRecord] = deque()
+        self._held_max = settings.audit_buffer_size
+        # rule_state key -> (value, version): the newest of each key that could not be written
+        self._held_state: dict[str, tuple[Any, float]] = {}
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_MIN_SECONDS
+        self._warned_full = False
+
+    def held(self) -> int:
+        """Decisions waiting in memory for the database (read by /metrics from another thread)."""
+        return len(self._held)
 
     def work(self) -> None:
         health.set_state("audit_writer", "running")
         batch: list[AuditRecord] = []
-        retries = 0
         try:
             while True:
                 stopping = threads.shutting_down.is_set()
@@ -130,12 +161,14 @@ class AuditWriter(threads.AppThread):
                 if stopping:
                     batch.extend(self._drain())
                 if batch:
-                    retries = self._write(batch, retries)
-                    if retries == 0:
-                        batch = []
+                    self._store(batch)
+                    batch = []
+                if self._holding() and (stopping or time.monotonic() >= self._retry_at):
+                    self._retry()
                 if stopping:
+                    self._give_up()
                     return
-                if time.monotonic() >= self._next_prune:
+                if time.monotonic() >= self._next_prune and not self._holding():
                     self._prune()
         finally:
             self._pull.close()
@@ -149,33 +182,152 @@ class AuditWriter(threads.AppThread):
                 self._write_state(msg)
         return out
 
+    def _holding(self) -> bool:
+        return bool(self._held or self._held_state)
+
+    # ---- rule state -----------------------------------------------------------------------------
+
     def _write_state(self, msg: StateWrite) -> None:
-        """Store the processor's rule state; a failure is logged and counted (the processor's
-        shutdown snapshot writes every piece of state again)."""
+        """Store the processor's rule state; while the database cannot write, hold the newest value
+        of each key and write it with the held decisions."""
+        if self._holding():
+            self._hold_state(msg.values, msg.version)  # the retry writes it after the held decisions
+            return
         try:
             with self._sessions() as session:
                 rule_state.save(session, msg.values, msg.version)
                 session.commit()
         except SQLAlchemyError as exc:
             health.count("processor.state_errors")
-            log.warning("could not save %d rule state entries: %s", len(msg.values), exc)
+            db_writes.failed(WRITER, exc)
+            self._hold_state(msg.values, msg.version)
+            self._schedule_retry()
+            return
+        db_writes.ok(WRITER)
 
-    def _write(self, batch: list[AuditRecord], retries: int) -> int:
-        """Write a batch; returns 0 when done (or given up), else the retry count so far."""
+    def _hold_state(self, values: dict[str, Any], version: float) -> None:
+        # One entry per rule_state key (a fixed set: inputs, outputs, meter zones), so this stays bounded.
+        for key, value in values.items():
+            kept = self._held_state.get(key)
+            if kept is None or kept[1] <= version:
+                self._held_state[key] = (value, version)
+
+    # ---- decisions --------------------------------------------------------------------------------
+
+    def _store(self, batch: list[AuditRecord]) -> None:
+        """Write a batch, or hold it when the database cannot write (behind any records already held)."""
+        if self._held:
+            self._hold(batch)  # keep the order; the retry writes them when the database is back
+            return
         try:
             with self._sessions() as session:
                 write(session, batch)
-            health.count("audit.decisions", len(batch))
-            return 0
         except SQLAlchemyError as exc:
-            retries += 1
-            if retries >= MAX_RETRIES:
-                health.count("audit.lost", len(batch))
-                log.error("gave up writing %d audit records: %s", len(batch), exc)
-                return 0
-            log.warning("could not write %d audit records (try %d): %s", len(batch), retries, exc)
-            threads.sleep(0.5 * retries)
-            return retries
+            if _bad_records(exc):
+                self._one_by_one(batch)
+                return
+            db_writes.failed(WRITER, exc)
+            self._hold(batch)
+            self._schedule_retry()
+            return
+        health.count("audit.decisions", len(batch))
+        if not self._holding():
+            db_writes.ok(WRITER)
+
+    def _one_by_one(self, batch: list[AuditRecord]) -> None:
+        """Write each record of a refused batch alone, so one bad record costs only itself."""
+        for i, rec in enumerate(batch):
+            try:
+                with self._sessions() as session:
+                    write(session, [rec])
+            except SQLAlchemyError as exc:
+                if not _bad_records(exc):
+                    db_writes.failed(WRITER, exc)
+                    self._hold(batch[i:])
+                    self._schedule_retry()
+                    return
+                health.count("audit.rejected")
+                log.warning(
+                    "the database refused the decision for %r: %s",
+                    rec.decision.get("input_key"),
+                    str(exc).splitlines()[0][:200],
+                )
+                continue
+            health.count("audit.decisions")
+
+    def _hold(self, records: list[AuditRecord]) -> None:
+        if not self._held:
+            log.warning(
+                "holding decisions in memory until the database writes again (at most %d: AUDIT_BUFFER_SIZE)",
+                self._held_max,
+            )
+        self._held.extend(records)
+        health.count("audit.held", len(records))
+        dropped = len(self._held) - self._held_max
+        if dropped > 0:
+            for _ in range(dropped):
+                self._held.popleft()
+            health.count("audit.lost", dropped)
+            if not self._warned_full:
+                self._warned_full = True
+                log.error(
+                    "%d held decisions are the most AUDIT_BUFFER_SIZE allows; dropping the oldest",
+                    self._held_max,
+                )
+
+    def _schedule_retry(self) -> None:
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(RETRY_MAX_SECONDS, self._retry_delay * 2)
+
+    def _retry(self) -> None:
+        """Write what is held, oldest first; stop at the first failure and try again later."""
+        written = 0
+        states = len(self._held_state)
+        try:
+            while self._held:
+                chunk = list(itertools.islice(self._held, BATCH_SIZE))
+                with self._sessions() as session:
+                    write(session, chunk)
+                for _ in chunk:
+                    self._held.popleft()
+                written += len(chunk)
+                health.count("audit.decisions", len(chunk))
+            if self._held_state:
+                with self._sessions() as session:
+                    for key, (value, version) in self._held_state.items():
+                        rule_state.save(session, {key: value}, version)
+                    session.commit()
+                self._held_state.clear()
+        except SQLAlchemyError as exc:
+            if written:
+                log.info("wrote %d held decisions; %d still held", written, len(self._held))
+            if self._held and _bad_records(exc):
+                # Not the disk: one of the held records is refused. Sort them out one by one.
+                records, self._held = list(self._held), deque()
+                self._one_by_one(records)
+                if not self._holding():
+                    self._recovered()
+                return
+            db_writes.failed(WRITER, exc)
+            self._schedule_retry()
+            return
+        log.info("the database writes again: wrote %d held decisions, %d rule state entries", written, states)
+        self._recovered()
+
+    def _recovered(self) -> None:
+        self._retry_delay = RETRY_MIN_SECONDS
+        self._warned_full = False
+        db_writes.ok(WRITER)
+
+    def _give_up(self) -> None:
+        """At shutdown, after a last try: whatever is still held is lost, and said so."""
+        if self._held:
+            health.count("audit.lost", len(self._held))
+            log.error("the database cannot write: %d held decisions are lost at shutdown", len(self._held))
+            self._held.clear()
+        if self._held_state:
+            log.error("the database cannot write: %d rule state entries lost", len(self._held_state))
+            self._held_state.clear()
 
     def _prune(self) -> None:
         self._next_prune = time.monotonic() + PRUNE_SECONDS

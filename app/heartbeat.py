@@ -9,10 +9,12 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import health, protocols, registry
+from app import db_writes, health, protocols, registry
 from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
+from app.clocks import ClockOffsets
+from app.clocks import offsets as clock_offsets
 from app.presence import Presence
-from pylib import inproc, threads
+from pylib import inproc, threads, wire
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ FLUSH_SECONDS = 30.0
 # An output's recorded device must have been silent this long before another device's generation
 # replaces it (a board replaced by a newer one takes over after this; two boards never flip-flop).
 GENERATION_HOLD_SECONDS = 600.0
+HEARTBEAT_KIND = "heartbeat"  # routing key part [1] of a device's steady heartbeat
 
 
 def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
@@ -43,10 +46,13 @@ def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[reg
 
 
 class HeartbeatFilter(threads.AppThread):
-    def __init__(self, session_factory: sessionmaker[Session], presence: Presence) -> None:
+    def __init__(
+        self, session_factory: sessionmaker[Session], presence: Presence, clocks: ClockOffsets | None = None
+    ) -> None:
         super().__init__("HeartbeatFilter")
         self._sessions = session_factory
         self._presence = presence
+        self._clocks = clock_offsets if clocks is None else clocks
         self._known: dict[tuple[str, str], tuple[str | None, str, str | None, str | None]] = {}
         self._warned_conflicts: set[tuple[str, str]] = set()
         # output key -> (generation, device name) as stored; one entry per registered output
@@ -91,21 +97,37 @@ class HeartbeatFilter(threads.AppThread):
                 "bad device from %s (%s): %s", env.origin, env.routing_key or env.source, problem[:200]
             )
         self._presence.seen(env.origin, [ad.device_key for ad in described + active], env.received_at)
+        if described:
+            self._learn_clock(env, [ad.device_key for ad in described])
         try:
             env.changed_keys = self._register(env.origin, described, active)
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             # The processor can still act on devices already known; registration retries next time.
             health.count("heartbeat_filter.db_errors")
-            log.exception("could not register devices from %s", env.origin)
+            if db_writes.failed("registration", exc):
+                log.warning("could not register devices from %s; retrying with its next message", env.origin)
         try:
             env.changed_keys += self._note_generation(env.origin, inbound, described, env.received_at)
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             health.count("heartbeat_filter.db_errors")
-            log.exception("could not store the wire generation of %s", inbound.device)
+            if db_writes.failed("registration", exc):
+                log.warning("could not store the wire generation of %s; retrying later", inbound.device)
         if env.changed_keys:
             inproc.send(push, env)
         elif inbound.active:
             push.send(frame)  # unchanged: pass the frame on as it came, no second encoding
+
+    def _learn_clock(self, env: Envelope, keys: list[str]) -> None:
+        """Feed a RabbitMQ heartbeat's timestamp to the clock offsets (MQTT devices send uptimes)."""
+        parts = env.routing_key.split(".")
+        if env.source != "rabbitmq" or len(parts) < 3 or parts[1] != HEARTBEAT_KIND:
+            return
+        try:
+            stamped = wire.parse_timestamp(env.payload.get("timestamp"))
+        except wire.WireError:
+            return  # the source already checked it; nothing to learn from a bad one
+        if stamped is not None:
+            self._clocks.observe(keys, stamped.timestamp(), env.received_at, ".".join(parts[2:]))
 
     def _register(
         self, origin: str, described: list[registry.Advert], active: list[registry.Advert]
@@ -145,6 +167,7 @@ class HeartbeatFilter(threads.AppThread):
                 for ad in refreshed:
                     registry.refresh(session, ad)
                 session.commit()
+            db_writes.ok("registration")
         except IntegrityError:
             # Someone else registered one of these keys; learn the table again and move on.
             with self._sessions() as session:
@@ -208,6 +231,7 @@ class HeartbeatFilter(threads.AppThread):
         with self._sessions() as session:
             registry.set_generation(session, keys, *seen)
             session.commit()
+        db_writes.ok("registration")
         for key in keys:
             if key in self._generations:
                 log.info("output %r now speaks %s (device %s)", key, inbound.generation, inbound.device)
@@ -227,5 +251,10 @@ class HeartbeatFilter(threads.AppThread):
         try:
             with self._sessions() as session:
                 registry.flush_last_seen(session, seen)
-        except SQLAlchemyError:
-            log.exception("could not store last-seen times")
+        except SQLAlchemyError as exc:
+            # Kept in memory (the dashboard reads presence first) and written by a later flush.
+            self._presence.requeue_dirty(seen)
+            health.count("heartbeat_filter.db_errors")
+            db_writes.failed("last_seen", exc)
+            return
+        db_writes.ok("last_seen")

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db, health, observability, registry
+from app import clocks, db, db_writes, health, observability, registry
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -66,10 +66,11 @@ class Hub:
         self.sessions = db.session_factory(self.engine)
         with self.sessions() as session:
             registry.ensure_builtin(session, self.settings.device_name)
-        health.set_state("database", "ok", db.current_revision(self.engine))
+        db_writes.mark_ok_detail(db.current_revision(self.engine))
 
     def start_threads(self) -> None:
         assert self.sessions is not None
+        clocks.offsets.configure(self.settings.clock_offset_warning)
         # Every PULL socket is bound in its thread's constructor, so all of them exist before any PUSH sends.
         audit_writer = AuditWriter(self.settings, self.sessions)
         publisher = ControlPublisher(self.settings)
@@ -145,7 +146,9 @@ class Hub:
         """Let /metrics read the queues that live inside thread objects, at scrape time."""
         observability.clear_depths()
         for thread in started:
-            if isinstance(thread, ControlPublisher):
+            if isinstance(thread, AuditWriter):
+                observability.register_depth("audit_held", thread.held)
+            elif isinstance(thread, ControlPublisher):
                 observability.register_depth("control_pending", thread.pending)
             elif isinstance(thread, MqttSource):
                 observability.register_depth("mqtt_outbox", lambda m=thread: m.outbox_pending)  # a property

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import health
+from app import db_writes, health
 from app.models import Heartbeat
 from app.presence import Presence
 from app.processor import TRIGGERS_BY_TYPE
@@ -32,8 +32,9 @@ REDACTED = "***"
 # Shorter values would blank out ordinary words everywhere (a password of "pi" would eat "pid").
 MIN_SECRET_LENGTH = 4
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
-# The components whose loss means alerts stop reaching the house: a ping reports failure then.
-CRITICAL_COMPONENTS = ("rabbitmq_source", "control_publisher", "mqtt", "event_processor")
+# The components whose loss means alerts stop reaching the house, or decisions stop being kept
+# (database: a full disk): a ping reports failure then.
+CRITICAL_COMPONENTS = ("rabbitmq_source", "control_publisher", "mqtt", "event_processor", "database")
 HEALTHY_STATES = frozenset({"connected", "running", "ok"})
 PING_TIMEOUT = 10.0
 HEARTBEAT_ROW_ID = 1
@@ -361,10 +362,12 @@ class HealthPinger(threads.AppThread):
         except SQLAlchemyError as exc:
             health.count("health_pinger.heartbeat_errors")
             health.set_state("heartbeat_row", "failing", type(exc).__name__)
+            db_writes.failed("heartbeat_row", exc)
             if self._quiet.should_log(f"heartbeat {type(exc).__name__}"):
                 log.warning("could not write the heartbeat row: %s", exc)
             return
         health.count("health_pinger.heartbeats")
+        db_writes.ok("heartbeat_row")
         # /api/health shows this state's `since`: the age of the last row written.
         health.set_state("heartbeat_row", "ok", row.dt.isoformat() + "Z")
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import health, rule_state
+from app import db_writes, health, rule_state
 from app import presence as presence_module
 from app.channels import NOTIFIER, Notification
 from app.models import InputConfig, OutputConfig
@@ -35,6 +35,7 @@ GROUP_TOTAL = 5
 MAX_NAMES = 30
 SEND_WAIT_MS = 1000
 STATE_KEY = "offline:state"  # rule_state: which devices are offline and alerted, across restarts
+WRITER = "offline_state"  # its name in app.db_writes
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class OfflineMonitor(threads.AppThread):
         self._offline: dict[str, float] = {}  # key -> when last heard before going offline
         self._alerted: set[str] = set()  # offline keys whose outage was announced
         self._resumed: set[str] | None = None  # offline keys loaded from rule_state; None: not loaded yet
+        self._unsaved: dict[str, object] | None = None  # the newest state the database did not take
         self._push: zmq.Socket | None = None
 
     # ---- the thread --------------------------------------------------------------------------
@@ -168,7 +170,9 @@ class OfflineMonitor(threads.AppThread):
             if changed:
                 state = {"offline": dict(self._offline), "alerted": sorted(self._alerted)}
         if changed:
-            self._save(state)
+            self._unsaved = state
+        if self._unsaved is not None:
+            self._save(self._unsaved)  # a state the database could not take is tried again each check
         texts = []
         if went:
             texts.append(self._offline_text(went, now))
@@ -218,9 +222,13 @@ class OfflineMonitor(threads.AppThread):
             with self._sessions() as session:
                 rule_state.save(session, {STATE_KEY: state})
                 session.commit()
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             health.count("offline.db_errors")
-            log.warning("could not save the offline-alert state", exc_info=True)
+            if db_writes.failed(WRITER, exc):
+                log.warning("could not save the offline-alert state; trying again with each check")
+            return
+        self._unsaved = None
+        db_writes.ok(WRITER)
 
     def _is_offline(self, now: float, timing: Timing, report: tuple[bool, float | None] | None) -> bool:
         last = timing.last_seen

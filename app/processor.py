@@ -30,7 +30,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes, health, meters, protocols, registry, rule_state, rules
+from app import commands, config_changes, db_writes, health, meters, protocols, registry, rule_state, rules
 from app.channels import (
     AUDIT,
     CONTROL_PUBLISHER,
@@ -48,6 +48,8 @@ from app.channels import (
     Reply,
     StateWrite,
 )
+from app.clocks import ClockOffsets
+from app.clocks import offsets as clock_offsets
 from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
 from app.settings import Settings
 from pylib import inproc, threads, wire
@@ -148,11 +150,13 @@ class EventProcessor(threads.AppThread):
         settings: Settings,
         session_factory: sessionmaker[Session],
         clock: Callable[[], float] = time.time,
+        clocks: ClockOffsets | None = None,
     ) -> None:
         super().__init__("EventProcessor")
         self._settings = settings
         self._sessions = session_factory
         self._clock = clock
+        self._clocks = clock_offsets if clocks is None else clocks
         self._defaults = rules.Defaults(
             activation_interval=settings.default_activation_interval,
             multi_trigger_rate=settings.default_multi_trigger_rate,
@@ -306,7 +310,12 @@ class EventProcessor(threads.AppThread):
             health.count("processor.unregistered")
             log.warning("input %r from %s is not registered; ignoring", key, origin)
             return {"fired": False, "reason": "unregistered"}
-        verdict = rules.check_stale(event_ts, now, self._defaults)
+        # The sender's clock may be off (a Pi without a real-time clock before NTP syncs): its
+        # offset, learned from its heartbeats, corrects the timestamp (app.clocks).
+        offset = None if event_ts is None else self._clocks.offset(key)
+        verdict = rules.check_stale(event_ts, now, self._defaults, offset)
+        if event_ts is not None and offset is not None:
+            event_ts += offset  # the event_log row keeps the time on the hub's clock
         if verdict.fire and registry.is_meter(rule.device_type) and "sample_values" in device:
             entered = self._meter_reading(rule, device, now)
             if entered is None:
@@ -381,20 +390,27 @@ class EventProcessor(threads.AppThread):
             stored["register_value"] = int(register)  # type: ignore[arg-type]
         if metered is not None:
             stored["meter_value"] = int(metered)
-        with self._sessions() as session:
-            session.execute(
-                update(MeterConfig).where(MeterConfig.input_device_id == rule.id).values(**stored)
-            )
-            session.add(
-                MeterHistory(
-                    input_device_id=rule.id,
-                    timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
-                    register_value=stored.get("register_value"),
-                    meter_value=stored.get("meter_value"),
-                    reading=value,
+        try:
+            with self._sessions() as session:
+                session.execute(
+                    update(MeterConfig).where(MeterConfig.input_device_id == rule.id).values(**stored)
                 )
-            )
-            session.commit()
+                session.add(
+                    MeterHistory(
+                        input_device_id=rule.id,
+                        timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
+                        register_value=stored.get("register_value"),
+                        meter_value=stored.get("meter_value"),
+                        reading=value,
+                    )
+                )
+                session.commit()
+        except SQLAlchemyError as exc:
+            # The limits below still apply (they decide from memory); the next reading is stored anew.
+            health.count("processor.db_errors")
+            db_writes.failed("meter_readings", exc)
+        else:
+            db_writes.ok("meter_readings")
         health.count("processor.meter_readings")
         if self._meter_writer is not None:
             location = device.get("location")
@@ -422,12 +438,18 @@ class EventProcessor(threads.AppThread):
 
     def _create_meter(self, rule: rules.InputRule) -> meters.MeterRule:
         """A meter input without a meter_config row (e.g. from an original database) gets one."""
-        with self._sessions() as session:
-            row = registry.new_meter_config()
-            row.input_device_id = rule.id
-            session.add(row)
-            session.commit()
-            meter = meters_rule(row)
+        row = registry.new_meter_config()
+        row.input_device_id = rule.id
+        try:
+            with self._sessions() as session:
+                session.add(row)
+                session.commit()
+        except SQLAlchemyError as exc:
+            # Decide with the default settings for now; the row is created with a later reading.
+            health.count("processor.db_errors")
+            db_writes.failed("meter_readings", exc)
+            return meters_rule(row)
+        meter = meters_rule(row)
         self._snap.meters[rule.id] = meter
         log.info("created meter settings for %r", rule.device_key)
         return meter
@@ -698,10 +720,13 @@ class EventProcessor(threads.AppThread):
             with self._sessions() as session:
                 rule_state.save(session, values, version)
                 session.commit()
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
             self._dirty |= dirty
             health.count("processor.state_errors")
-            log.warning("could not save rule state; retrying in %.0f s", FLUSH_SECONDS, exc_info=True)
+            db_writes.failed("rule_state", exc)
+            log.warning("could not save rule state; retrying in %.0f s", FLUSH_SECONDS)
+            return
+        db_writes.ok("rule_state")
 
     def _all_state_keys(self) -> set[tuple[str, int]]:
         keys = {("input", i) for i in self._input_state} | {("output", i) for i in self._output_state}

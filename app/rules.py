@@ -103,10 +103,19 @@ def message_age(event_time: float | None, now: float) -> float:
     return 0.0 if event_time is None else now - event_time
 
 
-def check_stale(event_time: float | None, now: float, defaults: Defaults) -> Decision:
-    age = message_age(event_time, now)
+def check_stale(
+    event_time: float | None, now: float, defaults: Defaults, clock_offset: float | None = None
+) -> Decision:
+    """Stale when older than the validity limit; clock_offset (seconds the sender's clock is behind
+    the hub's, negative when ahead) corrects the sender's timestamp first."""
+    corrected = event_time if event_time is None or clock_offset is None else event_time + clock_offset
+    age = message_age(corrected, now)
     if age > defaults.message_validity:
-        return Decision(False, STALE, f"message is {age:.0f} s old (limit {defaults.message_validity} s)")
+        detail = f"message is {age:.0f} s old (limit {defaults.message_validity} s)"
+        if clock_offset is not None and abs(clock_offset) >= 1:
+            side = "behind" if clock_offset > 0 else "ahead"
+            detail += f" after correcting the device clock, {abs(clock_offset):.0f} s {side}"
+        return Decision(False, STALE, detail)
     return FIRE
 
 

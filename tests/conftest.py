@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import health, settings
+from app import clocks, db_writes, health, settings
 from app.presence import presence
 from pylib import inproc, threads
 
@@ -31,6 +31,8 @@ def clean_process_state() -> Iterator[None]:
     """Each test starts with no tracked threads, no shutdown flag and a fresh ZeroMQ context."""
     threads.reset()
     health.reset()
+    db_writes.reset()
+    clocks.offsets.clear()
     presence.clear()
     yield
     threads.shutting_down.set()

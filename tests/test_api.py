@@ -136,6 +136,7 @@ def test_health_is_503_until_ready(hub: Hub) -> None:
         "components": health.components(),
         "counters": {"processor.errors": 2},
         "backup": backup_status.read_status(hub.settings).as_dict(),
+        "clocks": {"learned": 0, "warning_seconds": 30, "offsets": {}, "more": 0},
     }
     assert response.json["backup"]["state"] == "not configured"
 
@@ -168,6 +169,7 @@ def test_devices_lists_inputs_and_outputs_with_presence(hub: Hub) -> None:
         "device_enabled": True,
         "online": True,
         "last_seen": datetime.fromtimestamp(now - 10, tz=UTC).isoformat(),
+        "clock_offset": None,  # no heartbeats with timestamps seen, so no offset learned
         "location": "Hall",
         "origin": "ioboard",
         "group_name": "Downstairs",

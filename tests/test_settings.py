@@ -97,6 +97,8 @@ def test_sqs_control_needs_a_queue(tmp_path: Path) -> None:
         ("LOG_FORMAT", "xml"),
         ("TELEGRAM_BOT_TOKEN", "no-colon"),
         ("MQTT_PUB_TOPIC_CSV", "meter/#/x"),
+        ("AUDIT_BUFFER_SIZE", "0"),
+        ("CLOCK_OFFSET_WARNING_SECONDS", "soon"),
     ],
 )
 def test_a_bad_value_names_its_setting(tmp_path: Path, name: str, value: str) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup_status, commands, config_changes, health, history
+from app import backup_status, clocks, commands, config_changes, health, history
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
@@ -146,6 +146,7 @@ def _summary(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> di
         "device_enabled": enabled,
         "online": online,
         "last_seen": _iso(last),
+        "clock_offset": _offset(row.device_key),
         "location": row.location,
         "origin": row.origin,
     }
@@ -159,7 +160,14 @@ def _detail(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dic
     last, online = _seen(ctx, row, now)
     out["online"] = online
     out["last_seen"] = _iso(last)
+    out["clock_offset"] = _offset(row.device_key)
     return out
+
+
+def _offset(device_key: str) -> float | None:
+    """Seconds the device's clock is behind the hub's (negative: ahead), learned from its heartbeats."""
+    offset = clocks.offsets.offset(device_key)
+    return None if offset is None else round(offset, 1)
 
 
 def _output_ids(session: Session, input_id: int) -> list[int]:
@@ -226,6 +234,8 @@ def get_health() -> tuple[Response, int]:
         "counters": health.counters(),
         # shown, never part of the status code: a stale backup must not make Docker restart the hub
         "backup": backup_status.read_status(web_ctx().settings).as_dict(),
+        # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
+        "clocks": clocks.offsets.summary(),
     }
     return jsonify(body), 200 if ready else 503
 

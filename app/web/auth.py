@@ -33,6 +33,7 @@ from flask import (
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -185,7 +186,7 @@ def _load_token_user(_request: Any) -> WebUser | None:
         now = _utc(state().clock())
         if row.last_used is None or now - row.last_used >= LAST_USED_RESOLUTION:
             row.last_used = now
-            s.commit()
+            _commit_bookkeeping(s, "a token's last use")
         g.auth_token_id = row.id
         return _web_user(row.user, token_name=row.name)
 
@@ -361,6 +362,17 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_hex(16))
 
 
+def _commit_bookkeeping(s: Session, what: str) -> None:
+    """Commit a login's bookkeeping. A database that cannot write (a full disk) must not lock the
+    owner out of the dashboard that tells them so: the failure is logged and the request goes on
+    (failed logins are still limited per address in memory)."""
+    try:
+        s.commit()
+    except OperationalError as exc:
+        s.rollback()
+        log.warning("could not store %s: %s", what, str(exc).splitlines()[0][:200])
+
+
 def _check_login(username: str, password: str) -> WebUser | None:
     """The user if the password is right and neither the user nor the address is locked."""
     settings = ctx().settings
@@ -386,7 +398,7 @@ def _check_login(username: str, password: str) -> WebUser | None:
             row.locked_until = None
             row.last_login = _utc(now)
             user = _web_user(row)
-            s.commit()
+            _commit_bookkeeping(s, "the login time")
             log.info("user %r logged in from %s", username, address)
             return user
         else:
@@ -396,7 +408,7 @@ def _check_login(username: str, password: str) -> WebUser | None:
                 row.locked_until = _utc(now + settings.login_lockout_seconds)
                 row.failed_logins = 0  # after the lock-out the user gets the full number of tries again
                 reason += f"; locked for {settings.login_lockout_seconds} s"
-            s.commit()
+            _commit_bookkeeping(s, "the failed login count")
     auth_state.failures.record(address, now)
     log.warning("failed login for %r from %s (%s)", username, address, reason)
     return None

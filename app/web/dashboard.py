@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import backup_status, badges, commands, config_changes, health, registry
+from app import backup_status, badges, clocks, commands, config_changes, db_writes, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web import auth
@@ -39,6 +39,9 @@ class Row:
     device_id: int | None = None
     group: str | None = None
     members: list[Row] = field(default_factory=list)
+    # "10 min behind" when the device's clock is off by a second or more, and whether past the warning
+    clock: str | None = None
+    clock_warning: bool = False
 
 
 @dataclass
@@ -69,7 +72,12 @@ def is_builtin(row: InputConfig) -> bool:
 def _device_row(row: InputConfig | OutputConfig, now: float) -> Row:
     last, online = _seen(ctx(), row, now)
     enabled = _input_enabled(row) if isinstance(row, InputConfig) else _output_enabled(row)
-    return Row(label_of(row), row.device_type, enabled, online, last, device_id=row.id)
+    out = Row(label_of(row), row.device_type, enabled, online, last, device_id=row.id)
+    offset = clocks.offsets.offset(row.device_key)
+    if offset is not None and abs(offset) >= clocks.SHOWN_SECONDS:
+        out.clock = clocks.describe(offset)
+        out.clock_warning = abs(offset) > ctx().settings.clock_offset_warning
+    return out
 
 
 def input_rows(inputs: list[InputConfig], now: float) -> list[Row]:
@@ -115,6 +123,7 @@ def _components() -> list[tuple[str, str, str]]:
         return name, "ok", "success"
 
     strip = [
+        _database_badge(states.get(db_writes.COMPONENT)),
         badge("RabbitMQ", "rabbitmq_source", "control_publisher", absent="unknown"),
         badge("MQTT", "mqtt", absent="unknown")
         if ctx().settings.mqtt_enabled
@@ -130,6 +139,16 @@ def _components() -> list[tuple[str, str, str]]:
     for _, hc in badges.states(ctx().settings):
         strip.append((f"Healthchecks {hc.label}", hc.state, colours.get(hc.state, "secondary")))
     return strip
+
+
+def _database_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
+    """ok, or "degraded: database cannot write" while writes fail (decisions are held in memory)."""
+    text = str((state or {}).get("state") or "unknown")
+    if text == "ok":
+        return "Database", "ok", "success"
+    if text == db_writes.DEGRADED:
+        return "Database", f"{text}: {(state or {}).get('detail') or db_writes.CANNOT_WRITE}", "danger"
+    return "Database", text, "secondary"
 
 
 def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
