@@ -50,7 +50,8 @@ class Rig:
         self.api.link(FRONT, BUZZER)
 
     def events(self) -> list[dict[str, Any]]:
-        return self.api.get(f"/api/events?input={urllib.parse.quote(FRONT)}&limit=1000")["events"]
+        query = f"kind=decision&input={urllib.parse.quote(FRONT)}&limit=1000"
+        return self.api.get(f"/api/events?{query}")["events"]
 
     def close(self) -> None:
         self.device.close()
