@@ -101,6 +101,7 @@ class MeterPoint:
     register: float | None
     reading: float | None
     timestamp: float
+    divisor: int = 1  # the meter's unit factor: the original's layout writes metered / factor
 
 
 @message

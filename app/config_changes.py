@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import pytz
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -70,6 +72,21 @@ def _integer(low: int, high: int) -> Validator:
     return check
 
 
+def _number(low: int, high: int) -> Validator:
+    """A whole or decimal number (a meter limit in the unit shown, e.g. 4.5 kWh)."""
+
+    def check(value: Any) -> float | int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _Invalid(f"must be a number from {low} to {high}, or null")
+        if not low <= value <= high:
+            raise _Invalid(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return check
+
+
 def _text(
     max_len: int | None = None, pattern: re.Pattern[str] | None = None, what: str = "text"
 ) -> Validator:
@@ -122,11 +139,14 @@ OUTPUT_FIELDS: dict[str, Validator] = {
     "trigger_interval": _integer(0, 86400),
     "alert_offline": _boolean,
     "generation_override": _generation,
+    # -1: the input's activation_interval; null: the device's default pulse; else seconds
+    "pulse_seconds": _integer(-1, 86400),
 }
 
 METER_FIELDS: dict[str, Validator] = {
-    "meter_low_limit": _integer(-(2**31), 2**31 - 1),
-    "meter_high_limit": _integer(-(2**31), 2**31 - 1),
+    # in the unit shown (register / factor): 4.5 kWh is a limit a person may want
+    "meter_low_limit": _number(-(2**31), 2**31 - 1),
+    "meter_high_limit": _number(-(2**31), 2**31 - 1),
     "meter_reset_value": _integer(-(2**31), 2**31 - 1),
     "meter_reset_additive": _boolean,
     "meter_reading_unit": _text(10),
@@ -238,6 +258,15 @@ def validate_schedule(
         # Both jobs would fire at the same moment in no defined order.
         raise ChangeError("disable", "disable must differ from enable")
     return auto_schedule, enable, disable
+
+
+def validate_zone(value: Any, field: str) -> str | None:
+    """A schedule's time zone: null (USER_TZ) or a tz database name such as "UTC"; else ChangeError."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64 or value not in pytz.all_timezones_set:
+        raise ChangeError(field, f"{field} must be null or a time zone name such as UTC or Europe/London")
+    return value
 
 
 def scheduler_enabled(session: Session) -> bool:
@@ -545,10 +574,16 @@ def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
     enable = parse_hhmm(enable) if enable is not None else None
     disable = parse_hhmm(disable) if disable is not None else None
     auto, enable, disable = validate_schedule(args.get("auto_schedule"), enable, disable)
+    values: dict[str, Any] = {
+        "auto_schedule": auto,
+        "auto_schedule_enable": enable,
+        "auto_schedule_disable": disable,
+    }
+    # The zone the times are in: absent keeps the row's, null is USER_TZ (a row from the original keeps UTC).
+    if "schedule_tz" in args:
+        values["auto_schedule_tz"] = validate_zone(args["schedule_tz"], "timezone")
     diff = Diff()
-    changes = _assign(
-        row, {"auto_schedule": auto, "auto_schedule_enable": enable, "auto_schedule_disable": disable}, diff
-    )
+    changes = _assign(row, values, diff)
     if isinstance(row, InputConfig) and changes:
         row.customized = True
     return _Done(

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import clocks, db, db_writes, health, observability, registry
+from app import clocks, db, db_writes, health, observability, original, registry
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -96,7 +96,9 @@ class Hub:
         if self.settings.influxdb_enabled:
             from app.meter_writer import MeterWriter
 
-            started.append(MeterWriter(self.settings))
+            with self.sessions() as session:
+                layout = original.influx_layout(self.settings.influxdb_layout, session)
+            started.append(MeterWriter(self.settings, layout))
         else:
             log.info("InfluxDB off: set INFLUXDB_URL, _TOKEN, _ORG and _BUCKET to write meter readings")
         if self.settings.telegram_enabled:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -78,6 +79,81 @@ def to_line(point: channels.MeterPoint) -> str | None:
         p.field(name, number)
     p.time(_millis(point.timestamp), WritePrecision.MS)
     return p.to_line_protocol()
+
+
+# ---- the original's layout (original-behaviour.md §6.4), so existing dashboards keep working ---------
+
+# The original wrote each field at most every 5 minutes; its "metered" is the pulses of that time.
+ORIGINAL_INTERVAL = 300.0
+# Meters remembered for that cadence; a hub has a handful, the cap only bounds a flood of device keys.
+ORIGINAL_MAX_METERS = 1000
+
+
+def device_name_base(device_name: str) -> str:
+    """The original's `device` tag: the first two '-' parts of DEVICE_NAME when it has more."""
+    parts = device_name.split("-")
+    return "-".join(parts[:2]) if len(parts) > 2 else device_name
+
+
+def original_measurement(device_key: str) -> str:
+    """The original's measurement: the device key lower-cased, whitespace runs as '_'."""
+    return re.sub(r"\s+", "_", device_key.strip().lower())
+
+
+class OriginalLayout:
+    """Turns MeterPoints into the original's points: per meter, `register` (the reading) and `metered`
+    (the pulses since its last write, / the unit factor), each at most every ORIGINAL_INTERVAL seconds.
+
+    The original shared one pair of timers among all meters and dropped the pulses of the message
+    that triggered a write; here each meter has its own timers and every pulse is counted once.
+    """
+
+    def __init__(self, application: str, device_name: str) -> None:
+        self.tags = {"application": application, "device": device_name_base(device_name)}
+        # device_key -> [last register write, last metered write, pulses not yet written]
+        self._meters: dict[str, list[float]] = {}
+        self.refused = 0  # points of meters beyond ORIGINAL_MAX_METERS
+
+    def lines(self, point: channels.MeterPoint) -> list[str]:
+        key = str(point.device_key)
+        when = _millis(point.timestamp) / 1000
+        state = self._meters.get(key)
+        if state is None:
+            if len(self._meters) >= ORIGINAL_MAX_METERS:
+                self.refused += 1
+                return []
+            state = self._meters[key] = [-math.inf, -math.inf, 0.0]
+        fields: list[tuple[str, float]] = []
+        metered = _finite(point.metered)
+        if metered is not None:
+            state[2] += metered
+            if when - state[1] >= ORIGINAL_INTERVAL:
+                divisor = point.divisor if isinstance(point.divisor, int) and point.divisor > 0 else 1
+                fields.append(("metered", state[2] / divisor))
+                state[1], state[2] = when, 0.0
+        reading = _finite(point.reading)
+        if reading is not None and when - state[0] >= ORIGINAL_INTERVAL:
+            fields.append(("register", reading))
+            state[0] = when
+        out = []
+        for name, value in fields:
+            p = Point(original_measurement(key))
+            for tag, text in self.tags.items():
+                p.tag(tag, text)
+            # One field per point, as the original wrote them.
+            p.field(name, value).time(_millis(point.timestamp), WritePrecision.MS)
+            out.append(p.to_line_protocol())
+        return out
+
+
+def _finite(value: object) -> float | None:
+    if value is None or isinstance(value, str | bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _millis(timestamp: object) -> int:
@@ -151,9 +227,17 @@ class _Buffer:
 class MeterWriter(AppThread):
     """Thread that takes MeterPoints from the processor and writes them to InfluxDB in order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, layout: str = "new") -> None:
         super().__init__("MeterWriter")
         self.settings = settings
+        if layout not in ("original", "new", "both"):
+            raise ValueError(f"unknown InfluxDB layout {layout!r}")
+        self.layout = layout
+        self._original = (
+            OriginalLayout(settings.app_name, settings.device_name)
+            if layout in ("original", "both")
+            else None
+        )
         self._pull = inproc.bind_pull(channels.METER_WRITER)
         self._buffer = _Buffer(settings.influxdb_buffer_size)
         # The client sets the whole "urllib3" logger to WARNING as it starts, which would change
@@ -185,11 +269,12 @@ class MeterWriter(AppThread):
 
     def work(self) -> None:
         log.info(
-            "MeterWriter writing to %s, org %s, bucket %s (buffer %d points)",
+            "MeterWriter writing to %s, org %s, bucket %s (buffer %d points, %s layout)",
             self.settings.influxdb_url,
             self.settings.influxdb_org,
             self.settings.influxdb_bucket,
             self._buffer.capacity,
+            self.layout,
         )
         health.set_state(COMPONENT, "starting", "no write yet")
         self._sender.start()
@@ -234,16 +319,26 @@ class MeterWriter(AppThread):
             log.warning("MeterWriter ignored a %s; it takes MeterPoints", type(msg).__name__)
             health.count("influxdb.malformed")
             return
+        lines: list[str] = []
         try:
-            line = to_line(msg)
+            if self.layout in ("new", "both") and (line := to_line(msg)) is not None:
+                lines.append(line)
+            if self._original is not None:
+                refused = self._original.refused
+                lines.extend(self._original.lines(msg))
+                if self._original.refused > refused:
+                    health.count("influxdb.original_meters_refused")
         except Exception as exc:  # a strange value in one point must not stop the writer
             log.warning("MeterWriter skipped a point for %r: %s", msg.device_key, exc)
-            line = None
-        if line is None:
-            health.count("influxdb.skipped")
+            lines = []
+        if not lines:
+            # The original's layout writes a meter at most every 5 minutes: a quiet point is expected.
+            if self.layout != "original":
+                health.count("influxdb.skipped")
             return
-        if self._buffer.put(line):
-            self._note_drop()
+        for line in lines:
+            if self._buffer.put(line):
+                self._note_drop()
 
     def _note_drop(self) -> None:
         health.count("influxdb.dropped")

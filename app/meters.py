@@ -20,8 +20,8 @@ class MeterRule:
     unit: str | None = None
     factor: int | None = None
     precision: int | None = None
-    low_limit: int | None = None
-    high_limit: int | None = None
+    low_limit: float | None = None
+    high_limit: float | None = None
     iot_topic: str | None = None
     reset_value: int | None = None
     reset_additive: bool = False
@@ -70,12 +70,21 @@ def crossing(previous: str | None, current: str | None) -> str | None:
     return current
 
 
+def limit_text(limit: float | None) -> str:
+    """A limit as a person typed it: 5 (not 5.0), 4.5, 999.99."""
+    if limit is None:
+        return "none"
+    if float(limit).is_integer():
+        return str(int(limit))
+    return f"{limit:.9f}".rstrip("0").rstrip(".")
+
+
 def crossing_detail(entered: str, rule: MeterRule) -> str:
     """The event detail of a crossing; stable per limit so the latch treats repeats as one event."""
     unit = f" {rule.unit}" if rule.unit else ""
     if entered == BELOW:
-        return f"below {rule.low_limit}{unit}"
-    return f"above {rule.high_limit}{unit}"
+        return f"below {limit_text(rule.low_limit)}{unit}"
+    return f"above {limit_text(rule.high_limit)}{unit}"
 
 
 def reset(rule: MeterRule, register: int, value: int | None, mode: str | None) -> tuple[str, int, int]:

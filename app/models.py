@@ -67,6 +67,8 @@ class InputConfig(Base):
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     # NULL: the default, which is on for inputs (a silent sensor is a security problem)
     alert_offline: Mapped[bool | None] = mapped_column(Boolean)
+    # the zone of the schedule times; NULL: USER_TZ ("UTC" on rows from the original, which ran in UTC)
+    auto_schedule_tz: Mapped[str | None] = mapped_column(String(64))
 
     output_links: Mapped[list[OutputLink]] = relationship(
         back_populates="input", cascade="all, delete-orphan"
@@ -102,6 +104,10 @@ class OutputConfig(Base):
     generation: Mapped[str | None] = mapped_column(String(10))
     generation_device: Mapped[str | None] = mapped_column(String(100))
     generation_override: Mapped[str | None] = mapped_column(String(10))
+    auto_schedule_tz: Mapped[str | None] = mapped_column(String(64))
+    # switch pulse sent with a trigger: NULL the device's default (a null duration, as the original
+    # sent), -1 the input's activation_interval (app.rules.PULSE_INPUT_INTERVAL), N seconds
+    pulse_seconds: Mapped[int | None] = mapped_column(Integer, default=-1)
 
     links: Mapped[list[OutputLink]] = relationship(back_populates="output", cascade="all, delete-orphan")
 
@@ -139,8 +145,9 @@ class MeterConfig(Base):
     register_value: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     meter_reading: Mapped[str] = mapped_column(String, nullable=False, default="0")
     meter_iot_topic: Mapped[str] = mapped_column(String(100), nullable=False, default="")
-    meter_low_limit: Mapped[int | None] = mapped_column(Integer)
-    meter_high_limit: Mapped[int | None] = mapped_column(Integer)
+    # in the unit shown (register / unit factor), so a fraction is possible
+    meter_low_limit: Mapped[float | None] = mapped_column(Float)
+    meter_high_limit: Mapped[float | None] = mapped_column(Float)
     meter_reset_value: Mapped[int | None] = mapped_column(Integer)
     meter_reset_additive: Mapped[bool | None] = mapped_column(Boolean)
     meter_reading_unit: Mapped[str | None] = mapped_column(String(10))

@@ -117,6 +117,7 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
             trigger_topic=row.trigger_topic,
             trigger_interval=row.trigger_interval,
             generation=row.generation_override or row.generation,
+            pulse_seconds=row.pulse_seconds,
         )
     for input_id, output_id in session.execute(
         select(OutputLink.input_device_id, OutputLink.output_device_id)
@@ -269,7 +270,10 @@ class EventProcessor(threads.AppThread):
         detail = cmd.args.get("event_detail")
         if isinstance(detail, str) and detail:
             device["event_detail"] = detail
-        result = self._on_activation(self._settings.device_name, device, None, actor=cmd.actor)
+        # The sender's time, when given (an SQS message in the original's shape): the stale rule applies.
+        sent = cmd.args.get("event_ts")
+        event_ts = float(sent) if isinstance(sent, int | float) and not isinstance(sent, bool) else None
+        result = self._on_activation(self._settings.device_name, device, event_ts, actor=cmd.actor)
         return Reply(ok=True, result=result)
 
     # ---- events -----------------------------------------------------------------------------
@@ -423,6 +427,7 @@ class EventProcessor(threads.AppThread):
                     register=None if value is None else float(register),  # type: ignore[arg-type]
                     reading=value,
                     timestamp=now,
+                    divisor=meter.divisor,
                 ),
             )
         zone = meters.zone(value, meter)

@@ -57,6 +57,11 @@ class InputRule:
     device_type: str = ""
 
 
+# output_config.pulse_seconds: -1 sends the input's activation_interval; NULL a null duration
+# (remote-monitor's default 1 s, all the original ever sent); N >= 0 sends N seconds.
+PULSE_INPUT_INTERVAL = -1
+
+
 @dataclass(frozen=True)
 class OutputRule:
     id: int
@@ -68,6 +73,14 @@ class OutputRule:
     trigger_topic: str | None = None
     trigger_interval: int | None = None
     generation: str | None = None  # what its device speaks (app/protocols); None: never heard
+    pulse_seconds: int | None = PULSE_INPUT_INTERVAL
+
+
+def pulse_duration(output: OutputRule, input_rule: InputRule) -> int | None:
+    """The duration sent to a switch: the output's own pulse, the input's interval, or nil."""
+    if output.pulse_seconds == PULSE_INPUT_INTERVAL:
+        return input_rule.activation_interval
+    return output.pulse_seconds
 
 
 @dataclass
@@ -188,10 +201,6 @@ def evaluate_output(rule: OutputRule, state: OutputState, now: float, outputs_en
     return FIRE
 
 
-def pulse_duration(output: OutputRule, input_rule: InputRule) -> int | None:
-    """The relay pulse sent to a switch: the input's activation_interval when set, else nil
-    (remote-monitor then pulses for its default 1 s)."""
-    return input_rule.activation_interval
 
 
 # ---- quiet hours ----------------------------------------------------------------------------------

@@ -112,6 +112,29 @@ def next_transition(
     return min(found, key=lambda item: item[0]) if found else None
 
 
+def zone_of(stored: str | None, default: tzinfo) -> tzinfo | None:
+    """A schedule's zone: its own (auto_schedule_tz, e.g. UTC on the original's rows) or USER_TZ.
+
+    None when the stored name is not a zone (a hand edit): that schedule is skipped, not guessed.
+    """
+    if not stored:
+        return default
+    try:
+        return pytz.timezone(stored)
+    except pytz.UnknownTimeZoneError:
+        return None
+
+
+def convert_time(hhmm: str, source: tzinfo, target: tzinfo, now: datetime) -> str:
+    """The HH:MM in `target` of the instant HH:MM in `source` today (the source zone's today)."""
+    hour, minute = (int(part) for part in hhmm.split(":"))
+    day = now.astimezone(source).date()
+    naive = datetime(day.year, day.month, day.day, hour, minute)
+    # pytz: a plain tzinfo= would take the zone's first (LMT) offset, so localize() when it has one
+    instant = source.localize(naive) if hasattr(source, "localize") else naive.replace(tzinfo=source)
+    return instant.astimezone(target).strftime("%H:%M")
+
+
 @dataclass(frozen=True)
 class Job:
     kind: str
@@ -119,6 +142,7 @@ class Job:
     device_key: str
     enabled: bool
     hhmm: str
+    zone: str = ""  # the row's auto_schedule_tz; empty: USER_TZ
 
     @property
     def job_id(self) -> str:
@@ -176,12 +200,28 @@ class AutoScheduler(threads.AppThread):
         for kind, model in KINDS.items():
             rows = session.execute(
                 select(
-                    model.id, model.device_key, model.auto_schedule_enable, model.auto_schedule_disable
+                    model.id,
+                    model.device_key,
+                    model.auto_schedule_enable,
+                    model.auto_schedule_disable,
+                    model.auto_schedule_tz,
                 ).where(model.auto_schedule.is_(True))
             )
-            for device_id, key, enable, disable in rows:
+            for device_id, key, enable, disable, zone in rows:
+                if zone_of(zone, self.tz) is None:
+                    job_id = f"{kind}:{device_id}:zone"
+                    if self._warned.get(job_id, "\0") != zone:
+                        self._warned[job_id] = zone
+                        log.warning(
+                            "%s %r: stored schedule time zone %r is unknown; not scheduled "
+                            "(convert it to local time on /config/schedule)",
+                            kind,
+                            key,
+                            zone,
+                        )
+                    continue
                 for (edge, enabled), raw in zip(EDGES, (enable, disable), strict=True):
-                    job = Job(kind, device_id, key, enabled, raw or "")
+                    job = Job(kind, device_id, key, enabled, raw or "", zone or "")
                     if isinstance(raw, str) and config_changes.HHMM.fullmatch(raw):
                         jobs[job.job_id] = job
                         self._warned.pop(job.job_id, None)
@@ -216,18 +256,17 @@ class AutoScheduler(threads.AppThread):
         for job_id, job in wanted.items():
             if self._jobs.get(job_id) == job:
                 continue
+            zone = zone_of(job.zone, self.tz) or self.tz  # wanted() left out unknown zones
             self.scheduler.add_job(
                 self.transition,
-                trigger=DailyTrigger(job.hhmm, self.tz),
+                trigger=DailyTrigger(job.hhmm, zone),
                 args=(job.kind, job.device_id, job.enabled),
                 id=job_id,
                 name=f"{'enable' if job.enabled else 'disable'} {job.kind} {job.device_key} at {job.hhmm}",
                 replace_existing=True,
             )
             self._jobs[job_id] = job
-            log.info(
-                "scheduled %s %r: %s daily at %s %s", job.kind, job.device_key, job_id, job.hhmm, self.tz
-            )
+            log.info("scheduled %s %r: %s daily at %s %s", job.kind, job.device_key, job_id, job.hhmm, zone)
         self.syncs += 1
 
     # ---- the job ----------------------------------------------------------------------------

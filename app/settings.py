@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from dotenv import dotenv_values
 
 from app import rules
 
+# INFLUXDB_LAYOUT: the original's measurements, the hub's "meter" measurement, or both
+INFLUXDB_LAYOUTS = ("auto", "original", "new", "both")
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "app.conf"
 # handler category -> the variable listing the device types it serves
 OUTPUT_TYPE_VARS = {
@@ -98,6 +101,10 @@ class Settings:
     influxdb_org: str = ""
     influxdb_bucket: str = ""
     influxdb_buffer_size: int = 10000
+    # auto: the original's layout on a database adopted from the original, else the hub's (app/original.py)
+    influxdb_layout: str = "auto"
+    # +CC put in front of SMS numbers written without one (the original's "name;0412..." entries)
+    sms_country_code: str = ""
     mdash_api_key: str = field(default="", repr=False)
     mdash_api_base_url: str = "https://mdash.net/api/v2/devices"
     mdash_device_tags: tuple[str, ...] = ("meter", "sensor")
@@ -450,6 +457,13 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     if not mdash_url.startswith(("http://", "https://")):
         raise SettingsError("MDASH_API_BASE_URL", f"{mdash_url!r} is not an http(s) URL")
     exchange = _text(v, "RABBITMQ_EXCHANGE")
+    influx_layout = v.get("INFLUXDB_LAYOUT", "").strip().lower() or "auto"
+    if influx_layout not in INFLUXDB_LAYOUTS:
+        choices = ", ".join(INFLUXDB_LAYOUTS)
+        raise SettingsError("INFLUXDB_LAYOUT", f"{influx_layout!r} is not one of {choices}")
+    country = v.get("SMS_COUNTRY_CODE", "").strip()
+    if country and not re.fullmatch(r"\+?[1-9][0-9]{0,3}", country):
+        raise SettingsError("SMS_COUNTRY_CODE", f"{country!r} is not a calling code such as +61 or 44")
     log_format = _text(v, "LOG_FORMAT").lower()
     if log_format not in ("text", "json"):
         raise SettingsError("LOG_FORMAT", f"{log_format!r} is not text or json")
@@ -550,6 +564,8 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         influxdb_org=v.get("INFLUXDB_ORG", "").strip(),
         influxdb_bucket=v.get("INFLUXDB_BUCKET", "").strip(),
         influxdb_buffer_size=_int(v, "INFLUXDB_BUFFER_SIZE", 1, 10_000_000),
+        influxdb_layout=influx_layout,
+        sms_country_code=("+" + country.lstrip("+")) if country else "",
         mdash_api_key=v.get("MDASH_API_KEY", "").strip(),
         mdash_api_base_url=mdash_url,
         mdash_device_tags=_csv(v.get("MDASH_DEVICE_TAGS_CSV", "")),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -49,6 +51,13 @@ _REQUIRED: dict[str, frozenset[str]] = {
     "outputs": frozenset({"enabled"}),
 }
 _MODELS: dict[str, type[InputConfig] | type[OutputConfig]] = {"input": InputConfig, "output": OutputConfig}
+# The original's shape, {"data": {"active_devices": [...]}}: input events, as SNS/IFTTT sent them.
+ACTIVATE = "activate"  # the request it becomes (not an "action" a message names)
+ACTIVE_MAX = 20  # devices in one such message; the original put one or two there
+# The wire format's timestamp (pylib make_payload: 2023-11-25T09:07:07.123456+0000); also in the schema.
+TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([+-][0-9]{2}:?[0-9]{2}|Z)"
+)
 
 Outcome = Literal["done", "invalid", "failed", "retry"]
 
@@ -70,6 +79,9 @@ class ControlRequest:
     kind: str | None = None
     reason: str | None = None
     enabled: bool | None = None
+    # ACTIVATE: (device_key, event_detail) per active device, and the sender's time (None: now)
+    devices: tuple[tuple[str, str | None], ...] = ()
+    timestamp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,9 +130,8 @@ def validate(doc: Any) -> ControlRequest:
     if not isinstance(doc, dict):
         raise InvalidMessage(f"a JSON {_json_type(doc)}, not an object")
     action = doc.get("action")
-    if "action" not in doc and isinstance(doc.get("data"), dict):
-        # The original injected input events this way; undocumented, and panic covers the real use.
-        raise InvalidMessage("the original's {'data': {'active_devices': [...]}} shape is not supported")
+    if "action" not in doc and "data" in doc:
+        return _validate_original(doc)
     if not isinstance(action, str) or action not in ACTIONS:
         raise InvalidMessage(f"action must be one of {', '.join(ACTIONS)}")
     allowed = _FIELDS[action] | {"action", "version"}
@@ -153,6 +164,40 @@ def validate(doc: Any) -> ControlRequest:
     if not isinstance(enabled, bool):
         raise InvalidMessage("enabled must be true or false")
     return ControlRequest(action, enabled=enabled)
+
+
+def _validate_original(doc: dict[str, Any]) -> ControlRequest:
+    """The original's {"data": {"active_devices": [{"device_key": ...}]}} (original §12.6) as input events."""
+    extra = sorted(str(name) for name in doc if name not in ("data", "timestamp"))
+    if extra:
+        raise InvalidMessage(f"unknown field(s) beside data: {', '.join(extra)[:100]}")
+    data = doc["data"]
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"data must be an object, not a JSON {_json_type(data)}")
+    active = data.get("active_devices")
+    if not isinstance(active, list) or not 1 <= len(active) <= ACTIVE_MAX:
+        raise InvalidMessage(f"data.active_devices must be a list of 1 to {ACTIVE_MAX} devices")
+    devices: list[tuple[str, str | None]] = []
+    for device in active:
+        if not isinstance(device, dict):
+            raise InvalidMessage("each active device must be an object")
+        key = device.get("device_key")
+        if not isinstance(key, str) or not key.strip() or len(key) > DEVICE_MAX:
+            raise InvalidMessage(f"each active device needs a device_key of 1 to {DEVICE_MAX} characters")
+        detail = device.get("event_detail")
+        if "event_detail" in device and (not isinstance(detail, str) or len(detail) > REASON_MAX):
+            raise InvalidMessage(f"event_detail must be text of at most {REASON_MAX} characters")
+        devices.append((key, detail or None))
+    when: float | None = None
+    if "timestamp" in doc:
+        stamp = doc["timestamp"]
+        if not isinstance(stamp, str) or not TIMESTAMP.fullmatch(stamp):
+            raise InvalidMessage("timestamp must be a time such as 2023-11-25T09:07:07.123456+0000")
+        try:
+            when = datetime.fromisoformat(stamp).timestamp()
+        except ValueError:
+            raise InvalidMessage(f"timestamp {stamp!r} is not a real time") from None
+    return ControlRequest(ACTIVATE, devices=tuple(devices), timestamp=when)
 
 
 def _json_type(value: Any) -> str:
@@ -337,6 +382,8 @@ class SqsControl(threads.AppThread):
 
     def _apply(self, request: ControlRequest) -> Reply:
         """Hand the request to the EventProcessor, as the dashboard and the bot do."""
+        if request.action == ACTIVATE:
+            return self._activate(request)
         if request.action == "panic":
             args: dict[str, Any] = {"device_key": registry.PANIC_BUTTON}
             if request.reason:
@@ -351,8 +398,44 @@ class SqsControl(threads.AppThread):
         fields = {"device_enabled": request.action == "enable"}
         return commands.request(action, {"id": target.id, "fields": fields}, actor=ACTOR)
 
+    def _activate(self, request: ControlRequest) -> Reply:
+        """Each active device fires its input through the rules, as a device's own event would.
+
+        An unknown device_key is skipped with a warning, as the original did; a message naming only
+        unknown inputs is invalid. The first other failure is the answer (left for redelivery).
+        """
+        results: list[dict[str, Any]] = []
+        unknown: list[str] = []
+        for key, detail in request.devices:
+            args: dict[str, Any] = {"device_key": key}
+            if detail:
+                args["event_detail"] = detail
+            if request.timestamp is not None:
+                args["event_ts"] = request.timestamp
+            reply = commands.request("fire_input", args, actor=ACTOR)
+            if reply.status == 404:
+                unknown.append(key)
+                continue
+            if not reply.ok:
+                return reply
+            result = reply.result if isinstance(reply.result, dict) else {}
+            results.append({"device_key": key, **result})
+        names = ", ".join(repr(k) for k in unknown)[:200]
+        if unknown:
+            log.warning("SQS control: no input is called %s; skipped", names)
+        if not results:
+            return Reply(ok=False, error=f"no input is called {names}", status=404)
+        return Reply(ok=True, result={"activated": results})
+
 
 def _done_text(request: ControlRequest, reply: Reply) -> str:
+    if request.action == ACTIVATE:
+        result = reply.result if isinstance(reply.result, dict) else {}
+        parts = [
+            f"{r['device_key']!r} {'fired' if r.get('fired') else 'not fired (' + str(r.get('reason')) + ')'}"
+            for r in result.get("activated") or []
+        ]
+        return "input event " + "; ".join(parts)
     if request.action == "outputs":
         return f"outputs {'enabled' if request.enabled else 'disabled'}"
     if request.action in ("enable", "disable"):

@@ -223,3 +223,44 @@ def test_output_generation_is_shown_and_overridden_with_a_warning(rig: tuple[Any
         assert s.get(OutputConfig, buzzer).generation_override == "g3"
     shot(page, "output-generation")
     context.close()
+
+
+def test_convert_a_migrated_utc_schedule_to_local_time(
+    make_settings: Callable[..., Settings], browser: Any, tmp_path: Path
+) -> None:
+    """A schedule from the original's database shows as UTC; one click moves it to USER_TZ, same instants."""
+    from tests.test_original_meaning import make_original
+
+    path = tmp_path / "original.db"
+    row = (1, FRONT, "Motion", "Front Door", 1, 30, 1, "22:00", "06:30", 1, 0, None, 0)
+    make_original(path, {"input_config": [row]})
+    settings = make_settings(
+        TABLESPACE_PATH=str(path),
+        USER_TZ="Asia/Kolkata",
+        APP_ADMIN_PASSWORD_HASH=generate_password_hash(PASSWORD),
+    )
+    hub = start_hub(settings)
+    try:
+        base = f"http://127.0.0.1:{hub.port}"
+        page = browser.new_page()
+        log_in(page, base)
+        page.goto(f"{base}/config/schedule")
+        card = page.locator("#input-1")
+        assert card.locator("summary .badge", has_text="UTC").count() == 1
+        card.locator("summary").click()
+        assert "Enable at (UTC, HH:MM)" in card.inner_text()
+        card.locator("text=Convert to local time").click()
+        page.wait_for_url(f"{base}/config/schedule#input-1")
+        # Kolkata is UTC+5:30 all year: 22:00 UTC is 03:30 there, 06:30 UTC is 12:00.
+        assert "enable 22:00 → 03:30, disable 06:30 → 12:00" in page.inner_text(".alert")
+        with hub.sessions() as s:
+            front = s.query(InputConfig).filter_by(device_key=FRONT).one()
+            assert (front.auto_schedule_enable, front.auto_schedule_disable, front.auto_schedule_tz) == (
+                "03:30",
+                "12:00",
+                None,
+            )
+        assert page.locator("#input-1 summary .badge", has_text="UTC").count() == 0
+        page.close()
+    finally:
+        hub.stop()

@@ -385,7 +385,8 @@ def test_every_bad_field_gets_its_own_message(pages: Pages) -> None:
         ("meter_reading_unit_precision", "2.5", "whole number"),
         ("meter_reset_value", "reset", "whole number"),
         ("meter_reset_value", str(2**31), "from"),
-        ("meter_low_limit", "low", "whole number"),
+        ("meter_low_limit", "low", "a number from -2147483648 to 2147483647"),
+        ("meter_high_limit", "4,5", "a number"),
         ("meter_low_limit", str(-(2**31) - 1), "from"),
         ("meter_high_limit", "1" * 40, "from"),
         ("meter_reading_unit", "kilowatthours", "at most 10"),
@@ -548,7 +549,10 @@ def test_the_unchanged_masked_value_keeps_the_params(pages: Pages) -> None:
     row = get_row(pages, OutputConfig, cam)
     assert (row.device_params, row.trigger_interval) == (CAMERA_PARAMS, 10)
     page = text(response)
-    assert "Saved Camera: enabled, minimum interval 10 s, default topic, parameters set." in page
+    assert (
+        "Saved Camera: enabled, minimum interval 10 s, default topic, parameters set, "
+        "pulse: latch interval of the input." in page
+    )
     assert "pw@" not in page
 
 
@@ -635,7 +639,8 @@ def test_disabling_an_output_and_setting_its_topic(pages: Pages) -> None:
     )
     page = text(response)
     assert (
-        "Saved Hall buzzer: disabled, no minimum interval, topic event.trigger.buzz, no parameters." in page
+        "Saved Hall buzzer: disabled, no minimum interval, topic event.trigger.buzz, no parameters, "
+        "pulse: latch interval of the input." in page
     )
     assert "checked" not in input_tag(page, f"output-{buzzer}-device_enabled")
     assert_no_none(page)

@@ -217,7 +217,7 @@ def test_fresh_sqlite_migrates_to_head_and_matches_models(
     engine = engines(sqlite_url(tmp_path / "hub.db"))
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == HEAD == "0008_history"
+    assert db.current_revision(engine) == HEAD == "0007_original_meaning"
     assert db.schema_differences(engine) == []
 
 
@@ -332,6 +332,21 @@ NEW_COLUMNS = {
 }
 
 
+# Values migration 0007 converts so they keep their meaning (tests/test_original_meaning.py checks
+# them); every other original value stays byte for byte as it was.
+CONVERTED = {"meter_config": ("meter_low_limit", "meter_high_limit")}
+ADOPTED_MARKER = "original-database-adopted"
+
+
+def kept_rows(path: Path, table: str, columns: str) -> list[tuple[Any, ...]]:
+    """The rows of an original table without the converted columns and without the adoption marker."""
+    names = [c.strip() for c in columns.split(",") if c.strip() not in CONVERTED.get(table, ())]
+    rows = read_rows(path, table, ", ".join(names))
+    if table == "general_config":
+        rows = [row for row in rows if ADOPTED_MARKER not in row]
+    return rows
+
+
 def make_original_database(path: Path) -> None:
     """A database file as the original app left it: its schema, rows in every table, no alembic_version."""
     with sqlite3.connect(path) as conn:
@@ -359,8 +374,10 @@ def original_columns(path: Path, table: str) -> str:
 def test_original_database_upgrades_in_place(tmp_path: Path, engines: Callable[..., Engine]) -> None:
     path = tmp_path / "event_processor.db"
     make_original_database(path)
-    before = {t: (original_columns(path, t), read_rows(path, t)) for t in ORIGINAL_TABLES}
-    assert {t: rows for t, (_, rows) in before.items()} == ORIGINAL_ROWS
+    assert {t: read_rows(path, t) for t in ORIGINAL_TABLES} == ORIGINAL_ROWS
+    before = {
+        t: (original_columns(path, t), kept_rows(path, t, original_columns(path, t))) for t in ORIGINAL_TABLES
+    }
 
     engine = engines(sqlite_url(path))
     assert db.current_revision(engine) is None
@@ -368,9 +385,10 @@ def test_original_database_upgrades_in_place(tmp_path: Path, engines: Callable[.
     assert db.current_revision(engine) == HEAD
     assert db.schema_differences(engine) == []
 
-    # every original row and value, byte for byte as stored
+    # every original row and value, byte for byte as stored (but those 0007 converts), and the marker
     for table, (columns, rows) in before.items():
-        assert read_rows(path, table, columns) == rows, table
+        assert kept_rows(path, table, columns) == rows, table
+    assert [row[1] for row in read_rows(path, "general_config")].count(ADOPTED_MARKER) == 1
     for table, new in NEW_COLUMNS.items():
         assert all(value is None for row in read_rows(path, table, ", ".join(new)) for value in row), table
 
@@ -401,7 +419,8 @@ def test_original_database_upgrades_in_place(tmp_path: Path, engines: Callable[.
     # and a second start changes nothing
     db.upgrade(engines(sqlite_url(path)))
     for table, (columns, rows) in before.items():
-        assert read_rows(path, table, columns) == rows, table
+        assert kept_rows(path, table, columns) == rows, table
+    assert [row[1] for row in read_rows(path, "general_config")].count(ADOPTED_MARKER) == 1
 
 
 def test_original_database_without_later_tables_gets_them(
@@ -420,7 +439,9 @@ def test_original_database_without_later_tables_gets_them(
     db.upgrade(engine)
     assert db.schema_differences(engine) == []
     assert read_rows(path, "input_config", columns) == rows
-    assert read_rows(path, "meter_config") == read_rows(path, "general_config") == []
+    assert read_rows(path, "meter_config") == []
+    # created by 0001 for this adoption, holding only its marker
+    assert [row[1] for row in read_rows(path, "general_config")] == [ADOPTED_MARKER]
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.moto_server import TEST_KEYS, aws_env, moto_server
 from tests.support import free_port, wait_for
 from tests.test_hub_e2e import BACK, FRONT, IOBOARD_HEARTBEAT, SNAPSHOT_HEARTBEAT
+from tests.test_original_meaning import make_original
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "sqs-control.schema.json").read_text())
@@ -57,6 +58,13 @@ VALID: list[Any] = [
     {"action": "panic", "version": 1.0},  # JSON Schema counts 1.0 as the number 1
     {"action": "outputs", "enabled": False},
     {"action": "outputs", "enabled": True, "version": 1},
+    # the original's shape: input events
+    {"data": {"active_devices": [{"device_key": FRONT}]}},
+    {"data": {"active_devices": [{"device_key": FRONT, "event_detail": "IFTTT", "device_label": "x"}]}},
+    {"data": {"active_devices": [{"device_key": "k" * 100, "event_detail": ""}], "storage_url": "x"}},
+    {"data": {"active_devices": [{"device_key": FRONT}] * 20}},
+    {"data": {"active_devices": [{"device_key": FRONT}]}, "timestamp": "2023-11-25T09:07:07.123456+0000"},
+    {"data": {"active_devices": [{"device_key": FRONT}]}, "timestamp": "2023-11-25T09:07:07Z"},
 ]
 INVALID: list[Any] = [
     None,
@@ -94,7 +102,23 @@ INVALID: list[Any] = [
     {"action": "panic", "version": "1"},
     {"action": "panic", "version": True},
     {"action": "panic", "version": None},
-    {"data": {"active_devices": [{"device_key": FRONT}]}},
+    {"data": {}},
+    {"data": None},
+    {"data": [{"device_key": FRONT}]},
+    {"data": {"active_devices": []}},
+    {"data": {"active_devices": [{"device_key": FRONT}] * 21}},
+    {"data": {"active_devices": [FRONT]}},
+    {"data": {"active_devices": [{"device_label": FRONT}]}},
+    {"data": {"active_devices": [{"device_key": ""}]}},
+    {"data": {"active_devices": [{"device_key": "  "}]}},
+    {"data": {"active_devices": [{"device_key": "k" * 101}]}},
+    {"data": {"active_devices": [{"device_key": 7}]}},
+    {"data": {"active_devices": [{"device_key": FRONT, "event_detail": 5}]}},
+    {"data": {"active_devices": [{"device_key": FRONT, "event_detail": "d" * 256}]}},
+    {"data": {"active_devices": [{"device_key": FRONT}]}, "extra": 1},
+    {"data": {"active_devices": [{"device_key": FRONT}]}, "timestamp": 1700000000},
+    {"data": {"active_devices": [{"device_key": FRONT}]}, "timestamp": "yesterday"},
+    {"action": "panic", "data": {"active_devices": [{"device_key": FRONT}]}},
     {"Type": "Notification", "Message": "{}"},  # an envelope is unwrapped by decode, never by validate
 ]
 
@@ -141,6 +165,15 @@ def test_decode_unwraps_an_sns_envelope_and_refuses_what_is_not_json() -> None:
     envelope = {"Type": "Notification", "MessageId": "m", "Message": json.dumps({"action": "panic"})}
     assert sqs_control.decode(json.dumps(envelope)) == sqs_control.ControlRequest("panic")
     assert sqs_control.decode('{"action": "disable", "device": " Hall "}').device == "Hall"
+    # The original's shape, also inside an SNS envelope, becomes input events.
+    legacy = {
+        "data": {"active_devices": [{"device_key": "Hall", "event_detail": "IFTTT"}, {"device_key": "Gate"}]}
+    }
+    sns = {"Type": "Notification", "Message": json.dumps(legacy)}
+    expected = sqs_control.ControlRequest(sqs_control.ACTIVATE, devices=(("Hall", "IFTTT"), ("Gate", None)))
+    assert sqs_control.decode(json.dumps(legacy)) == sqs_control.decode(json.dumps(sns)) == expected
+    stamped = sqs_control.decode(json.dumps({**legacy, "timestamp": "2023-11-25T09:07:07.500000+0000"}))
+    assert stamped.timestamp == 1700903227.5
     for body, why in [
         ("", "not JSON"),
         ("not json", "not JSON"),
@@ -149,7 +182,7 @@ def test_decode_unwraps_an_sns_envelope_and_refuses_what_is_not_json() -> None:
         (json.dumps({"Type": "SubscriptionConfirmation", "Message": "{}"}), "not a Notification"),
         (json.dumps({"Type": "Notification", "Message": "nope"}), "SNS Message is not JSON"),
         (json.dumps({"Type": "Notification", "Message": {"action": "panic"}}), "without a Message string"),
-        (json.dumps({"data": {"active_devices": []}}), "not supported"),
+        (json.dumps({"data": {"active_devices": []}}), "list of 1 to 20 devices"),
         (json.dumps({"action": "panic", "reason": "x" * 20000}), "byte limit"),
     ]:
         with pytest.raises(sqs_control.InvalidMessage, match=why):
@@ -314,7 +347,7 @@ BAD_BODIES = [
     json.dumps({"action": "disable", "device": "No Such Device"}),
     json.dumps({"action": "outputs", "enabled": "false"}),
     json.dumps({"action": "panic", "extra": 1}),
-    json.dumps({"data": {"active_devices": [{"device_key": FRONT}]}}),
+    json.dumps({"data": {"active_devices": [{"device_key": "No Such Input"}]}}),
     json.dumps({"Type": "SubscriptionConfirmation", "Message": "{}"}),
     json.dumps({"action": "enable", "device": FRONT, "comment": "z" * 200_000}),
 ]
@@ -333,7 +366,7 @@ def test_invalid_messages_are_deleted_counted_and_the_next_valid_one_works(rig: 
     assert len(logged) == len(BAD_BODIES)
     assert max(len(line) for line in logged) < 600  # the 200 KB body is cut short
     assert any("no input or output is called 'No Such Device'" in line for line in logged)
-    assert any("not supported" in line for line in logged)  # the original's legacy shape
+    assert any("no input is called 'No Such Input'" in line for line in logged)  # the original's shape
 
 
 def test_a_message_the_processor_did_not_take_is_left_for_redelivery(rig: Rig, monkeypatch: Any) -> None:
@@ -404,3 +437,63 @@ def test_sqs_going_away_and_coming_back(make_settings: Any, unique_name: Any) ->
     finally:
         hub.stop()
         server.stop()
+
+
+# ---- the original's shape, on the original's database -------------------------------------------------
+
+ORIGINAL_ROWS = {
+    "input_config": [(1, FRONT, "Motion", "Front Door", 1, 30, 0, None, None, 1, 0, None, 0)],
+    "output_config": [(1, "Hallway Buzzer", "Buzzer", "Buzzer", None)],
+    "output_link": [(1, 1, 1)],
+}
+
+
+def test_the_original_shape_fires_inputs_of_an_original_database(
+    make_settings: Any, moto_url: str, unique_name: Any, tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="app.sqs_control")
+    path = tmp_path / "original.db"
+    make_original(path, ORIGINAL_ROWS)
+    name = unique_name("control")
+    sqs = aws(moto_url, "sqs")
+    queue_url = make_queue(sqs, name)
+    env = {
+        "SNS_CONTROL_ENABLED": "true",
+        "SQS_QUEUE": name,
+        "SQS_WAIT_SECONDS": "1",
+        **aws_env(moto_url, REGION),
+    }
+    settings = make_settings(TABLESPACE_PATH=str(path), **env)
+    hub = start_hub(settings)
+    device, consumer = Device(settings), ControlConsumer(settings)
+    try:
+        api = Api(hub)
+        device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
+        wait_for(lambda: state().get("state") == "connected", what="SQS control connected")
+        rig = Rig(settings, hub, api, sqs, queue_url)
+        # As an IFTTT applet sent it to the original: no action, no timestamp.
+        rig.send({"data": {"active_devices": [{"device_key": FRONT, "event_detail": "IFTTT"}]}})
+        # The migrated link keeps the original's null pulse.
+        assert consumer.wait(1)[0][2]["data"] == ["Hallway Buzzer", None]
+        decision = wait_for(lambda: api.decisions(FRONT))[0]
+        assert decision["fired"] is True and decision["event_detail"] == "IFTTT"
+        assert decision["origin"] == f"{settings.device_name} (sqs)"
+        # Through the rules: within the latch the same event does not fire again.
+        rig.send({"data": {"active_devices": [{"device_key": FRONT, "event_detail": "IFTTT"}]}})
+        wait_for(lambda: len(api.decisions(FRONT)) == 2, what="second decision")
+        assert api.decisions(FRONT)[0]["fired"] is False and consumer.quiet(0.5)[1:] == []
+        # A timestamp older than MAX_MESSAGE_VALIDITY_SECONDS is stale, as a device's would be.
+        rig.send(
+            {"data": {"active_devices": [{"device_key": FRONT}]}, "timestamp": "2023-11-25T09:07:07+0000"}
+        )
+        wait_for(lambda: counter("handled") == 3, what="stale message handled")
+        assert consumer.quiet(0.5)[1:] == []
+        # Unknown keys are skipped beside a known one; alone they make the message invalid.
+        rig.send({"data": {"active_devices": [{"device_key": "Nobody"}]}})
+        wait_for(lambda: counter("invalid") == 1, what="unknown input refused")
+        wait_for(lambda: rig.in_queue() == 0, what="every message deleted")
+        assert any("no input is called 'Nobody'" in r.getMessage() for r in caplog.records)
+    finally:
+        device.close()
+        consumer.close()
+        hub.stop()

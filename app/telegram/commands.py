@@ -38,7 +38,7 @@ from app.config_changes import ChangeError, outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
 from app.presence import Presence
 from app.presence import presence as default_presence
-from app.scheduler import next_transition
+from app.scheduler import next_transition, zone_of
 from app.settings import Settings
 from app.web.api import _seen
 from app.web.context import WebContext
@@ -752,11 +752,15 @@ class CommandBot:
                 name = f"• <b>{html.escape(target.label)}</b> ({target.kind})"
                 enable, disable = row.auto_schedule_enable, row.auto_schedule_disable
                 times = f"{html.escape(enable or '–')}–{html.escape(disable or '–')}"
+                if row.auto_schedule_tz and row.auto_schedule_tz != self.settings.user_tz:
+                    # The original's rows keep UTC until converted on the schedule page.
+                    times += f" {html.escape(row.auto_schedule_tz)}"
                 if not row.auto_schedule:
                     stored = f" (stored {times})" if enable or disable else ""
                     lines.append(f"{name}: no daily schedule{stored}")
                     continue
-                upcoming = next_transition(enable, disable, tz, now)
+                zone = zone_of(row.auto_schedule_tz, tz)
+                upcoming = next_transition(enable, disable, zone, now) if zone is not None else None
                 if upcoming is None:
                     # An original database's "7:00" or "": the scheduler skips it until it is re-saved.
                     lines.append(f"{name}: daily {times}, stored times invalid, not scheduled")
@@ -808,7 +812,8 @@ class CommandBot:
             except ChangeError as exc:
                 await self._say(update, f"Not changed: {html.escape(str(exc))}")
                 return
-            args = {"auto_schedule": True, "enable": enable, "disable": disable}
+            # Times typed in the chat are the hub's local time, so a row kept in UTC moves to USER_TZ.
+            args = {"auto_schedule": True, "enable": enable, "disable": disable, "schedule_tz": None}
         targets = await self._schedule_targets(terms)
         if not targets:
             if terms:

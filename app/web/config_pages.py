@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, protocols, registry, rules
+from app import commands, config_changes, meters, protocols, registry, rules
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
@@ -46,6 +46,9 @@ _MASK_CHAR = "•"
 _CAMERA = re.compile(r"(?P<user>[^:@,;\s]*):(?P<password>[^@]*)@(?P<rest>.+)", re.DOTALL)
 _PHONE_ENTRY = re.compile(r"(?P<name>[^;,]*);(?P<number>\+?[0-9][0-9 ()\-]{3,})")
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,15}\.[0-9]{1,9}")
+# The pulse select: where a switch's trigger takes its duration from (output_config.pulse_seconds).
+PULSE_CHOICES = ("input", "device", "fixed")
 # More digits than any field accepts: parsed as "too large" instead of feeding int() a megabyte of digits.
 _MAX_DIGITS = 30
 
@@ -94,6 +97,8 @@ def _number(raw: str) -> int | str | None:
         if len(digits) > _MAX_DIGITS:
             return -(10**_MAX_DIGITS) if raw.startswith("-") else 10**_MAX_DIGITS
         return int(raw)
+    if _DECIMAL.fullmatch(raw):
+        return float(raw)
     return raw
 
 
@@ -155,6 +160,8 @@ def _display(value: Any) -> Any:
         return ""
     if isinstance(value, bool):
         return value
+    if isinstance(value, float):
+        return meters.limit_text(value)
     return str(value)
 
 
@@ -306,7 +313,7 @@ def _input_summary(row: InputConfig) -> str:
         parts.append(f"group {row.group_name}")
     if row.meter is not None:
         low, high = row.meter.meter_low_limit, row.meter.meter_high_limit
-        parts.append(f"meter limits {'none' if low is None else low} to {'none' if high is None else high}")
+        parts.append(f"meter limits {meters.limit_text(low)} to {meters.limit_text(high)}")
     return f"Saved {_name(row)}: {', '.join(parts)}."
 
 
@@ -337,7 +344,7 @@ def save_input() -> Response | tuple[str, int]:
         low, high = meter_fields.get("meter_low_limit"), meter_fields.get("meter_high_limit")
         # The processor checks this too, but only after the input half would already be saved.
         if low is not None and high is not None and low > high:
-            errors["meter_low_limit"] = f"Must not be above the high limit ({high})"
+            errors["meter_low_limit"] = f"Must not be above the high limit ({meters.limit_text(high)})"
     if not errors:
         steps = [("update_input", {"id": device_id, "fields": input_fields})]
         if meter:
@@ -403,7 +410,43 @@ def _output_values(row: OutputConfig) -> Values:
     values["device_params"] = mask_params(row.device_params)
     values["device_enabled"] = row.device_enabled is not False  # outputs predate the flag: NULL means on
     values["alert_offline"] = row.alert_offline is True  # NULL: the default, off for outputs
+    values["pulse"], values["pulse_seconds"] = _pulse_view(row.pulse_seconds)
     return values
+
+
+def _pulse_view(stored: int | None) -> tuple[str, Any]:
+    if stored is None:
+        return "device", ""
+    if stored == rules.PULSE_INPUT_INTERVAL:
+        return "input", ""
+    return "fixed", stored
+
+
+def _pulse_field(form: MultiDict[str, str], errors: Errors) -> Values:
+    """The pulse select and seconds as the pulse_seconds field; a bad choice is an error beside it."""
+    if "pulse" not in form:
+        return {}  # a form without the field (a script, an old page) leaves the stored pulse alone
+    choice = form.get("pulse", "")
+    if choice == "input":
+        return {"pulse_seconds": rules.PULSE_INPUT_INTERVAL}
+    if choice == "device":
+        return {"pulse_seconds": None}
+    if choice != "fixed":
+        errors["pulse"] = "Choose where the pulse length comes from."
+        return {}
+    seconds = _number(form.get("pulse_seconds", ""))
+    if not isinstance(seconds, int) or not 0 <= seconds <= 86400:
+        errors["pulse_seconds"] = "A fixed pulse needs whole seconds from 0 to 86400."
+        return {}
+    return {"pulse_seconds": seconds}
+
+
+def _pulse_text(stored: int | None) -> str:
+    if stored is None:
+        return "pulse: device default"
+    if stored == rules.PULSE_INPUT_INTERVAL:
+        return "pulse: latch interval of the input"
+    return f"pulse: {stored} s"
 
 
 def _render_outputs(
@@ -465,6 +508,7 @@ def _output_summary(row: OutputConfig) -> str:
     )
     parts.append(f"topic {row.trigger_topic}" if row.trigger_topic else "default topic")
     parts.append("parameters set" if row.device_params else "no parameters")
+    parts.append(_pulse_text(row.pulse_seconds))
     return f"Saved {_name(row)}: {', '.join(parts)}."
 
 
@@ -494,6 +538,7 @@ def save_output() -> Response | tuple[str, int]:
         typed.pop("device_params")  # unchanged (or refused): leave the stored value alone
     else:
         typed["device_params"] = params
+    typed.update(_pulse_field(form, errors))
     fields, field_errors = _check_each(config_changes.validate_output_fields, typed)
     errors.update(field_errors)
     if not errors:
@@ -508,7 +553,7 @@ def save_output() -> Response | tuple[str, int]:
                 flash(text, "warning")
             return response
         errors = _refusal(reply, note)
-    back = _typed_back(form, OUTPUT_TEXT + OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
+    back = _typed_back(form, OUTPUT_TEXT + OUTPUT_NUMBERS + ("pulse", "pulse_seconds"), OUTPUT_CHECKBOXES)
     with ctx().session_factory() as session:
         return _render_outputs(session, device_id, back, errors, status=_error_status(errors))
 

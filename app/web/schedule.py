@@ -14,7 +14,7 @@ from werkzeug.wrappers import Response
 from app import commands, config_changes, rules
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
-from app.scheduler import KINDS, next_transition
+from app.scheduler import KINDS, convert_time, next_transition, zone_of
 from app.web import auth
 from app.web.api import ApiError
 from app.web.context import ctx
@@ -44,7 +44,9 @@ def _describe(kind: str, row: InputConfig | OutputConfig, now: datetime) -> dict
         name: value is None or bool(config_changes.HHMM.fullmatch(value))
         for name, value in (("enable", enable), ("disable", disable))
     }
-    upcoming = next_transition(enable, disable, _tz(), now) if row.auto_schedule else None
+    zone = zone_of(row.auto_schedule_tz, _tz())
+    upcoming = next_transition(enable, disable, zone, now) if row.auto_schedule and zone is not None else None
+    user_tz = ctx().settings.user_tz
     return {
         "kind": kind,
         "id": row.id,
@@ -56,6 +58,11 @@ def _describe(kind: str, row: InputConfig | OutputConfig, now: datetime) -> dict
         "disable": disable,
         # A time stored by the original (e.g. "7:00" or "") that the scheduler skips.
         "invalid": [name for name, ok in valid.items() if not ok],
+        # The zone the times are read in: the row's own (UTC on the original's rows) or USER_TZ.
+        "timezone": row.auto_schedule_tz or user_tz,
+        # True when the row keeps a zone of its own that differs from USER_TZ: the page offers to convert.
+        "own_timezone": bool(row.auto_schedule_tz) and row.auto_schedule_tz != user_tz,
+        "timezone_known": zone is not None,
         "next_transition": None
         if upcoming is None
         else {"at": upcoming[0].isoformat(), "enabled": upcoming[1], "local": upcoming[0]},
@@ -71,6 +78,8 @@ def _all(session: Session) -> tuple[bool, list[dict[str, Any]]]:
 def _validate(body: dict[str, Any], current: InputConfig | OutputConfig) -> dict[str, Any]:
     """The set_schedule args for a request; raises ChangeError naming the first bad field."""
     args: dict[str, Any] = {"auto_schedule": body.get("auto_schedule")}
+    if "timezone" in body:
+        args["schedule_tz"] = config_changes.validate_zone(body["timezone"], "timezone")
     for name in ("enable", "disable"):
         if name in body:
             args[name] = config_changes.validate_time(body[name], name)
@@ -245,6 +254,50 @@ def save_enabled() -> Response:
     else:
         flash(f"Not saved: {reply.error}", "danger")
     return redirect(url_for(".page"))
+
+
+def local_times(row: InputConfig | OutputConfig, now: datetime) -> dict[str, str | None]:
+    """The row's stored times moved to USER_TZ, each naming the same instant today as now."""
+    zone = zone_of(row.auto_schedule_tz, _tz())
+    if zone is None:
+        zone = pytz.UTC  # an unknown zone name: read the times as the original did
+    converted: dict[str, str | None] = {}
+    for name, stored in (("enable", row.auto_schedule_enable), ("disable", row.auto_schedule_disable)):
+        hhmm = config_changes.parse_hhmm(stored)
+        converted[name] = convert_time(hhmm, zone, _tz(), now) if hhmm is not None else None
+    return converted
+
+
+@bp.post("/schedule/convert")
+def convert_to_local() -> Response | tuple[str, int]:
+    """One click: a schedule kept in its own zone (the original's UTC) moved to USER_TZ, same instants."""
+    form = request.form
+    kind = form.get("kind", "")
+    raw_id = form.get("id", "").strip()
+    if kind not in KINDS or not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 19:
+        abort(400)
+    device_id = int(raw_id)
+    with ctx().session_factory() as session:
+        row = _load(session, kind, device_id)
+        name = row.device_label or row.device_key
+        was = row.auto_schedule_tz or ctx().settings.user_tz
+        before = (row.auto_schedule_enable, row.auto_schedule_disable)
+        times = local_times(row, datetime.now(_tz()))
+        auto = bool(row.auto_schedule)
+    args = {"auto_schedule": auto, **times, "schedule_tz": None}
+    reply = commands.request("set_schedule", {"kind": kind, "id": device_id, **args}, actor=auth.actor())
+    if reply.ok:
+        flash(
+            f"Converted the schedule of {name} from {was} to {ctx().settings.user_tz}: "
+            f"enable {before[0] or '–'} → {times['enable'] or '–'}, "
+            f"disable {before[1] or '–'} → {times['disable'] or '–'} (the same moments today).",
+            "success",
+        )
+        return redirect(url_for(".page", _anchor=f"{kind}-{device_id}"))
+    if reply.status == 404:
+        abort(404)
+    errors = {reply.field or "_form": reply.error or "The change was refused"}
+    return _render(None, errors, f"{kind}-{device_id}", status=400)
 
 
 _QUIET_LABELS = {"not_before": "Not before", "not_after": "Not after"}

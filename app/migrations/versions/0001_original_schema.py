@@ -8,6 +8,7 @@ Create Date: 2026-01-01
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -143,14 +144,32 @@ _TABLES: dict[str, Callable[[], None]] = {
 }
 
 
+# general_config key recorded when this revision adopts a database the original app made: later
+# revisions convert values whose meaning changed, and settings such as INFLUXDB_LAYOUT default to
+# the original's behaviour (app/original.py reads it).
+ORIGINAL_MARKER_KEY = "original-database-adopted"
+
+
 def upgrade() -> None:
     # A database made by the original app has these tables but no alembic_version: leave every
     # existing table exactly as it is (rows and all) and create only what is missing (general_config
     # and meter_config were added to the original late, so older files may lack them).
-    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    inspector = sa.inspect(op.get_bind())
+    existing = set(inspector.get_table_names())
+    # The original's input_config, not one made by metadata.create_all() (which has created_at).
+    adopting = "input_config" in existing and "created_at" not in {
+        c["name"] for c in inspector.get_columns("input_config")
+    }
     for name, create in _TABLES.items():
         if name not in existing:
             create()
+    if adopting:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        op.execute(
+            sa.text("INSERT INTO general_config (config_key, config_value) VALUES (:key, :value)").bindparams(
+                key=ORIGINAL_MARKER_KEY, value=stamp
+            )
+        )
 
 
 def downgrade() -> None:
