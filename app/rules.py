@@ -201,8 +201,6 @@ def evaluate_output(rule: OutputRule, state: OutputState, now: float, outputs_en
     return FIRE
 
 
-
-
 # ---- quiet hours ----------------------------------------------------------------------------------
 
 

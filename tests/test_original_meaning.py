@@ -263,10 +263,10 @@ def test_migrated_outputs_keep_the_device_default_pulse_and_new_ones_the_latch(
         snap = processor.load_snapshot(session)
     front = snap.inputs_by_key["Front Door Motion (Hallway)"]
     by_key = {o.device_key: o for o in snap.outputs_by_id.values()}
-    # The original sent [key, null]; the device then pulsed for its default 1 s.
-    assert rules.control_data("ioboard", by_key["Hallway Buzzer"], front, "") == ["Hallway Buzzer", None]
+    # The original sent [key, null]; the device then pulsed for its default 1 s (the wire: test_original_e2e).
+    assert rules.pulse_duration(by_key["Hallway Buzzer"], front) is None
     # An output the hub registers keeps today's behaviour: the input's activation_interval.
-    assert rules.control_data("ioboard", by_key["Porch Siren"], front, "") == ["Porch Siren", 30]
+    assert rules.pulse_duration(by_key["Porch Siren"], front) == 30
     # And the hub's own database keeps that behaviour for every output it already had.
     fresh = upgraded(tmp_path / "hub.db")
     with fresh() as session:
