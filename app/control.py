@@ -12,7 +12,7 @@ import pika.exceptions
 import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
-from app import channels, health
+from app import channels, health, roles
 from app.rabbit_source import broker_spec
 from app.settings import Settings
 from pylib import inproc, rabbit, threads
@@ -77,7 +77,8 @@ class ControlPublisher(AppThread):
                     self._open()
                 self._receive(pull)
                 self._expire()
-                while self._pending and self._channel is not None:
+                # roles.acting(): a hub that lost its lease publishes nothing more (fencing)
+                while self._pending and self._channel is not None and roles.acting():
                     self._publish_pending()
                 if self._connection is not None:
                     self._service()

@@ -48,3 +48,9 @@ def reset() -> None:
         _components.clear()
         _counters.clear()
     _ready.clear()
+
+
+def counter(name: str) -> int:
+    """One counter's value (0 when never counted), without copying them all."""
+    with _lock:
+        return _counters.get(name, 0)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db_writes, health, protocols, registry
+from app import db_writes, health, protocols, registry, roles
 from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
 from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
@@ -99,6 +99,8 @@ class HeartbeatFilter(threads.AppThread):
         self._presence.seen(env.origin, [ad.device_key for ad in described + active], env.received_at)
         if described:
             self._learn_clock(env, [ad.device_key for ad in described])
+        if not roles.acting():
+            return  # a standby hub: presence stays current for its dashboard; the active hub registers
         try:
             env.changed_keys = self._register(env.origin, described, active)
         except SQLAlchemyError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import clocks, db, db_writes, health, observability, original, registry
+from app import clocks, db, db_writes, health, observability, original, registry, roles
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -27,6 +27,10 @@ from app.web.server import WebServer
 from pylib import inproc, threads
 
 log = logging.getLogger(__name__)
+
+# With a standby pair (HA_ENABLED) only the active hub runs these: one Telegram poller, one
+# scheduler, one pinger, one set of offline alerts, one SQS consumer. They start at activation.
+ACTIVE_ONLY = ("Telegram", "OfflineMonitor", "AutoScheduler", "HealthPinger", "MdashDiscovery", "SqsControl")
 
 
 class Hub:
@@ -140,8 +144,26 @@ class Hub:
             started.append(SqsControl(self.settings, self.sessions))
         else:
             log.info("SQS control off: set SNS_CONTROL_ENABLED=true to take control messages from SQS_QUEUE")
+        gated = self._gate_for_standby(started)
         for thread in started:
-            thread.start()
+            if thread not in gated:
+                thread.start()
+
+    def _gate_for_standby(self, started: list[threads.AppThread]) -> list[threads.AppThread]:
+        """HA mode: add the RoleKeeper, which starts the active-only threads when this hub takes the lease."""
+        if not self.settings.ha_enabled:
+            return []
+        assert self.sessions is not None
+        from app.role_keeper import RoleKeeper  # psycopg's lease connection: only for a standby pair
+
+        gated = [t for t in started if t.name in ACTIVE_ONLY]
+        started.append(RoleKeeper(self.settings, self.sessions, on_active=roles.active_only(gated)))
+        log.info(
+            "standby pair: %s starts as standby and acts once it holds the lease (%s wait)",
+            self.settings.ha_node_name,
+            ", ".join(t.name for t in gated),
+        )
+        return gated
 
     @staticmethod
     def _register_depths(started: list[threads.AppThread]) -> None:
@@ -187,3 +209,4 @@ class Hub:
         inproc.terminate()
         if self.engine is not None:
             self.engine.dispose()
+        roles.reset()

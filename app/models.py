@@ -280,3 +280,14 @@ class ConfigChange(Base):
 
 
 Index("ix_config_change_target", ConfigChange.target_kind, ConfigChange.target_id, ConfigChange.timestamp)
+
+
+class HubNode(Base):
+    """One row per hub of a standby pair (HA_ENABLED): its role, since when, and when it was last seen."""
+
+    __tablename__ = "hub_node"
+    node_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)  # active | standby | stopped
+    role_since: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC
+    seen: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC, refreshed every check
+    url: Mapped[str | None] = mapped_column(String(255))

@@ -30,7 +30,19 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes, db_writes, health, meters, protocols, registry, rule_state, rules
+from app import (
+    commands,
+    config_changes,
+    db_writes,
+    delivery,
+    health,
+    meters,
+    protocols,
+    registry,
+    roles,
+    rule_state,
+    rules,
+)
 from app.channels import (
     AUDIT,
     CONTROL_PUBLISHER,
@@ -62,6 +74,8 @@ RECENT_MAX = 100
 TRIGGERS_BY_TYPE = "processor.triggers_by_type."
 MAX_DETAIL = 255
 FLUSH_SECONDS = 5.0  # rule state reaches the database at most this long after it changed
+# With a standby pair the other hub loads this state at a take-over: the fresher, the fewer repeats.
+FLUSH_SECONDS_HA = 1.0
 DIGEST_CHECK_SECONDS = 1.0
 DIGEST_MAX = 200  # entries listed in one digest; later ones are only counted
 STATE_PREFIX = "processor:"
@@ -180,6 +194,9 @@ class EventProcessor(threads.AppThread):
         self._dirty: set[tuple[str, int]] = set()
         self._next_flush = 0.0
         self._next_digest_check = 0.0
+        self._flush_seconds = FLUSH_SECONDS_HA if settings.ha_enabled else FLUSH_SECONDS
+        # False on a standby hub: it decides nothing, changes nothing and writes no rule state
+        self._acting = True
         # Bound here, before any thread starts, so nothing sent early is lost.
         self._pull = inproc.bind_pull(PROCESSOR)
         self._control: Any = None
@@ -200,7 +217,9 @@ class EventProcessor(threads.AppThread):
         if self._settings.telegram_enabled:
             self._notifier = inproc.connect_push(NOTIFIER)
         self._reload()
-        self._load_state()
+        self._acting = roles.acting()
+        if self._acting:
+            self._load_state()
         health.set_state("event_processor", "running")
         next_reload = time.monotonic() + RELOAD_SECONDS
         try:
@@ -210,9 +229,16 @@ class EventProcessor(threads.AppThread):
                 except inproc.MessageError as exc:
                     log.warning("dropping undecodable frame: %s", exc)
                     continue
+                if self._acting != roles.acting():
+                    self._role_changed()
                 try:
-                    if isinstance(msg, Envelope):
+                    if not self._acting:
+                        if msg is not None:
+                            self._refuse(msg)
+                    elif isinstance(msg, Envelope):
                         self._on_envelope(msg)
+                        if msg.source == "rabbitmq" and self._settings.ha_enabled:
+                            delivery.processed(msg.received_at)
                     elif isinstance(msg, Command):
                         self._on_command(msg)
                 except Exception:
@@ -222,12 +248,15 @@ class EventProcessor(threads.AppThread):
                 if time.monotonic() >= next_reload:
                     self._reload()
                     next_reload = time.monotonic() + RELOAD_SECONDS
-                self._housekeeping()
+                if self._acting:
+                    self._housekeeping()
         finally:
             # everything, not just what changed since the last flush: a queued StateWrite may
-            # still be on its way, and this snapshot (newest version) must win over it
-            self._dirty |= self._all_state_keys()
-            self._flush(direct=True)
+            # still be on its way, and this snapshot (newest version) must win over it.
+            # Not on a standby or a fenced hub: the state belongs to the active hub.
+            if self._acting and roles.acting():
+                self._dirty |= self._all_state_keys()
+                self._flush(direct=True)
             for sock in (
                 self._pull,
                 self._control,
@@ -238,6 +267,29 @@ class EventProcessor(threads.AppThread):
             ):
                 if sock is not None:
                     sock.close()
+
+    def _role_changed(self) -> None:
+        """Standby -> active: start from the database's configuration and rule state, as after a restart."""
+        self._acting = roles.acting()
+        if not self._acting:
+            self._dirty.clear()  # fenced: the new active hub owns the rule state now
+            log.warning("event processor stopped acting: this hub no longer holds the lease")
+            return
+        self._input_state.clear()
+        self._output_state.clear()
+        self._meter_zone.clear()
+        self._recent.clear()
+        self._digest = {"items": [], "more": 0}
+        self._dirty.clear()
+        self._reload()
+        self._load_state()
+        log.info("event processor acting: configuration and rule state loaded from the database")
+
+    def _refuse(self, msg: object) -> None:
+        """On a standby: device messages are not ours to decide, changes go to the active hub."""
+        if isinstance(msg, Command):
+            commands.answer(msg, Reply(ok=False, error=roles.standby_message(), status=503))
+        health.count("processor.standby_refused")
 
     def _reload(self) -> None:
         try:
@@ -678,7 +730,7 @@ class EventProcessor(threads.AppThread):
         if mono >= self._next_digest_check:
             self._next_digest_check = mono + DIGEST_CHECK_SECONDS
             self._check_digest(self._clock())
-        if self._dirty and mono >= self._next_flush:
+        if self._dirty and mono >= self._next_flush and self._acting:
             self._flush()
 
     def _state_value(self, kind: str, ident: int) -> Any:
@@ -712,7 +764,7 @@ class EventProcessor(threads.AppThread):
         (a flush of a few hundred rows took tens of milliseconds, straight into event latency).
         Shutdown and digest changes write directly: they are rare and must not wait in a queue.
         """
-        self._next_flush = time.monotonic() + FLUSH_SECONDS
+        self._next_flush = time.monotonic() + self._flush_seconds
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()

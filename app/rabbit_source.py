@@ -11,7 +11,7 @@ import pika.spec
 import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
-from app import channels, health
+from app import channels, delivery, health, roles
 from app.settings import Settings
 from pylib import inproc, rabbit, threads, wire
 from pylib.threads import AppThread
@@ -51,11 +51,17 @@ class RabbitSource(AppThread):
         super().__init__("RabbitSource")
         self.settings = settings
         self.connected = threading.Event()
+        if settings.ha_enabled:
+            # The broker gives the shared queue to another consumer only once this connection is
+            # gone; a hub that lost its network must be noticed about as fast as its lease lapses.
+            heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds)))
         spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
         self._push: zmq.Socket | None = None
         self._last_tag = 0
         self._unacked = 0
+        # HA mode only: the shared queue's deliveries, acked after their work is published
+        self._window: delivery.AckWindow | None = delivery.AckWindow() if settings.ha_enabled else None
 
     @property
     def connect_count(self) -> int:
@@ -92,11 +98,18 @@ class RabbitSource(AppThread):
         # Exactly what the real clients declare (non-durable, not auto-delete, no arguments):
         # any difference makes the broker refuse whichever side declares second.
         channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=False, auto_delete=False)
-        queue = channel.queue_declare(queue="", exclusive=True).method.queue
+        if self._window is None:
+            queue = channel.queue_declare(queue="", exclusive=True).method.queue
+        else:
+            queue = self._declare_shared(channel)
         channel.queue_bind(queue=queue, exchange=exchange, routing_key=BINDING_KEY)
         channel.basic_qos(prefetch_count=PREFETCH_COUNT)
         self._last_tag = 0
         self._unacked = 0
+        if self._window is not None:
+            self._window.clear()  # a new channel: the old one's unacked deliveries went back to the queue
+            if not self._stand_by(connection):
+                return
         channel.basic_consume(queue=queue, on_message_callback=self._on_message, auto_ack=False)
         self._connector.ready()
         self.connected.set()
@@ -104,8 +117,45 @@ class RabbitSource(AppThread):
         while not threads.shutting_down.is_set():
             connection.process_data_events(time_limit=SLICE_SECONDS)
             self._flush_acks(channel)
+            if not roles.acting():
+                # fenced: closing the channel hands every unacked delivery back to the queue
+                log.warning("RabbitSource: this hub no longer holds the lease; stopped consuming")
+                return
+
+    def _declare_shared(self, channel: BlockingChannel) -> str:
+        """HA mode: the durable queue both hubs share; the broker delivers to one consumer at a time."""
+        s = self.settings
+        channel.queue_declare(
+            queue=s.ha_queue_name,
+            durable=True,
+            exclusive=False,
+            auto_delete=False,
+            arguments={
+                "x-single-active-consumer": True,
+                # long enough for a take-over (messages older than MAX_MESSAGE_VALIDITY_SECONDS are
+                # recorded stale, not fired), short and capped so a house with no hub never fills the broker
+                "x-message-ttl": s.ha_queue_ttl * 1000,
+                "x-max-length": s.ha_queue_max_length,
+            },
+        )
+        return s.ha_queue_name
+
+    def _stand_by(self, connection: pika.BlockingConnection) -> bool:
+        """Keep the connection (and the declared queue) while this hub is the standby; True once active."""
+        if not roles.acting():
+            log.info("RabbitSource: standing by; messages wait in %s", self.settings.ha_queue_name)
+        while not threads.shutting_down.is_set():
+            if roles.acting():
+                return True
+            connection.process_data_events(time_limit=SLICE_SECONDS)
+        return False
 
     def _flush_acks(self, channel: BlockingChannel) -> None:
+        if self._window is not None:
+            tag = self._window.ackable()
+            if tag is not None:
+                channel.basic_ack(delivery_tag=tag, multiple=True)
+            return
         if self._unacked:
             channel.basic_ack(delivery_tag=self._last_tag, multiple=True)
             self._unacked = 0
@@ -117,19 +167,25 @@ class RabbitSource(AppThread):
         _properties: pika.spec.BasicProperties,
         body: bytes,
     ) -> None:
+        received_at = time.time() if self._window is None else self._window.stamp()
         try:
-            self._handle(method.routing_key or "", body)
+            self._handle(method.routing_key or "", body, received_at)
         except Exception:
             # one bad message must never take the source down
             if not threads.shutting_down.is_set():
                 log.exception("RabbitSource failed to handle a message on %r", method.routing_key)
                 health.count("rabbitmq_source.errors")
+        if self._window is not None:
+            self._window.add(received_at, method.delivery_tag)
+            if len(self._window) >= ACK_EVERY:
+                self._flush_acks(channel)
+            return
         self._last_tag = method.delivery_tag
         self._unacked += 1
         if self._unacked >= ACK_EVERY:
             self._flush_acks(channel)
 
-    def _handle(self, routing_key: str, body: bytes) -> None:
+    def _handle(self, routing_key: str, body: bytes, received_at: float) -> None:
         parts = routing_key.split(".")
         if len(parts) < 3 or not parts[2]:
             log.debug("ignoring message on %r: the routing key names no origin", routing_key)
@@ -143,7 +199,7 @@ class RabbitSource(AppThread):
             return
         envelope = channels.Envelope(
             origin=parts[2],
-            received_at=time.time(),
+            received_at=received_at,
             payload=payload,
             source="rabbitmq",
             routing_key=routing_key,

@@ -6,6 +6,7 @@ import configparser
 import datetime as dt
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,15 @@ class Settings:
     sqs_control_enabled: bool = False
     sqs_queue: str = "automation-control"
     sqs_wait_seconds: int = 10
+    # Standby pair (app/roles.py): off unless HA_ENABLED
+    ha_enabled: bool = False
+    ha_node_name: str = ""
+    ha_node_url: str = ""
+    ha_queue_name: str = ""
+    ha_queue_ttl: int = 3600
+    ha_queue_max_length: int = 100000
+    ha_check_seconds: float = 1.0
+    ha_fence_seconds: float = 3.0
     # Where settings came from besides app.conf/.env/environment: "" or "1Password (vault …)"
     onepassword_source: str = ""
     # The original's event_log rows (migrated history) are kept by retention unless this is on.
@@ -516,7 +526,9 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
             quiet[name] = rules.parse_hhmm(_text(v, name))
         except ValueError as exc:
             raise SettingsError(name, str(exc)) from None
+    ha = _ha(v, database_url, exchange)
     return Settings(
+        **ha,
         quiet_hours_not_before=quiet["QUIET_HOURS_NOT_BEFORE"],
         quiet_hours_not_after=quiet["QUIET_HOURS_NOT_AFTER"],
         app_name=_text(v, "APP_NAME"),
@@ -617,6 +629,45 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         syslog_address=syslog,
         backup_latest_minutes=_int(v, "BACKUP_LATEST_MINUTES", 1, 1440),
     )
+
+
+def _ha(v: dict[str, str], database_url: str, exchange: str) -> dict[str, Any]:
+    """The standby-pair settings; HA needs a shared PostgreSQL database (a lease lives there)."""
+    enabled = _bool(v, "HA_ENABLED")
+    if enabled and not database_url.startswith("postgresql"):
+        raise SettingsError(
+            "HA_ENABLED", "needs DATABASE_URL to name the PostgreSQL database both hubs share"
+        )
+    node = v.get("HA_NODE_NAME", "").strip() or socket.gethostname()
+    if len(node) > 64 or not node.isprintable():
+        raise SettingsError("HA_NODE_NAME", "must be at most 64 printable characters")
+    node_url = _url(v, "HA_NODE_URL")
+    queue = v.get("HA_QUEUE_NAME", "").strip() or f"{exchange}_hub"
+    if len(queue.encode()) > 255 or queue.startswith("amq."):
+        raise SettingsError("HA_QUEUE_NAME", f"{queue!r} is not a usable queue name")
+    check = _seconds(v, "HA_CHECK_SECONDS", 0.1, 60)
+    fence = _seconds(v, "HA_FENCE_SECONDS", 0.5, 300)
+    if check * 2 > fence:
+        raise SettingsError(
+            "HA_FENCE_SECONDS", f"{fence:g} must be at least twice HA_CHECK_SECONDS ({check:g})"
+        )
+    ttl = _int(v, "HA_QUEUE_TTL_SECONDS", 1, 7 * 86400)
+    validity = _int(v, "MAX_MESSAGE_VALIDITY_SECONDS", 1)
+    if enabled and ttl <= validity:
+        # a message the broker drops unseen is lost silently; one the hub sees late is recorded stale
+        raise SettingsError(
+            "HA_QUEUE_TTL_SECONDS", f"{ttl} must be longer than MAX_MESSAGE_VALIDITY_SECONDS ({validity})"
+        )
+    return {
+        "ha_enabled": enabled,
+        "ha_node_name": node,
+        "ha_node_url": node_url,
+        "ha_queue_name": queue,
+        "ha_queue_ttl": ttl,
+        "ha_queue_max_length": _int(v, "HA_QUEUE_MAX_LENGTH", 1, 100_000_000),
+        "ha_check_seconds": check,
+        "ha_fence_seconds": fence,
+    }
 
 
 def describe(settings: Settings) -> dict[str, Any]:

@@ -32,7 +32,17 @@ from telegram.ext import (
     filters,
 )
 
-from app import backup_status, commands, config_changes, health, history, registry, remote_url, rule_state
+from app import (
+    backup_status,
+    commands,
+    config_changes,
+    health,
+    history,
+    registry,
+    remote_url,
+    roles,
+    rule_state,
+)
 from app.channels import Reply
 from app.config_changes import ChangeError, outputs_enabled
 from app.models import Decision, InputConfig, OutputConfig
@@ -617,6 +627,11 @@ class CommandBot:
         lines.append(line)
         if saved.state != "not configured":
             lines.append(f"Restore drill: {backup_status.drill_text(saved)}")
+        if self.settings.ha_enabled:  # a standby pair: both hubs, which is active and since when
+            tz = pytz.timezone(self.settings.user_tz)
+            fmt = lambda ts: datetime.fromtimestamp(ts, tz).strftime("%d %b %H:%M")  # noqa: E731
+            lines.append("<b>Hubs</b>")
+            lines += [html.escape(line) for line in roles.status_lines(self.sessions, self.settings, fmt)]
         return "\n".join(lines)
 
     async def status(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -25,6 +25,7 @@ from app.web import (
     legacy,
     metrics,
     schedule,
+    standby,
 )
 from app.web import quiet_hours as quiet_hours_api
 from app.web.context import WebContext, install
@@ -64,6 +65,7 @@ def create_app(
         legacy.bp,
     ):
         app.register_blueprint(blueprint)
+    standby.init_app(app)  # a standby hub of a pair: banner and read-only (nothing with one hub)
     metrics.init_app(app)  # /metrics and /api/logging, behind the same login and bearer tokens
     app.register_blueprint(quiet_hours_api.bp)
     return app

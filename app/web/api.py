@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup_status, clocks, commands, config_changes, health, history
+from app import backup_status, clocks, commands, config_changes, health, history, roles
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
@@ -237,6 +237,8 @@ def get_health() -> tuple[Response, int]:
         # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
         "clocks": clocks.offsets.summary(),
     }
+    if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
+        body["ha"] = roles.status(web_ctx().session_factory, web_ctx().settings)
     return jsonify(body), 200 if ready else 503
 
 

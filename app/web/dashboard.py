@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import backup_status, badges, clocks, commands, config_changes, db_writes, health, registry
+from app import backup_status, badges, clocks, commands, config_changes, db_writes, health, registry, roles
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web import auth
@@ -132,6 +132,8 @@ def _components() -> list[tuple[str, str, str]]:
         badge("InfluxDB", "influxdb"),
         _backup_badge(),
     ]
+    if ctx().settings.ha_enabled:  # a standby pair: this hub's role
+        strip.append(_role_badge())
     if "sqs_control" in states:  # shown only where SQS control is switched on
         strip.append(badge("SQS control", "sqs_control"))
     # Healthchecks badges (HEALTHCHECKS_BADGE_CSV), as the original showed them under its dashboard
@@ -149,6 +151,13 @@ def _database_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
     if text == db_writes.DEGRADED:
         return "Database", f"{text}: {(state or {}).get('detail') or db_writes.CANNOT_WRITE}", "danger"
     return "Database", text, "secondary"
+
+
+def _role_badge() -> tuple[str, str, str]:
+    info = roles.status(ctx().session_factory, ctx().settings)
+    others = [f"{n['node']} {n['role']}" for n in info["nodes"] if n["node"] != info["node"]]
+    text = f"{info['node']} {info['role']}" + (f"; {', '.join(others)}" if others else "")
+    return "Hub", text, "success" if info["acting"] else "info"
 
 
 def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
