@@ -225,7 +225,8 @@ def test_sigkill_of_the_active_hub_mid_burst_loses_nothing_and_the_old_hub_retur
             collector_quiet = len(collector.received)
             time.sleep(1.0)
             assert len(collector.received) == collector_quiet  # nothing more trickles in
-            result = hapair.account(sent, [d for d, _ in collector.received], hapair.decisions(url))
+            burst = [d for d, _ in collector.received if d != "Open"]  # "Open": the latched input's
+            result = hapair.account(sent, burst, hapair.decisions(url))
             assert result["missing"] == [] and result["stale"] == [] and result["unexpected"] == []
             # at-least-once: only deliveries the killed hub had not acked can fire twice (README)
             assert len(result["fired_more"]) <= 25, result["fired_more"]
