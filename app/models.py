@@ -286,7 +286,8 @@ class HubNode(Base):
     """One row per hub of a standby pair (HA_ENABLED): its role, since when, and when it was last seen."""
 
     __tablename__ = "hub_node"
-    node_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
     role: Mapped[str] = mapped_column(String(16), nullable=False)  # active | standby | stopped
     role_since: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC
     seen: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC, refreshed every check

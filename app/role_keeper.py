@@ -124,9 +124,10 @@ class RoleKeeper(threads.AppThread):
         now = _naive(time.time())
         try:
             with self._sessions() as session:
-                row = session.get(HubNode, self.settings.ha_node_name)
+                name = self.settings.ha_node_name
+                row = session.scalars(select(HubNode).where(HubNode.node_name == name)).one_or_none()
                 if row is None:
-                    row = HubNode(node_name=self.settings.ha_node_name, role=role, role_since=now)
+                    row = HubNode(node_name=name, role=role, role_since=now)
                     session.add(row)
                 elif row.role != role:
                     row.role, row.role_since = role, now

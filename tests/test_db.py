@@ -32,6 +32,7 @@ from app.models import (
     EventLog,
     GeneralConfig,
     Heartbeat,
+    HubNode,
     InputConfig,
     InputLink,
     MeterConfig,
@@ -565,6 +566,9 @@ def _one_of_each(stamp: datetime) -> list[Any]:
             summary="input: activation_interval None -> 30",
             before='{"activation_interval": null}',
             after='{"activation_interval": 30}',
+        ),
+        HubNode(
+            node_name="pi-kitchen", role="active", role_since=stamp, seen=stamp, url="http://pi-kitchen:8080/"
         ),
     ]
 

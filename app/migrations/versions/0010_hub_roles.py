@@ -23,12 +23,14 @@ def upgrade() -> None:
         return
     op.create_table(
         "hub_node",
+        sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("node_name", sa.String(64), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("role_since", sa.DateTime(), nullable=True),
         sa.Column("seen", sa.DateTime(), nullable=True),
         sa.Column("url", sa.String(255), nullable=True),
-        sa.PrimaryKeyConstraint("node_name"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("node_name"),
     )
 
 
