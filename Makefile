@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/takeover.py
 
 lint: install
 	$(BIN)/ruff check app pylib tests bench
