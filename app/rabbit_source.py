@@ -53,8 +53,9 @@ class RabbitSource(AppThread):
         self.connected = threading.Event()
         if settings.ha_enabled:
             # The broker gives the shared queue to another consumer only once this connection is
-            # gone; a hub that lost its network must be noticed about as fast as its lease lapses.
-            heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds)))
+            # gone; a hub that lost its network must be noticed about as fast as its lease lapses
+            # (the broker gives up after about three heartbeats of silence).
+            heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds / 2)))
         spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
         self._push: zmq.Socket | None = None

@@ -5,6 +5,9 @@ measures how long until the other holds the lease (its /api/health says active) 
 first activation published after the kill comes out as a control message, then restarts the killed
 hub, which must come back as the standby. At the end every activation is accounted for: fired
 once, fired more than once (the at-least-once window), recorded stale, or missing (must be none).
+A last round SIGSTOPs the active hub instead (a hub that hangs or loses its network: nothing closes
+its sockets), so the database and the broker must notice the silence; it is SIGCONTed once the
+other hub has taken over, must exit by itself (fenced), and is restarted as the standby.
 The hubs run with the default HA_CHECK_SECONDS and HA_FENCE_SECONDS.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -42,6 +46,29 @@ def first_after(
             return min(hits) - killed_at
         time.sleep(0.01)
     raise RuntimeError("no activation published after the kill was fired")
+
+
+def hang_round(hubs: list[hapair.HubProcess], collector: hapair.Collector, firing: hapair.Firing) -> dict:
+    active = next(h for h in hubs if h.role() == "active")
+    standby = next(h for h in hubs if h is not active)
+    assert active.proc is not None
+    stopped_at = time.time()
+    active.proc.send_signal(signal.SIGSTOP)
+    try:
+        lease = standby.wait_role("active", timeout=30, poll=0.01)
+        first = first_after(collector, firing, stopped_at)
+    finally:
+        active.proc.send_signal(signal.SIGCONT)
+    code = active.proc.wait(30)
+    active.start()
+    active.wait_role("standby", timeout=60)
+    return {
+        "hung": active.node,
+        "took_over": standby.node,
+        "lease_s": lease,
+        "first_trigger_s": first,
+        "exit_code": code,
+    }
 
 
 def run(kills: int) -> dict:
@@ -81,6 +108,15 @@ def run(kills: int) -> dict:
                     flush=True,
                 )
                 time.sleep(SETTLE)
+            hung = hang_round(hubs, collector, firing)
+            print(
+                f"hang: {hung['hung']} SIGSTOPped; {hung['took_over']} held the lease after"
+                f" {hung['lease_s']:.2f} s, fired the first new activation after"
+                f" {hung['first_trigger_s']:.2f} s;"
+                f" the hung hub exited {hung['exit_code']} when woken",
+                flush=True,
+            )
+            time.sleep(SETTLE)
             firing.stop_event.set()
             firing.join(10)
             sent = [d for d, _ in firing.sent]
@@ -96,12 +132,14 @@ def run(kills: int) -> dict:
                 hub.stop()
             hapair.delete_queue(f"{exchange}_hub")
     lease = [r["lease_s"] for r in rounds]
+    report_hang = hung
     first = [r["first_trigger_s"] for r in rounds]
     return {
         "rate_per_s": RATE,
         "rounds": rounds,
         "lease_s": {"min": min(lease), "median": statistics.median(lease), "max": max(lease)},
         "first_trigger_s": {"min": min(first), "median": statistics.median(first), "max": max(first)},
+        "hang": report_hang,
         "activations": {
             "sent": result["sent"],
             "fired_once": result["fired_once"],
@@ -129,7 +167,8 @@ def main() -> int:
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
-    return 0 if a["missing"] == 0 and lease["max"] < 10 else 1
+    ok = a["missing"] == 0 and lease["max"] < 10 and report["hang"]["first_trigger_s"] < 10
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
