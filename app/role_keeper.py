@@ -49,7 +49,7 @@ class RoleKeeper(threads.AppThread):
         configure(settings.ha_node_name, settings.ha_fence_seconds)
 
     def work(self) -> None:
-        health.set_state(COMPONENT, STANDBY, f"{self.settings.ha_node_name}: waiting for the lease")
+        health.set_state(COMPONENT, "running", f"standby: {self.settings.ha_node_name} waiting for the lease")
         try:
             while not threads.shutting_down.is_set():
                 began = time.monotonic()
@@ -81,7 +81,7 @@ class RoleKeeper(threads.AppThread):
             got = self.lease.try_acquire()
         except psycopg.Error as exc:
             self.lease.close()
-            health.set_state(COMPONENT, STANDBY, f"database unreachable: {type(exc).__name__}")
+            health.set_state(COMPONENT, "retrying", f"standby: database unreachable: {type(exc).__name__}")
             if self._quiet.should_log(f"lease {type(exc).__name__}"):
                 log.warning("standby: cannot reach the database for the lease: %s", exc)
             return
@@ -93,7 +93,7 @@ class RoleKeeper(threads.AppThread):
         _role.since = time.time()
         self.takeover_seconds = time.monotonic() - self._born
         _role.became_active.set()
-        health.set_state(COMPONENT, ACTIVE, f"{self.settings.ha_node_name} holds the lease")
+        health.set_state(COMPONENT, "running", f"active: {self.settings.ha_node_name} holds the lease")
         previous = self._previous_active()
         self._write_row()
         if previous is not None:
@@ -109,7 +109,7 @@ class RoleKeeper(threads.AppThread):
         except LeaseLost as exc:
             _role.mode = FENCED
             self._fenced = True
-            health.set_state(COMPONENT, FENCED, str(exc))
+            health.set_state(COMPONENT, "down", f"fenced: {exc}")
             health.count("ha.fenced")
             log.critical(
                 "lost the lease (%s): stopped acting; exiting so this hub restarts as the standby", exc
@@ -149,7 +149,7 @@ class RoleKeeper(threads.AppThread):
         active = [n for n in rows if n["role"] == ACTIVE and n["node"] != self.settings.ha_node_name]
         _role.active_node = active[0] if active else None
         who = active[0]["node"] if active else "none answering"
-        health.set_state(COMPONENT, STANDBY, f"{self.settings.ha_node_name} standing by; active: {who}")
+        health.set_state(COMPONENT, "running", f"standby: {self.settings.ha_node_name}; active: {who}")
 
     def _previous_active(self) -> dict[str, Any] | None:
         """The other hub that was active before this one took over (None at a first start)."""

@@ -28,6 +28,7 @@ from pylib import threads
 log = logging.getLogger(__name__)
 
 SINGLE, ACTIVE, STANDBY, FENCED = "single", "active", "standby", "fenced"
+# The health component: state running (active or standby, said in its detail), retrying or down.
 COMPONENT = "ha"
 # A hub whose row was not refreshed for this many fence periods is shown as unreachable.
 STALE_FACTOR = 3

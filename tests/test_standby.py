@@ -361,3 +361,71 @@ def test_a_hung_active_hub_is_fenced_and_the_standby_takes_over(pair) -> None:
             a.proc.send_signal(signal.SIGCONT)
         stop_all(a, b)
         collector.join(5)
+
+
+def test_health_and_telegram_status_list_both_hubs(make_settings, pg_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from app import db
+    from app.models import HubNode
+    from app.presence import presence
+    from app.telegram.commands import CommandBot
+    from app.web import create_app
+
+    settings = make_settings(
+        HA_ENABLED="true", DATABASE_URL=pg_url, HA_NODE_NAME="pi-b", USER_TZ="Europe/London"
+    )
+    engine = db.make_engine(pg_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        since = datetime(2026, 12, 6, 21, 5, tzinfo=UTC).replace(tzinfo=None)
+        with sessions() as session:
+            session.add(HubNode(node_name="pi-a", role="standby", role_since=since, seen=now))
+            session.add(HubNode(node_name="pi-b", role="active", role_since=since, seen=now, url="http://b/"))
+            session.add(
+                HubNode(node_name="pi-old", role="active", role_since=since, seen=datetime(2026, 1, 1))
+            )
+            session.commit()
+        roles.configure("pi-b", settings.ha_fence_seconds)
+        text = CommandBot(settings, sessions, presence)._status_text()
+        hubs = text.split("<b>Hubs</b>\n", 1)[1].splitlines()
+        assert hubs == [
+            "pi-a: standby since 06 Dec 21:05",
+            "pi-b (this hub): active since 06 Dec 21:05",
+            "pi-old: unreachable since 06 Dec 21:05",
+        ]
+        body = create_app(settings, sessions).test_client().get("/api/health").get_json()
+        assert body["ha"]["node"] == "pi-b" and body["ha"]["active"]["node"] == "pi-b"
+        assert {n["node"]: n["role"] for n in body["ha"]["nodes"]} == {
+            "pi-a": "standby",
+            "pi-b": "active",
+            "pi-old": "unreachable",
+        }
+    finally:
+        roles.reset()
+        engine.dispose()
+
+
+def test_a_delivery_is_acked_only_after_the_processor_and_the_publisher_are_past_it() -> None:
+    from app import delivery, health
+
+    delivery.reset()
+    window = delivery.AckWindow()
+    stamps = [window.stamp() for _ in range(3)]
+    assert stamps == sorted(set(stamps))  # strictly increasing, so progress names one delivery
+    for tag, stamp in enumerate(stamps, start=1):
+        window.add(stamp, tag)
+    assert window.ackable() is None  # the processor has not finished any
+    health.count("processor.triggers", 2)  # deliveries 1 and 2 caused two control messages
+    delivery.processed(stamps[1])
+    assert window.ackable() is None  # not yet published
+    health.count("control.published")
+    assert window.ackable() is None  # one of two
+    health.count("control.lost")  # given up (expired) counts as finished: it will never be published
+    assert window.ackable() == 2
+    assert window.ackable() is None and len(window) == 1
+    delivery.processed(stamps[2])
+    assert window.ackable() == 3
+    delivery.reset()
