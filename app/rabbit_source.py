@@ -27,6 +27,8 @@ BINDING_KEY = "event.#"
 # ready messages, where it is visible and the broker's own memory limits apply. Acking every
 # ACK_EVERY messages (and at the end of each I/O slice) with multiple=True costs one small frame
 # per batch: measured at the same ~6k msg/s as auto_ack on the development machine.
+# A standby pair (HA_ENABLED) is different: both hubs share one durable queue, a delivery the dead
+# hub had not acked goes to the other, so there acks wait until the work is published (app/delivery.py).
 PREFETCH_COUNT = 1000
 ACK_EVERY = 250
 SLICE_SECONDS = 0.2  # broker I/O slice: how quickly shutdown is noticed while idle
