@@ -29,8 +29,17 @@ from pylib import inproc, threads
 log = logging.getLogger(__name__)
 
 # With a standby pair (HA_ENABLED) only the active hub runs these: one Telegram poller, one
-# scheduler, one pinger, one set of offline alerts, one SQS consumer. They start at activation.
-ACTIVE_ONLY = ("Telegram", "OfflineMonitor", "AutoScheduler", "HealthPinger", "MdashDiscovery", "SqsControl")
+# scheduler, one pinger (Healthchecks/Cronitor, CloudWatch), one set of offline alerts, one SQS
+# consumer. They start at activation.
+ACTIVE_ONLY = (
+    "Telegram",
+    "OfflineMonitor",
+    "AutoScheduler",
+    "HealthPinger",
+    "CloudWatchMetrics",
+    "MdashDiscovery",
+    "SqsControl",
+)
 
 
 class Hub:
