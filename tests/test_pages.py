@@ -374,11 +374,18 @@ def test_meter_reset_through_the_real_processor(real_hub: tuple[Any, FlaskClient
 # ---- events ---------------------------------------------------------------------------------
 
 
-def add_decisions(pages: Pages, count: int, start: datetime, key: str = "door", **extra: Any) -> None:
+def add_decisions(
+    pages: Pages,
+    count: int,
+    start: datetime,
+    key: str = "door",
+    step: timedelta = timedelta(minutes=1),
+    **extra: Any,
+) -> None:
     with pages.sessions() as s:
         for i in range(count):
             d = Decision(
-                timestamp=naive(start + timedelta(minutes=i)),
+                timestamp=naive(start + step * i),
                 input_device_id=pages.ids[key],
                 input_key=key,
                 input_label=extra.get("label", key.title()),
@@ -493,11 +500,12 @@ def bars(svg: ET.Element) -> list[int]:
 
 def test_charts_count_events_per_hour_and_day_and_draw_meters(pages: Pages) -> None:
     now = datetime.now(UTC)
-    # the bars are clock hours: put events halfway into the current hour, and into the one 5 hours back
+    # the bars are clock hours: spread events over the part of the current hour already past (a minute
+    # apart, they would land in the future during an hour's first minutes), and into the one 5 hours back
     hour = now.replace(minute=0, second=0, microsecond=0)
-    this_hour = hour + (now - hour) / 2
-    add_decisions(pages, 3, this_hour, "door", fired=True, reason=None, label="Front Door")
-    add_decisions(pages, 2, this_hour - timedelta(hours=5), "door", label="Front Door")
+    step = (now - hour) / 4
+    add_decisions(pages, 3, hour + step, "door", step, fired=True, reason=None, label="Front Door")
+    add_decisions(pages, 2, hour + step - timedelta(hours=5), "door", step, label="Front Door")
     add_decisions(pages, 4, now - timedelta(days=3), "hall", label="Hall Motion")
     add_decisions(pages, 1, now - timedelta(days=9), "hall", label="Hall Motion")  # too old for both
     with pages.sessions() as s:
