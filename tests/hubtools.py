@@ -114,6 +114,11 @@ class Api:
                 return dev
         raise KeyError(key)
 
+    def registered(self, kind: str, *keys: str) -> bool:
+        """Whether every one of these device keys is listed (the built-in inputs are always there)."""
+        listed = {dev["device_key"] for dev in self.get("/api/devices")[kind]}
+        return set(keys) <= listed
+
     def patch(self, kind: str, key: str, **fields: Any) -> dict:
         dev = self.device(kind, key)
         status, body = self.call("PATCH", f"/api/{kind}/{dev['id']}", fields)

@@ -93,7 +93,9 @@ def test_an_input_link_window_survives_a_restart(make_settings) -> None:
     try:
         api = Api(hubs[-1])
         device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
-        wait_for(lambda: len(api.get("/api/devices")["inputs"]) >= 2)
+        wait_for(
+            lambda: api.registered("inputs", FRONT, BACK) and api.registered("outputs", "Hallway Buzzer")
+        )
         api.patch("inputs", FRONT, device_enabled=True, activation_interval=3600)
         api.patch("inputs", BACK, device_enabled=True)
         api.link(FRONT, "Hallway Buzzer")
@@ -170,7 +172,9 @@ def test_the_recent_trigger_list_survives_a_restart(telegram_settings, standin) 
     try:
         api = Api(hubs[-1])
         device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
-        wait_for(lambda: len(api.get("/api/devices")["inputs"]) >= 2)
+        wait_for(
+            lambda: api.registered("inputs", FRONT, BACK) and api.registered("outputs", "Hallway Buzzer")
+        )
         api.patch("inputs", BACK, device_enabled=True, device_label="Back Door X")
         api.patch("inputs", FRONT, device_enabled=True)
         api.link(BACK, "Hallway Buzzer")
@@ -196,7 +200,9 @@ def test_a_timed_reenable_survives_a_restart_of_the_hub(telegram_settings, stand
     try:
         api = Api(hubs[-1])
         device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
-        wait_for(lambda: len(api.get("/api/devices")["inputs"]) >= 2)
+        wait_for(
+            lambda: api.registered("inputs", FRONT, BACK) and api.registered("outputs", "Hallway Buzzer")
+        )
         api.patch("inputs", FRONT, device_enabled=True)
         # Long enough that the stop below is surely before it is due, on a slow machine too.
         standin.message_update("/inputoff front door 6s", USER)
