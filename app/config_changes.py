@@ -363,6 +363,9 @@ def _update_input(session: Session, args: dict[str, Any]) -> _Done:
         row.customized = True
     if "device_enabled" in fields:
         _drop_timed_reenable(session, "input", row.id)
+    if "meter_fields" in args:
+        # The inputs page saves a meter's input and meter settings together: one transaction, one entry.
+        changes += _meter_change(session, row, args["meter_fields"], diff, "id")
     summary = f"input {row.device_key!r}: {', '.join(changes) or 'no change'}"
     return _Done({"id": row.id}, summary, "input", row.id, row.device_key, diff)
 
@@ -380,23 +383,29 @@ def _update_output(session: Session, args: dict[str, Any]) -> _Done:
     return _Done({"id": row.id}, summary, "output", row.id, row.device_key, diff)
 
 
-def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
-    row = _load(session, InputConfig, args, "input_id", "input")
+def _meter_change(session: Session, row: InputConfig, raw: Any, diff: Diff, field: str) -> list[str]:
+    """Apply a meter field map to the input's meter_config (made when missing); returns the changes."""
     if row.meter is None:
         if "meter" not in row.device_type.lower():
-            raise ChangeError("input_id", f"input {row.device_key!r} is not a meter", status=404)
+            raise ChangeError(field, f"input {row.device_key!r} is not a meter", status=404)
         row.meter = registry.new_meter_config()
-    fields = validate_meter_fields(args.get("fields"))
+    fields = validate_meter_fields(raw)
     if "meter_iot_topic" in fields and fields["meter_iot_topic"] is None:
         fields["meter_iot_topic"] = ""  # NOT NULL in the original schema; empty means the default topic
     low = fields.get("meter_low_limit", row.meter.meter_low_limit)
     high = fields.get("meter_high_limit", row.meter.meter_high_limit)
     if low is not None and high is not None and low > high:
-        field = "meter_low_limit" if "meter_low_limit" in fields else "meter_high_limit"
-        raise ChangeError(field, f"the low limit {low} is above the high limit {high}")
-    diff = Diff()
+        bad = "meter_low_limit" if "meter_low_limit" in fields else "meter_high_limit"
+        raise ChangeError(bad, f"the low limit {low} is above the high limit {high}")
     changes = _assign(row.meter, fields, diff)
     row.customized = True
+    return changes
+
+
+def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
+    row = _load(session, InputConfig, args, "input_id", "input")
+    diff = Diff()
+    changes = _meter_change(session, row, args.get("fields"), diff, "input_id")
     summary = f"meter {row.device_key!r}: {', '.join(changes) or 'no change'}"
     return _Done({"id": row.id}, summary, "meter", row.id, row.device_key, diff)
 

@@ -437,7 +437,12 @@ def test_saving_a_meter(pages: Pages) -> None:
     )
     response = pages.client.post("/config/inputs", data=form, follow_redirects=True)
     assert response.status_code == 200
-    assert [c.action for c in pages.processor.commands] == ["update_input", "update_meter"]
+    # one command, one transaction, one history entry for the input and its meter settings
+    assert [c.action for c in pages.processor.commands] == ["update_input"]
+    assert set(pages.processor.commands[0].args) == {"id", "fields", "meter_fields"}
+    with pages.sessions() as s:
+        (change,) = s.scalars(select(ConfigChange)).all()
+        assert json.loads(change.after)["meter_reading_unit"] == "m3"
     meter = get_row(pages, InputConfig, water).meter
     assert meter.meter_iot_topic == "meters/water/2"
     assert (
@@ -481,26 +486,21 @@ def test_a_non_meter_ignores_posted_meter_fields(pages: Pages) -> None:
     assert [c.action for c in pages.processor.commands] == ["update_input"]
 
 
-def test_a_refusal_after_the_first_command_says_what_was_saved(
-    pages: Pages, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = commands.request
+def test_a_refused_meter_half_saves_neither_half(pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:
+    def meter_fails(*_args: Any) -> list[str]:
+        raise config_changes.ChangeError("meter_reading_unit", "meter_reading_unit refused by the processor")
 
-    def meter_times_out(action: str, args: dict[str, Any], actor: str = "api", timeout: float = 5.0) -> Reply:
-        if action == "update_meter":
-            return Reply(ok=False, error="the event processor did not answer in time", status=503)
-        return real(action, args, actor=actor, timeout=timeout)
-
-    monkeypatch.setattr(commands, "request", meter_times_out)
+    monkeypatch.setattr(config_changes, "_meter_change", meter_fails)
     water = pages.ids["water"]
+    before = get_row(pages, InputConfig, water).activation_interval
     response = pages.client.post(
         "/config/inputs", data=input_form(water, meter=True, activation_interval="12")
     )
-    assert response.status_code == 503
-    page = text(response)
-    assert "did not answer in time" in page
-    assert "The input settings were saved; the rest was not." in page
-    assert get_row(pages, InputConfig, water).activation_interval == 12
+    assert response.status_code == 400
+    assert "Refused by the processor" in text(response)
+    assert get_row(pages, InputConfig, water).activation_interval == before  # the input half was undone
+    with pages.sessions() as s:
+        assert s.scalars(select(ConfigChange)).all() == []
 
 
 def test_processor_timeout_keeps_the_typed_form(pages: Pages, monkeypatch: pytest.MonkeyPatch) -> None:

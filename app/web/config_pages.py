@@ -346,10 +346,10 @@ def save_input() -> Response | tuple[str, int]:
         if low is not None and high is not None and low > high:
             errors["meter_low_limit"] = f"Must not be above the high limit ({meters.limit_text(high)})"
     if not errors:
-        steps = [("update_input", {"id": device_id, "fields": input_fields})]
+        args: dict[str, Any] = {"id": device_id, "fields": input_fields}
         if meter:
-            steps.append(("update_meter", {"input_id": device_id, "fields": meter_fields}))
-        reply, note = _send_all(steps, ["input settings", "meter settings"][: len(steps)])
+            args["meter_fields"] = meter_fields  # one command: both halves are saved or neither
+        reply, note = _send_all([("update_input", args)], ["settings"])
         if reply.ok:
             return _saved(InputConfig, device_id, _input_summary, [selectinload(InputConfig.meter)])
         errors = _refusal(reply, note)
