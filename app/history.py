@@ -55,7 +55,9 @@ def device(session: Session, model: type[InputConfig] | type[OutputConfig], valu
     if row is None:
         row = session.scalars(select(model).where(model.device_key == value)).first()
     if row is None:
-        return Device(None, value, (value,))
+        # A removed device's id still finds its decisions (they keep input_device_id); its key finds the rest.
+        row_id = int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else None
+        return Device(row_id, value, (value,))
     names = tuple(dict.fromkeys(n for n in (row.device_label, row.device_key) if n))
     return Device(row.id, row.device_key, names)
 
@@ -147,22 +149,27 @@ def _changes(f: Filters) -> Select[Any]:
     return stmt
 
 
-def _union(f: Filters) -> Any:
+def _parts(f: Filters) -> list[Select[Any]]:
     builders = {"decision": _decisions, "history": _migrated, "change": _changes}
     parts = [builders[kind](f) for kind in KINDS if kind in f.kinds]
-    if not parts:
-        parts = [_decisions(f).where(false())]
-    return union_all(*parts).subquery()
+    return parts or [_decisions(f).where(false())]
 
 
 def count(session: Session, f: Filters) -> int:
-    union = _union(f)
+    union = union_all(*_parts(f)).subquery()
     return session.scalar(select(func.count()).select_from(union)) or 0
+
+
+def _newest(part: Select[Any], n: int) -> Select[Any]:
+    """A part's own newest n rows: each table's timestamp index answers this, so the union sorts few rows."""
+    sub = part.order_by(part.selected_columns.ts.desc().nulls_last(), part.selected_columns.id.desc())
+    inner = sub.limit(n).subquery()
+    return select(inner.c.kind, inner.c.id, inner.c.ts)
 
 
 def page(session: Session, f: Filters, offset: int, limit: int) -> list[Entry]:
     """The entries newest first (rows without a time, possible in the original's event_log, last)."""
-    union = _union(f)
+    union = union_all(*(_newest(part, offset + limit) for part in _parts(f))).subquery()
     keys = session.execute(
         select(union.c.kind, union.c.id)
         .order_by(union.c.ts.desc().nulls_last(), union.c.id.desc(), union.c.kind)
