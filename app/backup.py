@@ -574,7 +574,11 @@ class _Redact(logging.Filter):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
-        values = [settings.aws_secret_access_key, urlsplit(settings.database_url).password or ""]
+        values = [
+            settings.aws_secret_access_key,
+            settings.backup_encryption_key,
+            urlsplit(settings.database_url).password or "",
+        ]
         self._secrets = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:

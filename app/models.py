@@ -207,8 +207,23 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255), nullable=False)
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_login: Mapped[datetime | None] = mapped_column(DateTime)
+    # failed logins in a row; from APP_LOGIN_MAX_FAILURES on, each one delays the next try further
     failed_logins: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(DateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime)  # no password is checked before this
+    # A one-time unlock code (Telegram /unlock or `python -m app.users unlock`): its SHA-256 and expiry.
+    unlock_hash: Mapped[str | None] = mapped_column(String(64))
+    unlock_until: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    """A logged-in browser; its cookie names the row, so logout or "sign out everywhere" ends it here."""
+
+    __tablename__ = "web_session"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id"), nullable=False, index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    address: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiToken(Base):
@@ -223,6 +238,8 @@ class ApiToken(Base):
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     last_used: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # "read": GET only; "admin": everything the owner can do (tokens made before roles existed)
+    role: Mapped[str] = mapped_column(String(10), nullable=False, default="admin", server_default="admin")
 
     user: Mapped[User] = relationship()
 

@@ -71,6 +71,7 @@ def secret_values(settings: Settings) -> list[str]:
         settings.secret_key,
         settings.cronitor_telemetry_key,
         settings.aws_secret_access_key,
+        settings.backup_encryption_key,
     ]
     for url in (settings.database_url, settings.sentry_dsn):
         parts = urlsplit(url) if url else None

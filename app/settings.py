@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
 import datetime as dt
+import ipaddress
 import os
 import re
 import socket
@@ -41,6 +43,7 @@ SECRET_NAMES = frozenset(
         "CRONITOR_TELEMETRY_KEY",
         "AWS_SECRET_ACCESS_KEY",
         "OP_CONNECT_TOKEN",
+        "BACKUP_ENCRYPTION_KEY",
     }
 )
 # 1Password Connect: these three together switch it on; they are read only from the environment/.env.
@@ -88,6 +91,8 @@ class Settings:
     login_max_failures: int = 5
     login_lockout_seconds: int = 300
     session_cookie_secure: str = "auto"  # auto: Secure when the request came over HTTPS
+    # X-Forwarded-For/-Proto are believed from these only: addresses, CIDR networks, host names
+    trusted_proxies: tuple[str, ...] = ()
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_username: str = ""
@@ -142,6 +147,7 @@ class Settings:
     backup_retention_days: int = 30
     backup_status_path: str = "./data/backup_status.json"
     backup_max_age_hours: int = 26
+    backup_encryption_key: str = field(default="", repr=False)
     sqs_control_enabled: bool = False
     sqs_queue: str = "automation-control"
     sqs_wait_seconds: int = 10
@@ -380,6 +386,43 @@ def _url(values: dict[str, str], name: str) -> str:
     return url
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
+
+
+def _proxies(raw: str) -> tuple[str, ...]:
+    entries = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            if not _HOST_NAME.fullmatch(part):
+                raise SettingsError(
+                    "APP_TRUSTED_PROXIES", f"{part!r} is not an address, a network (CIDR) or a host name"
+                ) from None
+        entries.append(part)
+    return tuple(entries)
+
+
+def _fernet_key(values: dict[str, str], name: str) -> str:
+    key = values.get(name, "").strip()
+    if not key:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32:
+        # The key itself is a secret: the message does not repeat it.
+        raise SettingsError(
+            name,
+            "is not a Fernet key (44 characters of URL-safe base64; make one with "
+            "`python -m app.backup genkey`)",
+        )
+    return key
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
 
@@ -562,6 +605,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         login_max_failures=_int(v, "APP_LOGIN_MAX_FAILURES", 1, 1000),
         login_lockout_seconds=_int(v, "APP_LOGIN_LOCKOUT_SECONDS", 1, 86400),
         session_cookie_secure=cookie_secure,
+        trusted_proxies=_proxies(v.get("APP_TRUSTED_PROXIES", "")),
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
         mqtt_username=v.get("MQTT_USERNAME", "").strip(),
@@ -610,6 +654,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         backup_retention_days=_int(v, "BACKUP_RETENTION_DAYS", 1, 3650),
         backup_status_path=status_path,
         backup_max_age_hours=_int(v, "BACKUP_MAX_AGE_HOURS", 1, 24 * 365),
+        backup_encryption_key=_fernet_key(v, "BACKUP_ENCRYPTION_KEY"),
         sqs_control_enabled=sqs_enabled,
         sqs_queue=sqs_queue,
         sqs_wait_seconds=_int(v, "SQS_WAIT_SECONDS", 0, 20),
@@ -685,6 +730,7 @@ def describe(settings: Settings) -> dict[str, Any]:
         "hc_ping_url",
         "cronitor_telemetry_key",
         "aws_secret_access_key",
+        "backup_encryption_key",
     )
     out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
     url = settings.database_url

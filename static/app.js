@@ -14,3 +14,8 @@ document.addEventListener("submit", (event) => {
 document.querySelectorAll("input.js-only-confirm").forEach((input) => {
   input.disabled = false;
 });
+
+// A freshly made API token is shown once: selecting it on focus makes copying it one tap.
+document.querySelectorAll("input[data-select-on-focus]").forEach((input) => {
+  input.addEventListener("focus", () => input.select());
+});

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,8 +67,12 @@ def sessions_of(app: Flask) -> sessionmaker[Session]:
 
 @pytest.fixture
 def app(make_web: Callable[..., tuple[Flask, Settings]]) -> Flask:
+    # The test client connects from 127.0.0.1: as a trusted proxy its X-Forwarded-For names the client.
     flask_app, _ = make_web(
-        APP_ADMIN_PASSWORD_HASH=FAST_HASH, APP_LOGIN_MAX_FAILURES="3", APP_LOGIN_LOCKOUT_SECONDS="60"
+        APP_ADMIN_PASSWORD_HASH=FAST_HASH,
+        APP_LOGIN_MAX_FAILURES="3",
+        APP_LOGIN_LOCKOUT_SECONDS="60",
+        APP_TRUSTED_PROXIES="127.0.0.1",
     )
     return flask_app
 
@@ -248,22 +254,39 @@ def test_safe_next_keeps_local_paths() -> None:
 # ---- lock-out and rate limit ----------------------------------------------------------------
 
 
-def test_user_is_locked_after_repeated_failures_and_unlocked_later(
+def test_failures_grow_a_delay_instead_of_locking_the_account(
     app: Flask, client: FlaskClient, clock: Clock
 ) -> None:
     for _ in range(3):
-        assert MESSAGE in login(client, password="wrong").get_data(as_text=True)
+        assert MESSAGE in login(client, password="wrong", ip="10.0.0.8").get_data(as_text=True)
     row = admin_row(app)
-    assert row.locked_until == datetime(2023, 11, 14, 22, 14, 20)
-    # The right password does not help while locked, and the answer is the same.
+    assert row.failed_logins == 3
+    assert row.locked_until == datetime(2023, 11, 14, 22, 13, 21)  # the first delay: 1 s
+    # During the delay even the right password is refused, and the answer is the same.
     response = login(client, ip="10.0.0.9")
     assert MESSAGE in response.get_data(as_text=True)
     assert not logged_in(client)
+    # Each further failure doubles the delay: 2 s, 4 s, ... up to APP_LOGIN_LOCKOUT_SECONDS (60).
+    delays = []
+    for _ in range(8):
+        clock.now = (admin_row(app).locked_until - datetime(1970, 1, 1)).total_seconds()  # type: ignore[operator]
+        login(client, password="wrong", ip="10.0.0.8")
+        row = admin_row(app)
+        delays.append(round((row.locked_until - datetime(1970, 1, 1)).total_seconds() - clock.now))  # type: ignore[operator]
+    assert delays == [2, 4, 8, 16, 32, 60, 60, 60]
+    assert admin_row(app).failed_logins == 11
     clock.now += 61
     assert login(client, ip="10.0.0.9").status_code == 302
     row = admin_row(app)
     assert row.locked_until is None
     assert row.failed_logins == 0
+
+
+def test_growing_delay() -> None:
+    assert [auth.growing_delay(n, 5, 300) for n in range(4, 16)] == [
+        0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300,
+    ]  # fmt: skip
+    assert auth.growing_delay(10**6, 5, 300) == 300
 
 
 def test_lock_in_the_database_is_honoured(app: Flask, client: FlaskClient, clock: Clock) -> None:
@@ -289,7 +312,7 @@ def test_success_resets_the_failure_count(app: Flask, client: FlaskClient, clock
 
 def test_one_address_cannot_try_many_usernames(client: FlaskClient, clock: Clock) -> None:
     limit = 3 * auth.IP_FAILURE_FACTOR
-    for n in range(limit):
+    for n in range(limit):  # each to another (unknown) account: only the address's own count grows
         assert login(client, f"guess{n}", "x", ip="203.0.113.7").status_code == 200
     # Blocked: even the right password from that address is refused...
     assert MESSAGE in login(client, ip="203.0.113.7").get_data(as_text=True)
@@ -317,13 +340,32 @@ def test_forwarded_for_is_trusted_only_from_a_local_proxy(client: FlaskClient, c
     assert response.status_code == 200  # counted against 192.0.2.50 whatever the header said
 
 
-def test_failure_window_forgets_old_addresses() -> None:
+def test_failure_window_delays_grow_and_old_failures_are_forgotten() -> None:
     window = auth.FailureWindow(limit=2, window=10)
     window.record("a", 0)
+    assert window.wait("a", 0) == 0  # below the limit: no delay
     window.record("a", 1)
-    assert window.blocked("a", 5)
-    assert not window.blocked("a", 11.5)
-    assert not window.blocked("b", 5)
+    assert window.wait("a", 1) == 1  # the limit reached: 1 s after the last failure
+    window.record("a", 2)
+    assert window.wait("a", 2) == 2
+    assert window.blocked("a", 3.5)
+    assert not window.blocked("a", 4.5)
+    assert not window.blocked("b", 2)
+    assert window.wait("a", 12.5) == 0  # every failure older than the window: forgotten
+
+
+def test_failure_window_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "MAX_TRACKED_ADDRESSES", 5)
+    window = auth.FailureWindow(limit=1, window=100)
+    for n in range(8):
+        window.record(f"10.0.0.{n}", 1)
+    assert len(window._failures) == 5
+    assert window.evicted == 3
+    assert not window.blocked("10.0.0.0", 1.5)  # forgotten first
+    assert window.blocked("10.0.0.7", 1.5)
+    for _ in range(500):
+        window.record("10.0.0.7", 2)
+    assert len(window._failures["10.0.0.7"]) <= window.limit + 64
 
 
 # ---- CSRF -----------------------------------------------------------------------------------
@@ -466,39 +508,41 @@ def test_create_token_for_an_unknown_user_fails(app: Flask) -> None:
 # ---- admin bootstrap and secret key ---------------------------------------------------------
 
 
-def _generated_passwords(caplog: pytest.LogCaptureFixture) -> list[str]:
-    found = []
-    for record in caplog.records:
-        match = re.search(r"generated admin password for 'admin': (\S+) ", record.getMessage())
-        if match:
-            assert record.levelno == logging.WARNING
-            found.append(match.group(1))
-    return found
+GENERATED = re.compile(r"generated admin password for 'admin': (\S+) ")
 
 
-def test_fresh_install_generates_a_password_once(
-    make_web: Callable[..., tuple[Flask, Settings]], caplog: pytest.LogCaptureFixture
+def test_fresh_install_prints_a_password_once_and_never_logs_it(
+    make_web: Callable[..., tuple[Flask, Settings]],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     first, _ = make_web()
-    passwords = _generated_passwords(caplog)
+    printed = capsys.readouterr()
+    passwords = GENERATED.findall(printed.err)
     assert len(passwords) == 1
+    assert printed.out == ""
+    for record in caplog.records:  # what a log shipper or Sentry's breadcrumbs would carry
+        assert passwords[0] not in record.getMessage()
+    assert any("printed it on the console" in r.getMessage() for r in caplog.records)
     with sessions_of(first)() as s:
         stored = s.scalars(sa.select(User.password_hash)).one()
     assert passwords[0] not in stored
     assert login(first.test_client(), password=passwords[0]).status_code == 302
-    caplog.clear()
     second, _ = make_web()
-    assert _generated_passwords(caplog) == []
+    assert GENERATED.findall(capsys.readouterr().err) == []
     assert login(second.test_client(), password=passwords[0]).status_code == 302
 
 
+def _generated_password(make_web: Callable[..., tuple[Flask, Settings]], capsys: Any) -> tuple[Flask, str]:
+    app, _ = make_web()
+    return app, GENERATED.findall(capsys.readouterr().err)[0]
+
+
 def test_env_hash_overrides_the_stored_password(
-    make_web: Callable[..., tuple[Flask, Settings]], caplog: pytest.LogCaptureFixture
+    make_web: Callable[..., tuple[Flask, Settings]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO)
-    first, _ = make_web()
-    generated = _generated_passwords(caplog)[0]
+    first, generated = _generated_password(make_web, capsys)
     old_client = first.test_client()
     login(old_client, password=generated)
     assert logged_in(old_client)
@@ -511,16 +555,62 @@ def test_env_hash_overrides_the_stored_password(
     assert not logged_in(client)
 
 
-def test_secret_key_is_kept_in_the_database(make_web: Callable[..., tuple[Flask, Settings]]) -> None:
-    first, _ = make_web()
-    second, _ = make_web()
-    assert first.secret_key == second.secret_key
+def test_secret_key_lives_in_its_own_0600_file(make_web: Callable[..., tuple[Flask, Settings]]) -> None:
+    first, settings = make_web()
+    path = auth.secret_key_path(settings)
+    assert path.parent == Path(settings.sqlite_path).parent  # type: ignore[arg-type]
+    assert path.read_text().strip() == first.secret_key
     assert len(str(first.secret_key)) == 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sessions_of(first)() as s:
-        keys = s.scalars(sa.select(GeneralConfig).where(GeneralConfig.config_key == "flask-secret-key")).all()
-    assert len(keys) == 1
+        assert (
+            s.scalars(sa.select(GeneralConfig).where(GeneralConfig.config_key == "flask-secret-key")).all()
+            == []
+        )
+    second, _ = make_web()
+    assert second.secret_key == first.secret_key
     third, _ = make_web(APP_SECRET_KEY="from-the-environment")
     assert third.secret_key == "from-the-environment"
+
+
+def test_a_key_kept_in_the_database_moves_to_the_file_and_sessions_survive(
+    make_web: Callable[..., tuple[Flask, Settings]], caplog: pytest.LogCaptureFixture
+) -> None:
+    first, settings = make_web(APP_ADMIN_PASSWORD_HASH=FAST_HASH)
+    client = first.test_client()
+    login(client)
+    path = auth.secret_key_path(settings)
+    old_key = path.read_text().strip()
+    # As an older version left it: the key in general_config, no file.
+    path.unlink()
+    with sessions_of(first)() as s:
+        s.add(GeneralConfig(config_key="flask-secret-key", config_value=old_key))
+        s.commit()
+    caplog.set_level(logging.INFO)
+    second, _ = make_web(APP_ADMIN_PASSWORD_HASH=FAST_HASH)
+    assert second.secret_key == old_key
+    assert path.read_text().strip() == old_key and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert any("moved from the database" in r.getMessage() for r in caplog.records)
+    with sessions_of(second)() as s:
+        assert (
+            s.scalars(sa.select(GeneralConfig).where(GeneralConfig.config_key == "flask-secret-key")).all()
+            == []
+        )
+    carried = second.test_client()
+    carried.set_cookie("session", client.get_cookie("session").value)  # type: ignore[union-attr]
+    assert logged_in(carried)  # the same key: a browser logged in before the upgrade stays logged in
+
+
+def test_a_world_readable_key_file_is_fixed(
+    make_web: Callable[..., tuple[Flask, Settings]], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, settings = make_web()
+    path = auth.secret_key_path(settings)
+    path.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+    make_web()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert any("set to mode 0600" in r.getMessage() for r in caplog.records)
 
 
 # ---- cookie and logs ------------------------------------------------------------------------

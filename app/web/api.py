@@ -9,13 +9,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask_login import current_user
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup_status, clocks, commands, config_changes, health, history, roles
+from app import backup_status, clocks, commands, config_changes, health, history, observability, roles
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
@@ -225,20 +226,33 @@ def _check_row_ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
             raise ApiError(404, f"there is no row with id {value}")
 
 
+def _may_see_details() -> bool:
+    return bool(current_user.is_authenticated or current_app.config.get("LOGIN_DISABLED"))
+
+
 @bp.get("/health")
 def get_health() -> tuple[Response, int]:
+    """Status for anyone (Docker's health check, a monitor); broker details only after login."""
     ready = health.is_ready()
-    body = {
+    components = health.components()
+    down = observability.down_components(components, web_ctx().settings)
+    body: dict[str, Any] = {
+        "status": "starting" if not ready else "degraded" if down else "ok",
         "ready": ready,
-        "components": health.components(),
-        "counters": health.counters(),
-        # shown, never part of the status code: a stale backup must not make Docker restart the hub
-        "backup": backup_status.read_status(web_ctx().settings).as_dict(),
-        # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
-        "clocks": clocks.offsets.summary(),
+        "down": down,
     }
-    if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
-        body["ha"] = roles.status(web_ctx().session_factory, web_ctx().settings)
+    if _may_see_details():
+        # addresses, users, vhosts and versions sit in the components' details and the counters
+        body.update(
+            components=components,
+            counters=health.counters(),
+            # shown, never part of the status code: a stale backup must not make Docker restart the hub
+            backup=backup_status.read_status(web_ctx().settings).as_dict(),
+            # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
+            clocks=clocks.offsets.summary(),
+        )
+        if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
+            body["ha"] = roles.status(web_ctx().session_factory, web_ctx().settings)
     return jsonify(body), 200 if ready else 503
 
 

@@ -1,18 +1,20 @@
-"""Login, lock-out, CSRF checks and bearer API tokens: every page and API call needs a logged-in user."""
+"""Login with growing delays, server-side sessions, CSRF checks and bearer API tokens (read-only or admin)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import logging
+import os
 import secrets
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -32,16 +34,18 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import NotFound
-from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response as BaseResponse
 
-from app.models import ApiToken, GeneralConfig, User
+from app import accounts
+from app.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
+from app.models import ApiToken, GeneralConfig, User, WebSession
 from app.settings import Settings
+from app.web import security
 from app.web.context import ctx, is_api_request
 
 log = logging.getLogger(__name__)
@@ -49,17 +53,23 @@ log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
 FAILURE_MESSAGE = "Wrong username or password, or too many attempts; try again later."
-SECRET_KEY_CONFIG = "flask-secret-key"
+SECRET_KEY_CONFIG = "flask-secret-key"  # where the signing key lived before it got a file of its own
+SECRET_KEY_FILE = "secret_key"
 TOKEN_PREFIX = "ep_"
 TOKEN_NAME_MAX = 100
 USERNAME_MAX = 100
 # Endpoints anyone may reach: the login form, the container health check, CSS/JS/fonts.
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "api.get_health", "static"})
 PUBLIC_BLUEPRINTS = frozenset({"assets"})
-# One address may fail this many times the per-user limit within the lock-out period: enough
+# One address may fail this many times the per-user limit before its own delays start: enough
 # for a household sharing one address, too few to walk through a list of usernames.
 IP_FAILURE_FACTOR = 4
 MAX_TRACKED_ADDRESSES = 10_000
+# Browsers logged in at once per user; the oldest session ends when one more logs in.
+MAX_SESSIONS_PER_USER = 20
+TOKEN_ROLES = {"read": "read-only (GET)", "admin": "admin (everything)"}
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+NEW_PASSWORD_MIN = 12
 # last_used is a hint for the tokens page; writing it on every call would contend with the
 # EventProcessor for the SQLite write lock, so it is refreshed at most once a minute.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -68,14 +78,24 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 # ---- state ----------------------------------------------------------------------------------
 
 
+def growing_delay(failures: int, free: int, cap: float) -> float:
+    """Seconds before the next try after `failures` in a row: none for the first `free` ones, then 1, 2,
+    4, … up to `cap`. A delay, never a lock: whoever keeps guessing slows the owner down, never shuts
+    them out, and the unlock code (Telegram or console) skips it."""
+    if failures < free:
+        return 0.0
+    return float(min(cap, 2 ** min(failures - free, 30)))
+
+
 class FailureWindow:
-    """Failed logins per client address within a sliding window, in memory, thread-safe."""
+    """Failed logins per client address within a sliding window, in memory, thread-safe, bounded."""
 
     def __init__(self, limit: int, window: float) -> None:
-        self.limit = limit
-        self.window = window
+        self.limit = limit  # failures before the address's own delays start
+        self.window = window  # failures older than this are forgotten; also the longest delay
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self.evicted = 0
 
     def _prune(self, address: str, now: float) -> deque[float] | None:
         times = self._failures.get(address)
@@ -88,10 +108,17 @@ class FailureWindow:
             return None
         return times
 
-    def blocked(self, address: str, now: float) -> bool:
+    def wait(self, address: str, now: float) -> float:
+        """Seconds this address must wait before its next try (0: go ahead)."""
         with self._lock:
             times = self._prune(address, now)
-            return times is not None and len(times) >= self.limit
+            if times is None:
+                return 0.0
+            delay = growing_delay(len(times), self.limit, self.window)
+            return max(0.0, times[-1] + delay - now) if delay else 0.0
+
+    def blocked(self, address: str, now: float) -> bool:
+        return self.wait(address, now) > 0
 
     def record(self, address: str, now: float) -> None:
         with self._lock:
@@ -100,8 +127,11 @@ class FailureWindow:
                 if len(self._failures) >= MAX_TRACKED_ADDRESSES:
                     # Bounded memory: forget the address that failed longest ago.
                     del self._failures[next(iter(self._failures))]
+                    self.evicted += 1
                 times = self._failures[address] = deque()
             times.append(now)
+            if len(times) > self.limit + 64:
+                times.popleft()  # enough to reach the longest delay; an address cannot grow it further
 
 
 @dataclass
@@ -128,24 +158,29 @@ def _utc(epoch: float) -> datetime:
 
 @dataclass(frozen=True)
 class WebUser(UserMixin):  # type: ignore[misc]
-    """The logged-in user as flask-login sees it; `token_name` is set for bearer-token calls."""
+    """The logged-in user as flask-login sees it: a browser session (session_key) or a bearer token."""
 
     id: int
     username: str
     fingerprint: str
     token_name: str | None = None
+    session_key: str = ""
+    role: str = "admin"
 
     def get_id(self) -> str:
-        # The fingerprint of the password hash ends every session when the password changes.
-        return f"{self.id}:{self.fingerprint}"
+        # The session's own key ends it when its row goes (logout, sign out everywhere); the
+        # fingerprint of the password hash ends every session when the password changes.
+        return f"{self.id}:{self.fingerprint}:{self.session_key}"
 
 
 def _fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
-def _web_user(row: User, token_name: str | None = None) -> WebUser:
-    return WebUser(row.id, row.username, _fingerprint(row.password_hash), token_name)
+def _web_user(
+    row: User, token_name: str | None = None, session_key: str = "", role: str = "admin"
+) -> WebUser:
+    return WebUser(row.id, row.username, _fingerprint(row.password_hash), token_name, session_key, role)
 
 
 def _bearer() -> str | None:
@@ -156,17 +191,25 @@ def _bearer() -> str | None:
     return header[7:].strip()
 
 
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def _load_session_user(user_id: str) -> WebUser | None:
     if _bearer() is not None:
         return None  # an API call carrying a token is authenticated by that token alone
-    row_id, _, fingerprint = user_id.partition(":")
-    if not row_id.isdigit():
-        return None
+    row_id, fingerprint, key = (user_id.split(":") + ["", ""])[:3]
+    if not row_id.isdigit() or not key:
+        return None  # also a cookie from before server-side sessions: log in again
     with ctx().session_factory() as s:
-        row = s.get(User, int(row_id))
-        if row is None or _fingerprint(row.password_hash) != fingerprint:
+        found = s.execute(
+            select(User, WebSession.id)
+            .join(WebSession, WebSession.user_id == User.id)
+            .where(User.id == int(row_id), WebSession.key_hash == _key_hash(key))
+        ).first()
+        if found is None or _fingerprint(found[0].password_hash) != fingerprint:
             return None
-        return _web_user(row)
+        return _web_user(found[0], session_key=key)
 
 
 def _token_hash(token: str) -> str:
@@ -188,7 +231,7 @@ def _load_token_user(_request: Any) -> WebUser | None:
             row.last_used = now
             _commit_bookkeeping(s, "a token's last use")
         g.auth_token_id = row.id
-        return _web_user(row.user, token_name=row.name)
+        return _web_user(row.user, token_name=row.name, role=row.role or "admin")
 
 
 def actor() -> str:
@@ -201,23 +244,13 @@ def actor() -> str:
     return f"web:{user.username}"
 
 
-# PBKDF2 rather than werkzeug's default scrypt: scrypt takes ~32 MB of memory per hash, which on a
-# Raspberry Pi shows up as a lasting jump in the hub's RSS. 600 000 rounds of SHA-256 is OWASP's
-# current advice. Hashes made with scrypt (e.g. APP_ADMIN_PASSWORD_HASH) still verify.
-PASSWORD_METHOD = "pbkdf2:sha256:600000"
-
-
-def hash_password(password: str) -> str:
-    return generate_password_hash(password, method=PASSWORD_METHOD)
-
-
 # ---- start-up: admin user and secret key ----------------------------------------------------
 
 
 def bootstrap_admin(session: Session, settings: Settings) -> None:
     """Create or update the admin user from the settings; on a fresh install generate a password."""
     row = session.scalars(select(User).where(User.username == settings.admin_user)).first()
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = accounts.utc_now()
     if settings.admin_password_hash:
         if row is None:
             session.add(
@@ -225,10 +258,12 @@ def bootstrap_admin(session: Session, settings: Settings) -> None:
             )
             log.info("admin user %r created from APP_ADMIN_PASSWORD_HASH", settings.admin_user)
         elif row.password_hash != settings.admin_password_hash:
-            # A new password is also the owner's way out of a lock-out.
+            # A new password is also the owner's way out of the login delays.
             row.password_hash = settings.admin_password_hash
             row.failed_logins = 0
             row.locked_until = None
+            session.commit()
+            accounts.end_sessions(session, row.id)
             log.info("admin user %r: password changed from APP_ADMIN_PASSWORD_HASH", settings.admin_user)
         session.commit()
         return
@@ -237,26 +272,58 @@ def bootstrap_admin(session: Session, settings: Settings) -> None:
     password = secrets.token_urlsafe(12)
     session.add(User(username=settings.admin_user, password_hash=hash_password(password), created_at=now))
     session.commit()
-    # The one deliberate exception to "no secret in a log line": on a fresh install without
-    # APP_ADMIN_PASSWORD_HASH the log is the only way the owner can learn the first password.
-    # It is printed once; later starts find the row and print nothing.
+    # Straight to the console, never through logging: a log record travels to handlers, log shippers
+    # and Sentry breadcrumbs. Printed once; later starts find the row and print nothing.
+    print(
+        f"generated admin password for {settings.admin_user!r}: {password} "
+        "— set APP_ADMIN_PASSWORD_HASH to choose your own",
+        file=sys.stderr,
+        flush=True,
+    )
     log.warning(
-        "generated admin password for %r: %s — set APP_ADMIN_PASSWORD_HASH to choose your own",
+        "generated a password for the new admin user %r and printed it on the console (stderr) once",
         settings.admin_user,
-        password,
     )
 
 
-def stored_secret_key(session: Session) -> str:
-    """The session-signing key kept in general_config, created once, so logins survive restarts."""
-    row = session.scalars(
+def secret_key_path(settings: Settings) -> Path:
+    """The session-signing key's own file: beside the SQLite database, or in ./data for another one."""
+    db_file = settings.sqlite_path
+    if db_file and db_file != ":memory:" and not db_file.startswith("file:"):
+        return Path(db_file).parent / SECRET_KEY_FILE
+    return Path("data") / SECRET_KEY_FILE
+
+
+def load_secret_key(session: Session, path: Path) -> str:
+    """The signing key from its 0600 file, created once so logins survive restarts. A key still kept in
+    the database (before this file existed) moves to the file, so sessions made with it stay valid."""
+    stored = session.scalars(
         select(GeneralConfig).where(GeneralConfig.config_key == SECRET_KEY_CONFIG).order_by(GeneralConfig.id)
-    ).first()
-    if row is not None and row.config_value:
-        return row.config_value
-    key = secrets.token_hex(32)
-    session.add(GeneralConfig(config_key=SECRET_KEY_CONFIG, config_value=key))
-    session.commit()
+    ).all()
+    if path.is_file():
+        key = path.read_text(encoding="ascii").strip()
+        if (path.stat().st_mode & 0o777) != 0o600:
+            os.chmod(path, 0o600)
+            log.warning("%s was readable by others; set to mode 0600", path)
+    else:
+        key = next((row.config_value for row in stored if row.config_value), "") or secrets.token_hex(32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(key + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+        if stored:
+            log.info("session signing key moved from the database to %s (mode 0600)", path)
+        else:
+            log.info("session signing key created in %s (mode 0600)", path)
+    if stored:
+        session.execute(delete(GeneralConfig).where(GeneralConfig.config_key == SECRET_KEY_CONFIG))
+        session.commit()
+    if not key:
+        raise RuntimeError(f"{path} is empty: delete it to make a new session signing key")
     return key
 
 
@@ -278,9 +345,11 @@ def validate_token_name(value: Any) -> str:
     return name
 
 
-def create_token(session: Session, username: str, name: str) -> str:
+def create_token(session: Session, username: str, name: str, role: str = "admin") -> str:
     """A new API token for `username`; only its SHA-256 is stored, so the caller must keep it."""
     name = validate_token_name(name)
+    if role not in TOKEN_ROLES:
+        raise TokenError("Choose read-only or admin.")
     user = session.scalars(select(User).where(User.username == username)).first()
     if user is None:
         raise TokenError(f"there is no user {username!r}")
@@ -292,6 +361,7 @@ def create_token(session: Session, username: str, name: str) -> str:
             token_hash=_token_hash(token),
             prefix=token[:10],
             created_at=datetime.now(UTC).replace(tzinfo=None),
+            role=role,
         )
     )
     session.commit()
@@ -322,8 +392,14 @@ def _guard() -> BaseResponse | tuple[Response, int] | None:
         # A bearer token cannot be sent by another site's page, so token calls need no CSRF token;
         # everything else (forms, session-cookie JSON writes, the login form itself) does.
         if _bearer() is not None and current_user.is_authenticated and g.get("auth_token_id") is not None:
-            return None
+            return _token_role_check()
         current_app.extensions["csrf"].protect(apply_exemptions=True)
+    return None
+
+
+def _token_role_check() -> tuple[Response, int] | None:
+    if current_user.role != "admin" and request.method not in READ_METHODS:
+        return jsonify({"error": "this API token is read-only"}), 403
     return None
 
 
@@ -331,17 +407,9 @@ def _guard() -> BaseResponse | tuple[Response, int] | None:
 
 
 def _client_ip() -> str:
-    peer = request.remote_addr or "unknown"
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    try:
-        local_peer = ipaddress.ip_address(peer).is_loopback
-    except ValueError:
-        local_peer = False
-    if local_peer and forwarded:
-        # ngrok and Tailscale agents on this machine connect from loopback; the address they
-        # append last is the real client. From anyone else the header is not trusted.
-        return forwarded.split(",")[-1].strip()[:64] or peer
-    return peer
+    # REMOTE_ADDR is already the real client: security.ProxyHeaders took it from X-Forwarded-For
+    # when, and only when, the peer is one of APP_TRUSTED_PROXIES.
+    return (request.remote_addr or "unknown")[:64]
 
 
 def safe_next(target: str | None) -> str:
@@ -373,45 +441,132 @@ def _commit_bookkeeping(s: Session, what: str) -> None:
         log.warning("could not store %s: %s", what, str(exc).splitlines()[0][:200])
 
 
-def _check_login(username: str, password: str) -> WebUser | None:
-    """The user if the password is right and neither the user nor the address is locked."""
+def _account_failure(user_id: int, now: float, settings: Settings) -> int:
+    """Count one wrong password atomically (parallel tries each count) and set the next delay.
+    Returns the count, or 0 when the database cannot write (the address's own count still holds)."""
+    try:
+        return _count_failure(user_id, now, settings)
+    except OperationalError as exc:
+        log.warning("could not store the failed login count: %s", str(exc).splitlines()[0][:200])
+        return 0
+
+
+def _count_failure(user_id: int, now: float, settings: Settings) -> int:
+    with ctx().session_factory() as s:
+        failures = s.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(failed_logins=User.failed_logins + 1)
+            .returning(User.failed_logins)
+        ).scalar_one()
+        delay = growing_delay(failures, settings.login_max_failures, settings.login_lockout_seconds)
+        if delay:
+            until = _utc(now + delay)
+            # Only ever later: a slower parallel try must not shorten the delay a later one set.
+            s.execute(
+                update(User)
+                .where(User.id == user_id)
+                .where((User.locked_until.is_(None)) | (User.locked_until < until))
+                .values(locked_until=until)
+            )
+        s.commit()
+    return int(failures)
+
+
+def _check_login(username: str, password: str, unlock_code: str = "") -> WebUser | None:
+    """The user if the password is right and no delay applies (or a valid unlock code skips them)."""
     settings = ctx().settings
     auth_state = state()
     now = auth_state.clock()
     address = _client_ip()
-    if auth_state.failures.blocked(address, now):
-        log.warning(
-            "login refused for %r from %s: too many failed logins from this address", username, address
-        )
-        return None
     with ctx().session_factory() as s:
         row = s.scalars(select(User).where(User.username == username)).first()
-        if row is not None and row.locked_until is not None and row.locked_until > _utc(now):
-            # Still hash, so a locked account answers as slowly as any other attempt.
-            check_password_hash(_dummy_hash(), password)
-            reason = "account locked"
-        elif row is None:
-            check_password_hash(_dummy_hash(), password)  # same timing as a known user
-            reason = "unknown user"
-        elif check_password_hash(row.password_hash, password):
-            row.failed_logins = 0
-            row.locked_until = None
-            row.last_login = _utc(now)
-            user = _web_user(row)
+        user_id = row.id if row is not None else None
+        password_hash = row.password_hash if row is not None else None
+        unlocked = row is not None and accounts.unlock_code_matches(row, unlock_code, _utc(now))
+        delayed_until = row.locked_until if row is not None else None
+    # The read transaction is over before the slow hash and the write below: in WAL mode a write
+    # that follows a read of an older snapshot would fail at once instead of waiting its turn.
+    if not unlocked:
+        wait = auth_state.failures.wait(address, now)
+        if wait > 0:
+            log.warning(
+                "login refused for %r from %s: too many failed logins from this address; next try in %.0f s",
+                username,
+                address,
+                wait,
+            )
+            return None
+        if delayed_until is not None and delayed_until > _utc(now):
+            # No password is checked during the delay, so guessing cannot go faster than it allows.
+            log.warning(
+                "login refused for %r from %s: failed logins delay the next try until %s UTC",
+                username,
+                address,
+                delayed_until.isoformat(timespec="seconds"),
+            )
+            auth_state.failures.record(address, now)
+            return None
+    if user_id is None or password_hash is None:
+        check_password_hash(_dummy_hash(), password)  # same timing as a known user
+        reason = "unknown user"
+    elif check_password_hash(password_hash, password):
+        with ctx().session_factory() as s:
+            values: dict[str, Any] = {"failed_logins": 0, "locked_until": None, "last_login": _utc(now)}
+            if unlocked:
+                values.update(unlock_hash=None, unlock_until=None)  # a code works once
+            try:
+                s.execute(update(User).where(User.id == user_id).values(**values))
+            except OperationalError:
+                s.rollback()
             _commit_bookkeeping(s, "the login time")
-            log.info("user %r logged in from %s", username, address)
-            return user
-        else:
-            reason = "wrong password"
-            row.failed_logins = (row.failed_logins or 0) + 1
-            if row.failed_logins >= settings.login_max_failures:
-                row.locked_until = _utc(now + settings.login_lockout_seconds)
-                row.failed_logins = 0  # after the lock-out the user gets the full number of tries again
-                reason += f"; locked for {settings.login_lockout_seconds} s"
-            _commit_bookkeeping(s, "the failed login count")
+            row = s.get(User, user_id)
+            assert row is not None
+            user = _web_user(row, session_key=_new_session(s, row.id, address))
+        log.info("user %r logged in from %s%s", username, address, " with an unlock code" if unlocked else "")
+        return user
+    else:
+        failures = _account_failure(user_id, now, settings)
+        reason = f"wrong password, {failures} in a row"
+        delay = growing_delay(failures, settings.login_max_failures, settings.login_lockout_seconds)
+        if delay:
+            reason += f"; next try in {delay:.0f} s"
     auth_state.failures.record(address, now)
     log.warning("failed login for %r from %s (%s)", username, address, reason)
     return None
+
+
+def _new_session(s: Session, user_id: int, address: str) -> str:
+    """A server-side session row for a browser that just logged in; returns the key for its cookie."""
+    key = secrets.token_urlsafe(32)
+    now = _utc(state().clock())
+    s.add(WebSession(user_id=user_id, key_hash=_key_hash(key), created_at=now, address=address))
+    s.flush()
+    alive = s.scalar(select(func.count()).select_from(WebSession).where(WebSession.user_id == user_id)) or 0
+    if alive > MAX_SESSIONS_PER_USER:
+        oldest = s.scalars(
+            select(WebSession.id)
+            .where(WebSession.user_id == user_id)
+            .order_by(WebSession.id)
+            .limit(alive - MAX_SESSIONS_PER_USER)
+        ).all()
+        s.execute(delete(WebSession).where(WebSession.id.in_(oldest)))
+        log.info(
+            "user %d: %d oldest browser session(s) ended (at most %d at once)",
+            user_id,
+            len(oldest),
+            MAX_SESSIONS_PER_USER,
+        )
+    s.commit()
+    return key
+
+
+def _end_current_session() -> None:
+    key = getattr(current_user, "session_key", "")
+    if key:
+        with ctx().session_factory() as s:
+            s.execute(delete(WebSession).where(WebSession.key_hash == _key_hash(key)))
+            s.commit()
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -424,7 +579,8 @@ def login() -> BaseResponse | str:
     if request.method == "POST":
         username = request.form.get("username", "").strip()[:USERNAME_MAX]
         password = request.form.get("password", "")
-        user = _check_login(username, password) if username and password else None
+        code = request.form.get("unlock_code", "").strip()[:40]
+        user = _check_login(username, password, code) if username and password else None
         if user is not None:
             session.clear()  # nothing from before the login carries over
             login_user(user)
@@ -435,23 +591,104 @@ def login() -> BaseResponse | str:
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
+    _end_current_session()  # the cookie, should someone have copied it, is dead on the server too
     logout_user()
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("auth.login"))
 
 
+@bp.post("/settings/sessions/end")
+def end_all_sessions() -> BaseResponse:
+    """Sign out everywhere: every browser session of this user ends, this one included."""
+    if not current_user.is_authenticated:
+        return _login_redirect()
+    with ctx().session_factory() as s:
+        count = accounts.end_sessions(s, current_user.id)
+    log.info("%s signed out everywhere (%d session(s) ended)", actor(), count)
+    logout_user()
+    session.clear()
+    flash(f"Signed out everywhere ({count} browser session(s) ended).", "info")
+    return redirect(url_for("auth.login"))
+
+
+def _password_problem(current: str, new: str, again: str, row: User) -> str | None:
+    settings = ctx().settings
+    if settings.admin_password_hash and row.username == settings.admin_user:
+        return "This password is set by APP_ADMIN_PASSWORD_HASH; change that setting instead."
+    if not check_password_hash(row.password_hash, current):
+        return "The current password is wrong."
+    if len(new) < NEW_PASSWORD_MIN:
+        return f"The new password needs at least {NEW_PASSWORD_MIN} characters."
+    if len(new) > 200:
+        return "The new password may be at most 200 characters."
+    if new != again:
+        return "The two new passwords differ."
+    return None
+
+
+@bp.post("/settings/password")
+def change_password() -> BaseResponse | tuple[str, int]:
+    """A new password: every other browser is signed out; this one stays logged in."""
+    if not current_user.is_authenticated:
+        return _login_redirect()
+    form = request.form
+    with ctx().session_factory() as s:
+        row = s.get(User, current_user.id)
+        assert row is not None
+        problem = _password_problem(
+            form.get("current_password", ""),
+            form.get("new_password", ""),
+            form.get("new_password_again", ""),
+            row,
+        )
+        if problem:
+            s.rollback()
+            return _tokens_page(password_error=problem)
+        row.password_hash = hash_password(form["new_password"])
+        row.failed_logins = 0
+        row.locked_until = None
+        s.commit()
+        ended = accounts.end_sessions(s, row.id)
+        key = _new_session(s, row.id, _client_ip())
+        user = _web_user(row, session_key=key)
+    login_user(user)
+    log.info("%s changed the password (%d session(s) ended)", actor(), ended)
+    flash("Password changed; every other browser is signed out.", "success")
+    return redirect(url_for("auth.tokens"))
+
+
 # ---- API tokens page ------------------------------------------------------------------------
 
 
-def _tokens_page(new_token: str | None = None, error: str | None = None, name: str = "") -> tuple[str, int]:
+def _tokens_page(
+    new_token: str | None = None,
+    error: str | None = None,
+    name: str = "",
+    role: str = "read",
+    password_error: str | None = None,
+) -> tuple[str, int]:
     with ctx().session_factory() as s:
         rows = s.scalars(
             select(ApiToken).where(ApiToken.user_id == current_user.id).order_by(ApiToken.created_at.desc())
         ).all()
+        sessions = s.scalar(
+            select(func.count()).select_from(WebSession).where(WebSession.user_id == current_user.id)
+        )
         s.expunge_all()
-    status = 400 if error else 200
-    return render_template("tokens.html", tokens=rows, new_token=new_token, error=error, name=name), status
+    status = 400 if error or password_error else 200
+    page = render_template(
+        "tokens.html",
+        tokens=rows,
+        new_token=new_token,
+        error=error,
+        name=name,
+        role=role,
+        roles=TOKEN_ROLES,
+        sessions=sessions or 0,
+        password_error=password_error,
+    )
+    return page, status
 
 
 @bp.route("/settings/tokens", methods=["GET", "POST"])
@@ -461,13 +698,14 @@ def tokens() -> BaseResponse | tuple[str, int]:
     if request.method == "GET":
         return _tokens_page()
     raw_name = request.form.get("name", "")
+    role = request.form.get("role") or "read"  # the least a token can do, unless admin is chosen
     try:
         name = validate_token_name(raw_name)
         with ctx().session_factory() as s:
-            token = create_token(s, current_user.username, name)
+            token = create_token(s, current_user.username, name, role)
     except TokenError as exc:
-        return _tokens_page(error=str(exc), name=raw_name[:TOKEN_NAME_MAX])
-    log.info("API token %r created by %s", name, actor())
+        return _tokens_page(error=str(exc), name=raw_name[:TOKEN_NAME_MAX], role=role)
+    log.info("API token %r (%s) created by %s", name, role, actor())
     # Shown in this response only; never flashed, as the flash message travels in the cookie.
     return _tokens_page(new_token=token)
 
@@ -500,7 +738,7 @@ class _SessionInterface(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         if self.secure == "auto":
-            return request.is_secure  # X-Forwarded-Proto from the tunnel, via ProxyFix
+            return request.is_secure  # X-Forwarded-Proto from a trusted proxy, via security.ProxyHeaders
         return self.secure == "true"
 
 
@@ -509,13 +747,13 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         context = ctx()
     settings = context.settings
-    # Once at start: the admin row and the signing key (kept in the database when not configured).
+    # Once at start: the admin row, and the signing key (a setting, or its own 0600 file).
     with context.session_factory() as s:
         bootstrap_admin(s, settings)
-        app.secret_key = settings.secret_key or stored_secret_key(s)
+        app.secret_key = settings.secret_key or load_secret_key(s, secret_key_path(settings))
 
-    # ngrok and Tailscale funnel end TLS and say so in X-Forwarded-Proto.
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
+    # The client address and scheme (for Secure cookies) from X-Forwarded-* of trusted proxies only.
+    security.init_app(app, security.TrustedProxies(settings.trusted_proxies))
     app.session_interface = _SessionInterface(settings.session_cookie_secure)
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,
