@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from app import early_migration
+from app import early_migration, file_modes
 from app import settings as settings_module
 from app.settings import SettingsError
 from pylib import threads
@@ -53,6 +53,8 @@ def run(hub: object, nanny_interval: float = 0.5) -> int:
 
 
 def main() -> int:
+    # Before anything creates a file: the database, its WAL, the signing key are the hub user's alone.
+    file_modes.private_umask()
     try:
         settings = settings_module.load()
     except SettingsError as exc:

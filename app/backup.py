@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from app import schema_head
+from app import backup_crypto, file_modes, schema_head
 from app.backup_status import (
     ATTEMPT,
     GOOD,
@@ -286,10 +286,33 @@ class _Counting:
         return data
 
 
-def download(s3: Any, bucket: str, key: str, dest: Path) -> tuple[dict[str, str], int]:
-    """Stream s3://bucket/key through gunzip into dest; returns (metadata, compressed bytes).
+class _Prefixed:
+    """A reader that gives back bytes already read from a stream before the rest of it."""
 
-    Raises NoBackup when the key is missing, BackupError("corrupt …") for bad gzip data.
+    def __init__(self, head: bytes, body: Any) -> None:
+        self._head = head
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            data: bytes = self._body.read(size)
+            return data
+        if size < 0:
+            data, self._head = self._head + self._body.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        return data
+
+
+def download(
+    s3: Any, bucket: str, key: str, dest: Path, encryption_key: str = ""
+) -> tuple[dict[str, str], int]:
+    """Stream s3://bucket/key (decrypted when it was encrypted) through gunzip into dest; returns
+    (metadata, bytes downloaded). Plain and encrypted backups both restore, told apart by their
+    first bytes.
+
+    Raises NoBackup when the key is missing, BackupError("corrupt …") for bad gzip data, and
+    BackupError for an encrypted backup without the right key.
     """
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
@@ -298,11 +321,18 @@ def download(s3: Any, bucket: str, key: str, dest: Path) -> tuple[dict[str, str]
             raise NoBackup(f"no backup at s3://{bucket}/{key}") from None
         raise
     body = _Counting(response["Body"])
+    head = body.read(len(backup_crypto.MAGIC))
     try:
-        with gzip.GzipFile(fileobj=body, mode="rb") as unzipped, open(dest, "wb") as out:
+        if head == backup_crypto.MAGIC:
+            source: Any = backup_crypto.DecryptingReader(encryption_key, body)
+        else:
+            source = _Prefixed(head, body)
+        with gzip.GzipFile(fileobj=source, mode="rb") as unzipped, open(dest, "wb") as out:
             shutil.copyfileobj(unzipped, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
+    except backup_crypto.DecryptError as exc:
+        raise BackupError(f"s3://{bucket}/{key}: {exc}") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise BackupError(f"corrupt download s3://{bucket}/{key}: not a complete gzip file ({exc})") from None
     metadata = {k.lower(): v for k, v in (response.get("Metadata") or {}).items()}
@@ -325,7 +355,7 @@ def command_lock(settings: Settings, wait: float = LOCK_WAIT_SECONDS) -> Iterato
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
     # read-only is enough for flock, and works when root created the file at container start
-    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o664)
+    fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o600)
     try:
         like_folder(lock_path)
         deadline = time.monotonic() + wait
@@ -365,6 +395,7 @@ def backup(settings: Settings, kind: str | None = None, now: datetime | None = N
         raise BackupError(f"database {db} is missing or empty: nothing to back up")
     _remove_stale_temps(db.parent)
     raw, packed = _temp_file(db.parent, db.name), _temp_file(db.parent, db.name + ".gz")
+    sealed = _temp_file(db.parent, db.name + ".enc")
     try:
         try:
             snapshot(db, raw, settings.db_timeout)
@@ -385,22 +416,29 @@ def backup(settings: Settings, kind: str | None = None, now: datetime | None = N
             gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as zipped,
         ):
             shutil.copyfileobj(src, zipped, CHUNK)
-        size = packed.stat().st_size
+        upload, content_type = packed, "application/gzip"
+        if settings.backup_encryption_key:
+            # Encrypted here, before it leaves: S3 (or whoever reads the bucket) sees only ciphertext.
+            with open(packed, "rb") as src, open(sealed, "wb") as out:
+                backup_crypto.encrypt_file(settings.backup_encryption_key, src, out)
+            upload, content_type = sealed, "application/octet-stream"
+        size = upload.stat().st_size
         metadata = {
             "sha256": checked.sha256,
             "schema-revision": checked.revision or "none",
             "db-bytes": str(checked.size),
             "created": iso(moment),
+            "encryption": "fernet-chunked-1" if upload == sealed else "none",
         }
         from boto3.s3.transfer import TransferConfig
 
         s3 = _s3_client(settings)
         # one thread: a Pi's upload is bound by its link, and fewer threads keep the job's memory low
         s3.upload_file(
-            str(packed),
+            str(upload),
             bucket,
             key,
-            ExtraArgs={"Metadata": metadata, "ContentType": "application/gzip"},
+            ExtraArgs={"Metadata": metadata, "ContentType": content_type},
             Config=TransferConfig(use_threads=False),
         )
         dated = None
@@ -408,7 +446,7 @@ def backup(settings: Settings, kind: str | None = None, now: datetime | None = N
             dated = dated_key(settings, kind, moment)
             s3.copy_object(Bucket=bucket, Key=dated, CopySource={"Bucket": bucket, "Key": key})
     finally:
-        for temp in (raw, packed):
+        for temp in (raw, packed, sealed):
             with contextlib.suppress(OSError):
                 temp.unlink()
     result = _result(True, key, size, dated_key=dated, sha256=checked.sha256, revision=checked.revision)
@@ -494,11 +532,11 @@ def restore(
     _remove_stale_temps(db.parent)
     temp = _temp_file(db.parent, db.name)
     try:
-        metadata, size = download(_s3_client(settings), bucket, key, temp)
+        metadata, size = download(_s3_client(settings), bucket, key, temp, settings.backup_encryption_key)
         checked, note = _check_download(temp, metadata, count_rows=False)
         stamp = utc_now().strftime("%Y%m%dT%H%M%SZ")
-        # mkstemp made it 0600; keep the mode the replaced file had (SQLite's usual 0644 otherwise)
-        os.chmod(temp, db.stat().st_mode & 0o777 if db.exists() else 0o644)
+        # the database is its user's alone, whatever mode the replaced file had
+        os.chmod(temp, file_modes.FILE_MODE)
         kept = _set_aside(db, stamp)
         like_folder(temp)
         os.replace(temp, db)
@@ -528,6 +566,7 @@ def _set_aside(db: Path, stamp: str) -> Path | None:
             os.link(db, kept)  # the old inode stays under the new name; nothing is copied
         except OSError:
             shutil.copy2(db, kept)
+        os.chmod(kept, file_modes.FILE_MODE)
     for suffix in ("-wal", "-shm", "-journal"):
         side = db.with_name(db.name + suffix)
         if not side.exists():
@@ -535,6 +574,7 @@ def _set_aside(db: Path, stamp: str) -> Path | None:
         if kept is not None and suffix == "-wal" and side.stat().st_size > 0:
             # the WAL may hold the old file's last commits; beside the kept copy SQLite still reads them
             os.replace(side, kept.with_name(kept.name + "-wal"))
+            os.chmod(kept.with_name(kept.name + "-wal"), file_modes.FILE_MODE)
         else:
             side.unlink()
     return kept
@@ -549,7 +589,9 @@ def verify(settings: Settings) -> dict[str, Any]:
     _remove_stale_temps(folder)
     with tempfile.TemporaryDirectory(prefix=VERIFY_PREFIX, dir=folder) as scratch:
         temp = Path(scratch) / "restored.db"
-        metadata, size = download(_s3_client(settings), settings.backup_s3_bucket, key, temp)
+        metadata, size = download(
+            _s3_client(settings), settings.backup_s3_bucket, key, temp, settings.backup_encryption_key
+        )
         checked, note = _check_download(temp, metadata, count_rows=True)
         if not metadata.get("sha256"):
             # sound, but the drill cannot prove it is the file that was uploaded
@@ -620,6 +662,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--force", action="store_true", help="even while the hub's heartbeat is fresh")
     commands.add_parser("verify", help="restore drill: download the latest backup and check it")
     commands.add_parser("status", help="print the recorded results as JSON")
+    commands.add_parser("genkey", help="print a new key for BACKUP_ENCRYPTION_KEY")
     commands.add_parser(
         "enabled", help=f"exit 0 when backups are on, {EXIT_OFF} when off (the bucket may be in 1Password)"
     )
@@ -655,7 +698,10 @@ def _describe(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m app.backup`: settings from the environment, logs to stderr; returns the exit code."""
-    _parser().parse_args(argv)  # before the settings, so --help works without them
+    if _parser().parse_args(argv).command == "genkey":  # before the settings: works without them
+        print(backup_crypto.generate_key())
+        return EXIT_OK
+    file_modes.private_umask()  # temporary copies, the status file and a restored database: 0600
     from app import settings as settings_module
 
     try:
@@ -670,6 +716,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None, settings: Settings) -> int:
     """The commands, for given settings; returns the exit code (0 ok, 1 failed, 2 bad usage or settings)."""
     args = _parser().parse_args(argv)
+    if args.command == "genkey":
+        print(backup_crypto.generate_key())
+        return EXIT_OK
     if args.command == "status":
         print(
             json.dumps(

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import clocks, db, db_writes, health, observability, original, registry, roles
+from app import clocks, db, db_writes, file_modes, health, observability, original, registry, roles
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -74,6 +74,8 @@ class Hub:
         )
 
     def init_database(self) -> None:
+        # Files an older version (or a copy by hand) left readable by others: fixed, each with a log line.
+        file_modes.secure_data(self.settings)
         self.engine = db.make_engine(self.settings.database_url, self.settings.db_timeout)
         db.upgrade_in_child(self.engine, self.settings.database_url, started=self.migration)
         self.sessions = db.session_factory(self.engine)

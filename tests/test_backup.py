@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import gzip
 import hashlib
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from app import backup, backup_status, db, health
+from app import backup, backup_crypto, backup_status, db, health
 from app.presence import Presence
 from app.schema_head import HEAD_REVISION
 from app.settings import Settings
@@ -778,3 +780,104 @@ def test_telegram_status_shows_the_last_backup_and_drill(rig: Rig) -> None:
         bot.stop()
         standin.stop()
         engine.dispose()
+
+
+# ---- encryption and file modes ----------------------------------------------------------------
+
+
+def encrypted_rig(rig: Rig, key: str) -> Rig:
+    env = {**rig.env, "BACKUP_ENCRYPTION_KEY": key}
+    settings = dataclasses.replace(rig.settings, backup_encryption_key=key)
+    return dataclasses.replace(rig, settings=settings, env=env)
+
+
+def test_genkey_prints_a_fernet_key(rig: Rig) -> None:
+    done = rig.cli("genkey", BACKUP_ENCRYPTION_KEY="")
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert len(base64.urlsafe_b64decode(key)) == 32
+    assert rig.cli("genkey").stdout.strip() != key  # a new one each time
+
+
+def test_an_encrypted_backup_holds_no_plaintext_and_restores(rig: Rig) -> None:
+    key = backup_crypto.generate_key()
+    sealed = encrypted_rig(rig, key)
+    seed(rig.db, prefix="secret-door")
+    before = contents(rig.db)
+    done = sealed.cli("backup")
+    assert done.returncode == 0, done.stderr
+    assert key not in done.stderr
+    body = rig.s3.get_object(Bucket=rig.bucket, Key=LATEST)["Body"].read()
+    head = rig.s3.head_object(Bucket=rig.bucket, Key=LATEST)
+    assert body.startswith(backup_crypto.MAGIC)
+    assert head["ContentType"] == "application/octet-stream"
+    assert head["Metadata"]["encryption"] == "fernet-chunked-1"
+    with pytest.raises(gzip.BadGzipFile):
+        gzip.decompress(body)
+    assert b"secret-door" not in body and b"SQLite format 3" not in body
+    # Restore with the key: the same rows; the drill reads it too.
+    seed(rig.db, prefix="later")
+    done = sealed.cli("restore")
+    assert done.returncode == 0, done.stderr
+    assert contents(rig.db) == before
+    assert sealed.run("verify") == 0
+
+
+def test_restore_reads_plain_backups_with_a_key_set_and_refuses_encrypted_ones_without(rig: Rig) -> None:
+    key = backup_crypto.generate_key()
+    sealed = encrypted_rig(rig, key)
+    seed(rig.db)
+    assert rig.run("backup") == 0  # plain, made before the key was configured
+    plain = contents(rig.db)
+    seed(rig.db, prefix="later")
+    assert sealed.run("restore") == 0
+    assert contents(rig.db) == plain
+    assert sealed.run("backup") == 0  # now encrypted
+    before = rig.db.read_bytes()
+    done = rig.cli("restore")  # no key
+    assert done.returncode == 1
+    assert "encrypted: set BACKUP_ENCRYPTION_KEY" in done.stderr
+    wrong = encrypted_rig(rig, backup_crypto.generate_key()).cli("restore")
+    assert wrong.returncode == 1
+    assert "not the key it was made with" in wrong.stderr
+    assert rig.db.read_bytes() == before  # refused: the database was not touched
+
+
+def test_a_tampered_encrypted_backup_is_refused(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backup_crypto, "CHUNK", 512)  # several chunks from a small database
+    key = backup_crypto.generate_key()
+    sealed = encrypted_rig(rig, key)
+    seed(rig.db, inputs=200)
+    assert sealed.run("backup") == 0
+    body = rig.s3.get_object(Bucket=rig.bucket, Key=LATEST)["Body"].read()
+    records = []
+    rest = body[len(backup_crypto.MAGIC) :]
+    while rest:
+        length = int.from_bytes(rest[:4], "big")
+        records.append(rest[: 4 + length])
+        rest = rest[4 + length :]
+    assert len(records) >= 3
+    before = rig.db.read_bytes()
+    for damaged, why in (
+        (records[:-1], "cut off"),
+        (records[:1] + records[2:], "damaged"),
+        ([records[1], records[0], *records[2:]], "damaged"),
+        (records + records[-1:], "after its last chunk"),
+    ):
+        rig.put(LATEST, backup_crypto.MAGIC + b"".join(damaged))
+        done = sealed.cli("restore")
+        assert done.returncode == 1 and why in done.stderr, done.stderr
+    assert rig.db.read_bytes() == before
+
+
+def test_restore_writes_the_database_and_kept_copy_0600(rig: Rig) -> None:
+    seed(rig.db)
+    assert rig.run("backup") == 0
+    rig.db.chmod(0o644)  # as an older version's restore left it
+    done = rig.cli("restore")
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(rig.db.stat().st_mode) == 0o600
+    [kept] = rig.tmp.glob("event_processor.db.before-restore-*")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    status = Path(rig.settings.backup_status_path)
+    assert stat.S_IMODE(status.stat().st_mode) == 0o600
