@@ -132,13 +132,41 @@ def test_health_is_503_until_ready(hub: Hub) -> None:
     response = hub.client.get("/api/health")
     assert response.status_code == 200
     assert response.json == {
+        "status": "degraded",
         "ready": True,
+        "down": ["rabbitmq_source", "control_publisher", "mqtt", "event_processor"],
         "components": health.components(),
         "counters": {"processor.errors": 2},
         "backup": backup_status.read_status(hub.settings).as_dict(),
         "clocks": {"learned": 0, "warning_seconds": 30, "offsets": {}, "more": 0},
     }
     assert response.json["backup"]["state"] == "not configured"
+    for name in ("rabbitmq_source", "control_publisher", "mqtt", "event_processor"):
+        health.set_state(name, "connected" if name != "event_processor" else "running")
+    assert hub.client.get("/api/health").json["status"] == "ok"  # type: ignore[index]
+
+
+def test_health_without_login_says_status_only(hub: Hub) -> None:
+    hub.app.config["LOGIN_DISABLED"] = False
+    health.set_state("rabbitmq_source", "connected", "guest@10.1.2.3:5672 vhost /house, RabbitMQ 3.13.1")
+    health.set_state("mqtt", "disconnected", "mqtt-user@10.1.2.4:1883")
+    health.set_state("control_publisher", "connected", "10.1.2.3:5672")
+    health.set_state("event_processor", "running")
+    health.count("processor.errors", 2)
+    response = hub.client.get("/api/health")
+    assert (response.status_code, response.json) == (
+        503,
+        {"status": "starting", "ready": False, "down": ["mqtt"]},
+    )
+    health.mark_ready()
+    response = hub.client.get("/api/health")
+    assert (response.status_code, response.json) == (
+        200,
+        {"status": "degraded", "ready": True, "down": ["mqtt"]},
+    )
+    text = response.get_data(as_text=True)
+    for detail in ("10.1.2", "guest", "mqtt-user", "/house", "3.13", "counters", "backup"):
+        assert detail not in text
 
 
 # ---- devices --------------------------------------------------------------------------------
@@ -317,6 +345,7 @@ def test_get_and_patch_output(hub: Hub, caplog: pytest.LogCaptureFixture) -> Non
     assert body is not None
     assert {c.name for c in OutputConfig.__table__.columns} <= set(body)
     assert body["device_enabled"] is None and body["online"] is False
+    assert body["device_params"] == "u:••••••@10.0.0.5:80"  # write-only: the password never comes back
     patch = {
         "device_label": "Porch camera",
         "device_params": " admin:n3wpass@10.0.0.6:80 ",
@@ -328,7 +357,19 @@ def test_get_and_patch_output(hub: Hub, caplog: pytest.LogCaptureFixture) -> Non
     assert response.status_code == 200
     saved = response.json
     assert saved is not None
-    assert saved["device_params"] == "admin:n3wpass@10.0.0.6:80"
+    assert saved["device_params"] == "admin:••••••@10.0.0.6:80"
+    assert row_of(hub, OutputConfig, hub.ids["cam"]).device_params == "admin:n3wpass@10.0.0.6:80"
+    assert "n3wpass" not in response.get_data(as_text=True)
+    # What GET showed, sent back with another change, keeps the stored password.
+    response = hub.client.patch(url, json={"device_params": saved["device_params"], "trigger_interval": 30})
+    assert response.status_code == 200, response.json
+    assert row_of(hub, OutputConfig, hub.ids["cam"]).device_params == "admin:n3wpass@10.0.0.6:80"
+    # Edited around the mask (a new address): the hidden password is put back.
+    response = hub.client.patch(url, json={"device_params": "admin:••••••@10.0.0.7:80"})
+    assert response.status_code == 200, response.json
+    assert row_of(hub, OutputConfig, hub.ids["cam"]).device_params == "admin:n3wpass@10.0.0.7:80"
+    response = hub.client.patch(url, json={"device_params": "root:••••••@10.0.0.7:80,ab•"})
+    assert response.status_code == 400 and response.json["field"] == "device_params"  # type: ignore[index]
     assert saved["trigger_topic"] == "event.trigger.porch"
     assert (saved["trigger_interval"], saved["device_enabled"]) == (20, False)
     assert (saved["device_label"], saved["label_customized"]) == ("Porch camera", True)

@@ -20,7 +20,7 @@ from app import backup_status, clocks, commands, config_changes, health, history
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
-from app.web import auth
+from app.web import auth, masking
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
 
@@ -158,6 +158,9 @@ def _summary(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> di
 
 def _detail(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
     out = _columns(row)
+    if isinstance(row, OutputConfig):
+        # Write-only: a camera's password and the SMS numbers never leave the hub in an answer.
+        out["device_params"] = masking.mask_params(row.device_params) or None
     last, online = _seen(ctx, row, now)
     out["online"] = online
     out["last_seen"] = _iso(last)
@@ -281,10 +284,28 @@ def get_device(kind: str, row_id: int) -> dict[str, Any]:
     return _DEVICE_KINDS[kind][2](row_id)
 
 
+def _unmasked_params(row_id: int, body: dict[str, Any]) -> None:
+    """A device_params sent back as GET showed it (masked) keeps the stored value; edited around the
+    mask, the hidden parts are put back."""
+    submitted = body.get("device_params")
+    if not isinstance(submitted, str) or masking.MASK_CHAR not in submitted:
+        return
+    with web_ctx().session_factory() as session:
+        row = session.get(OutputConfig, row_id)
+        stored = row.device_params if row is not None else None
+    params = _checked(masking.unmask_params, submitted, stored)
+    if params is None:
+        del body["device_params"]
+    else:
+        body["device_params"] = params
+
+
 @bp.patch("/<any(inputs, outputs):kind>/<int:row_id>")
 def patch_device(kind: str, row_id: int) -> dict[str, Any]:
     validate, action, detail = _DEVICE_KINDS[kind]
     body = _json_object()
+    if kind == "outputs":
+        _unmasked_params(row_id, body)
     _checked(validate, body)
     _change(action, {"id": row_id, "fields": body})
     # Re-read so the answer shows what was saved (stripped, nulled), not what was sent.

@@ -19,6 +19,7 @@ from app.models import InputConfig, OutputConfig
 from app.processor import load_snapshot
 from app.web import api, auth
 from app.web.context import ctx
+from app.web.masking import mask_params, unmask_params  # noqa: F401  (mask_params: used by tests too)
 
 bp = Blueprint("config_pages", __name__, url_prefix="/config")
 
@@ -41,10 +42,6 @@ OUTPUT_TEXT = ("device_label", "device_params", "trigger_topic", "generation_ove
 OUTPUT_NUMBERS = ("trigger_interval",)
 OUTPUT_CHECKBOXES = ("device_enabled", "alert_offline")
 
-MASK = "••••••"
-_MASK_CHAR = "•"
-_CAMERA = re.compile(r"(?P<user>[^:@,;\s]*):(?P<password>[^@]*)@(?P<rest>.+)", re.DOTALL)
-_PHONE_ENTRY = re.compile(r"(?P<name>[^;,]*);(?P<number>\+?[0-9][0-9 ()\-]{3,})")
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,15}\.[0-9]{1,9}")
 # The pulse select: where a switch's trigger takes its duration from (output_config.pulse_seconds).
@@ -175,65 +172,6 @@ def _is_button(row: InputConfig) -> bool:
 
 def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     return render_template(template, **context), status
-
-
-# ---- masking of device_params ---------------------------------------------------------------
-
-
-def _mask_digits(number: str) -> str:
-    """Every digit but the last three becomes a bullet; '+', spaces and dashes stay for readability."""
-    digits = sum(ch.isdigit() for ch in number)
-    out = []
-    for ch in number:
-        if ch.isdigit():
-            out.append(_MASK_CHAR if digits > 3 else ch)
-            digits -= 1
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _phone_entries(value: str) -> list[re.Match[str]] | None:
-    entries = [_PHONE_ENTRY.fullmatch(part.strip()) for part in value.split(",")]
-    if not entries or any(match is None for match in entries):
-        return None
-    return [match for match in entries if match is not None]
-
-
-def mask_params(value: str | None) -> str:
-    """device_params as shown on the page: camera password and phone numbers hidden, anything else fully."""
-    if not value:
-        return ""
-    camera = _CAMERA.fullmatch(value)
-    if camera:
-        return f"{camera['user']}:{MASK}@{camera['rest']}"
-    phones = _phone_entries(value)
-    if phones:
-        return ",".join(f"{m['name']};{_mask_digits(m['number'])}" for m in phones)
-    return MASK
-
-
-def unmask_params(submitted: str, stored: str | None) -> str | None:
-    """The value to save for a submitted device_params, putting back what the mask hid.
-
-    Returns None when nothing changed. Raises ChangeError when bullets would otherwise be saved.
-    """
-    submitted = submitted.strip()
-    if submitted == mask_params(stored):
-        return None
-    if _MASK_CHAR not in submitted:
-        return submitted
-    # Edited around the mask: keep the stored password (camera) or the stored entries (phone list).
-    new_camera, old_camera = _CAMERA.fullmatch(submitted), _CAMERA.fullmatch(stored or "")
-    if new_camera and old_camera and new_camera["password"] == MASK:
-        return f"{new_camera['user']}:{old_camera['password']}@{new_camera['rest']}"
-    old_phones = _phone_entries(stored or "") or []
-    by_mask = {f"{m['name']};{_mask_digits(m['number'])}": m.group(0) for m in old_phones}
-    parts = [by_mask.get(part.strip(), part.strip()) for part in submitted.split(",")]
-    joined = ",".join(parts)
-    if _MASK_CHAR in joined:
-        raise ChangeError("device_params", "Still holds hidden (•) characters; type the whole value again")
-    return joined
 
 
 # ---- inputs ---------------------------------------------------------------------------------
