@@ -33,8 +33,15 @@ class WebServer(threads.AppThread):
         # Our own socket map so the loop below can tell when every channel has gone.
         self._map: dict[int, Any] = {}
         # Bound here, not in work(), so the port is known (and a busy port fails) before start().
+        # waitress would strip every X-Forwarded-* header (it trusts no proxy by default), which also
+        # hid them from the app; app.web.security believes them from APP_TRUSTED_PROXIES only.
         self.server: Any = create_server(
-            app, map=self._map, host=settings.http_bind, port=settings.http_port, threads=4
+            app,
+            map=self._map,
+            host=settings.http_bind,
+            port=settings.http_port,
+            threads=4,
+            clear_untrusted_proxy_headers=False,
         )
         # A name such as "localhost" may bind several sockets (IPv4 and IPv6); report the first.
         self._listeners = [obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)]
