@@ -77,6 +77,19 @@ def shot(page: Any, name: str) -> None:
         shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
 
 
+def watch_console(page: Any) -> list[str]:
+    """Console errors and uncaught exceptions of a page; a CSP violation shows up as a console error."""
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    # A listener in the page itself, for violations the console might word differently.
+    page.add_init_script(
+        "document.addEventListener('securitypolicyviolation', (e) =>"
+        " console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI))"
+    )
+    return problems
+
+
 def log_in(page: Any, base: str) -> None:
     page.goto(f"{base}/login")
     page.fill("input[name=username]", "admin")
@@ -103,7 +116,10 @@ def test_log_in_enable_link_fire_panic_and_see_the_decision(rig: tuple[Any, str]
     hub, base = rig
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
+    problems = watch_console(page)
     log_in(page, base)
+    response = page.goto(f"{base}/")
+    assert "unsafe-inline" not in response.headers["content-security-policy"]
 
     # Enable an input from its dashboard row; the flash reports the saved state.
     row = page.locator('li.device-row[data-label="Front Door Motion"]')
@@ -158,7 +174,34 @@ def test_log_in_enable_link_fire_panic_and_see_the_decision(rig: tuple[Any, str]
 
     page.goto(f"{base}/charts")
     assert page.locator(".chart-hourly svg").count() >= 1
+    # The legend's colours come from app.css now that inline style attributes are refused.
+    assert page.eval_on_selector(".legend-fired", "e => getComputedStyle(e).color") == "rgb(220, 53, 69)"
     shot(page, "charts")
+    for path in (
+        "/config/inputs",
+        "/config/outputs",
+        "/config/links",
+        "/config/schedule",
+        "/settings/tokens",
+    ):
+        page.goto(f"{base}{path}")
+    # The tokens page's revoke confirmation is a data-confirm now, not an inline onsubmit.
+    page.fill("#name", "browser test")
+    page.click("form[action$='/settings/tokens'] button[type=submit]")
+    page.wait_for_selector("#new-token")
+    page.focus("#new-token")
+    assert page.evaluate("document.activeElement.selectionEnd - document.activeElement.selectionStart") > 10
+    asked: list[str] = []
+
+    def dismiss(dialog: Any) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.once("dialog", dismiss)
+    page.click("form[action*='/revoke'] button[type=submit]")
+    assert asked == ["Revoke this token? Scripts using it will stop working."]
+    assert "revoked" not in page.inner_text("table")
+    assert problems == [], problems  # no CSP violation, no script error on any page
     context.close()
 
 

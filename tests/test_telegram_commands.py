@@ -50,6 +50,7 @@ COMMANDS = [
     "/status",
     "/why garage",
     "/schedule garage 07:00 22:00",
+    "/unlock",
     "/nonsense",
 ]
 
@@ -591,3 +592,26 @@ def test_plain_text_without_invite_rights_and_with_a_tailscale_address(rig: Rig)
     assert '<a href="https://t.me/joinchat/primary">Group</a>' in rig.ask("hi again").text
     # commands are not chat: no group reply for them
     assert "I am in" not in rig.ask("/status").text
+
+
+def test_unlock_gives_a_one_time_dashboard_code_in_a_private_chat_only(rig: Rig, caplog) -> None:
+    from app import accounts
+    from app.models import User
+
+    rig.bot()
+    caplog.set_level(logging.INFO)
+    rig.say("/unlock", BOB, chat=ROOM, chat_type="supergroup")
+    assert "private chat" in rig.reply(chat=ROOM).text
+    with rig.hub.sessions() as session:
+        assert session.scalar(select(User.unlock_hash).where(User.username == "admin")) is None
+    answer = rig.ask("/unlock").text
+    code = answer.split("<code>")[1].split("</code>")[0]
+    assert "Valid 10 minutes, once" in answer
+    with rig.hub.sessions() as session:
+        row = session.scalars(select(User).where(User.username == "admin")).one()
+        assert accounts.unlock_code_matches(row, code, accounts.utc_now())
+        assert code not in (row.unlock_hash or "")  # only its hash is kept
+    assert not any(code in r.getMessage() for r in caplog.records)
+    assert any(
+        "unlock code for 'admin' issued to Telegram user 111" in r.getMessage() for r in caplog.records
+    )

@@ -33,6 +33,7 @@ from telegram.ext import (
 )
 
 from app import (
+    accounts,
     backup_status,
     commands,
     config_changes,
@@ -77,7 +78,8 @@ HELP = (
     "/report – fire the Dash Button\n"
     "/status – brokers, devices, switches\n"
     "/why &lt;input&gt; – its last decisions and configuration changes\n"
-    "/schedule &lt;names&gt; [HH:MM HH:MM | off] – show, set (enable, disable time) or stop daily schedules"
+    "/schedule &lt;names&gt; [HH:MM HH:MM | off] – show, set (enable, disable time) or stop daily schedules\n"
+    "/unlock – in a private chat: a one-time code that lets you log in to the dashboard past the delays"
 )
 
 
@@ -860,6 +862,35 @@ class CommandBot:
             text += ("\n\n" if text else "") + "Failed:\n" + "\n".join(errors)
         await self._say(update, text)
 
+    def _unlock_code(self) -> str:
+        with self.sessions() as session:
+            return accounts.issue_unlock_code(session, self.settings.admin_user)
+
+    async def unlock(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
+        """The owner's way into the dashboard while someone else's failed logins delay it."""
+        chat = update.effective_chat
+        if chat is None or chat.type != "private":
+            # A code posted in the group would be everyone's: it goes to a private chat only.
+            await self._say(update, "Send /unlock to me in a private chat.")
+            return
+        try:
+            code = await self._blocking(self._unlock_code)
+        except accounts.AccountError as exc:
+            await self._say(update, html.escape(str(exc)))
+            return
+        log.info(
+            "dashboard unlock code for %r issued to Telegram user %s",
+            self.settings.admin_user,
+            self._user_id(update),
+        )
+        minutes = accounts.UNLOCK_SECONDS // 60
+        await self._say(
+            update,
+            f"Unlock code for <b>{html.escape(self.settings.admin_user)}</b>: <code>{code}</code>\n"
+            f"Valid {minutes} minutes, once: on the login page open “Have an unlock code?” and enter it "
+            "with your password.",
+        )
+
     async def help(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._say(update, HELP)
 
@@ -906,6 +937,7 @@ def register(
         "status": bot.status,
         "why": bot.why,
         "schedule": bot.schedule,
+        "unlock": bot.unlock,
         "help": bot.help,
         "start": bot.help,
     }
