@@ -43,7 +43,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 ENTRYPOINT = ROOT / "config" / "docker-entrypoint.sh"
 NGROK_CONFIG = ROOT / "config" / "ngrok_frontend.yml"
 MOSQUITTO_CONFIG = ROOT / "config" / "mosquitto.conf"
-SHELL_SCRIPTS = (ENTRYPOINT, ROOT / "backup_db.sh")
+MOSQUITTO_START = ROOT / "config" / "mosquitto-start.sh"
+SHELL_SCRIPTS = (ENTRYPOINT, ROOT / "backup_db.sh", MOSQUITTO_START)
 APP_DIR_IN_IMAGE = "/opt/app/"
 OPTIONAL_SERVICES = ("rabbitmq", "mosquitto", "influxdb", "ngrok")
 
@@ -313,8 +314,27 @@ def test_ngrok_config_forwards_to_the_app():
     assert ngrok["ports"] == ["${NGROK_INSPECT_PUBLISH:-127.0.0.1:4040}:4040"]
 
 
-def test_mosquitto_config_runs(tmp_path):
-    """Debian's Mosquitto 2 (the tests' broker) starts with the profile's config and takes connections."""
+def _mqtt_connect(port: int, username: str | None = None, password: str | None = None) -> int:
+    """The CONNACK reason code a real paho client gets (0: accepted)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
+    answers: list[int] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: answers.append(reason.value)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_for(lambda: answers, timeout=10, what="CONNACK")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return answers[0]
+
+
+def _start_mosquitto(tmp_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    """config/mosquitto-start.sh for real, with Debian's Mosquitto 2 and the profile's config."""
     port = free_port()
     text = MOSQUITTO_CONFIG.read_text()
     assert re.search(r"^listener 1883$", text, re.M)
@@ -325,15 +345,84 @@ def test_mosquitto_config_runs(tmp_path):
         text = "user root\n" + text
     config = tmp_path / "mosquitto.conf"
     config.write_text(text)
-    with open(tmp_path / "mosquitto.log", "wb") as log:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=log)
+    variables = {
+        "PATH": os.environ["PATH"],
+        "MOSQUITTO_CONF": str(config),
+        "MOSQUITTO_PASSWD": str(tmp_path / "passwd"),
+        "MOSQUITTO_BIN": MOSQUITTO,
+        **env,
+    }
+    log = open(tmp_path / "mosquitto.log", "wb")  # noqa: SIM115  (closed with the process below)
+    proc = subprocess.Popen(["sh", str(MOSQUITTO_START)], stdout=log, stderr=log, env=variables)
+    proc.port = port  # type: ignore[attr-defined]
+    log.close()
+    return proc
+
+
+def test_mosquitto_config_runs_with_a_login_and_refuses_anonymous_clients(tmp_path):
+    """Debian's Mosquitto 2 (the tests' broker) starts with the profile's start script and config."""
+    text = MOSQUITTO_CONFIG.read_text()
+    assert re.search(r"^allow_anonymous false$", text, re.M)
+    assert not re.search(r"^allow_anonymous true", text, re.M)
+    proc = _start_mosquitto(tmp_path, MQTT_USERNAME="hub", MQTT_PASSWORD="s3cret pass")
+    port = proc.port  # type: ignore[attr-defined]
     try:
         wait_for(lambda: port_open(port) or proc.poll() is not None, timeout=10, what="mosquitto")
         assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+        assert _mqtt_connect(port) != 0  # anonymous: refused
+        assert _mqtt_connect(port, "hub", "wrong") != 0
+        assert _mqtt_connect(port, "hub", "s3cret pass") == 0
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    assert "mosquitto.conf" in compose()["services"]["mosquitto"]["volumes"][0]
+    passwd = tmp_path / "passwd"
+    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
+    assert "s3cret" not in passwd.read_text()  # only the hash
+    assert "s3cret" not in (tmp_path / "mosquitto.log").read_text()
+    mosquitto = compose()["services"]["mosquitto"]
+    assert "./config/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in mosquitto["volumes"]
+    assert "./config/mosquitto-start.sh:/mosquitto/config/mosquitto-start.sh:ro" in mosquitto["volumes"]
+    assert mosquitto["command"] == ["sh", "/mosquitto/config/mosquitto-start.sh"]
+    assert mosquitto["environment"] == {
+        "MQTT_USERNAME": "${MQTT_USERNAME:-}",
+        "MQTT_PASSWORD": "${MQTT_PASSWORD:-}",
+    }
+
+
+@pytest.mark.parametrize("env", [{}, {"MQTT_USERNAME": "hub"}, {"MQTT_PASSWORD": "x"}])
+def test_mosquitto_will_not_start_without_a_login(tmp_path, env):
+    proc = _start_mosquitto(tmp_path, **env)
+    assert proc.wait(timeout=10) == 78
+    assert "set MQTT_USERNAME and MQTT_PASSWORD" in (tmp_path / "mosquitto.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "starts"),
+    [
+        ("", "", False),
+        ("guest", "guest", False),
+        ("guest", "long password", False),
+        ("hub", "guest", False),
+        ("hub", "", False),
+        ("hub", "a real password", True),
+    ],
+)
+def test_rabbitmq_profile_refuses_guest_and_missing_credentials(tmp_path, user, password, starts):
+    service = compose()["services"]["rabbitmq"]
+    assert service["environment"]["RABBITMQ_DEFAULT_USER"] == "${RABBITMQ_USER:-}"
+    assert service["environment"]["RABBITMQ_DEFAULT_PASS"] == "${RABBITMQ_PASSWORD:-}"
+    shell, flag, script = service["command"]
+    assert (shell, flag) == ("sh", "-c")
+    # What the container runs once Compose has turned $$ into $; the broker start is a stand-in here.
+    script = script.replace("$$", "$")
+    assert script.endswith("exec docker-entrypoint.sh rabbitmq-server")
+    script = script.replace("exec docker-entrypoint.sh rabbitmq-server", "echo started")
+    env = {"PATH": os.environ["PATH"], "RABBITMQ_DEFAULT_USER": user, "RABBITMQ_DEFAULT_PASS": password}
+    done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=10)
+    if starts:
+        assert (done.returncode, done.stdout) == (0, "started\n")
+    else:
+        assert done.returncode == 78 and "not guest" in done.stderr
 
 
 # ---- Dockerfile -------------------------------------------------------------------------------------
