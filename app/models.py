@@ -225,6 +225,8 @@ class WebSession(Base):
     created_at: Mapped[datetime | None] = mapped_column(DateTime)
     address: Mapped[str | None] = mapped_column(String(64))
 
+    user: Mapped[User] = relationship()
+
 
 class ApiToken(Base):
     """A bearer token for scripts; only its SHA-256 is stored, the token is shown once."""

@@ -41,6 +41,7 @@ from app.models import (
     OutputLink,
     RuleState,
     User,
+    WebSession,
 )
 from app.processor import load_snapshot
 
@@ -218,7 +219,7 @@ def test_fresh_sqlite_migrates_to_head_and_matches_models(
     engine = engines(sqlite_url(tmp_path / "hub.db"))
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == HEAD == "0010_hub_roles"
+    assert db.current_revision(engine) == HEAD == "0006_security"
     assert db.schema_differences(engine) == []
 
 
@@ -552,7 +553,15 @@ def _one_of_each(stamp: datetime) -> list[Any]:
         *decision.outputs,
         EventLog(input_device="Front Door", output_device="Hall Camera", timestamp=stamp, decision_id=1),
         user,
-        ApiToken(user=user, name="backup script", token_hash="ab" * 32, prefix="ep_abcd", created_at=stamp),
+        ApiToken(
+            user=user,
+            name="backup script",
+            token_hash="ab" * 32,
+            prefix="ep_abcd",
+            created_at=stamp,
+            role="read",
+        ),
+        WebSession(user=user, key_hash="cd" * 32, created_at=stamp, address="2001:db8::1"),
         MeterHistory(input_device_id=1, timestamp=stamp, register_value=50, meter_value=3, reading=0.05),
         RuleState(state_key="latch:1", state_value='{"last_fired": 1.5}', updated=stamp),
         Heartbeat(dt=stamp, ts=1700000000.5),
@@ -673,3 +682,31 @@ def test_outputs_of_an_original_database_keep_getting_the_control_message(
         "timestamp": "2023-11-14T22:13:20.000000+0000",
         "data": ["siren", None],
     }
+
+
+def test_security_migration_keeps_what_tokens_and_users_could_do(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    """0006: a token made before roles existed could do everything, and still can; users keep their hash."""
+    engine = engines(sqlite_url(tmp_path / "hub.db"))
+    db.upgrade(engine)
+    db.downgrade(engine, "0010_hub_roles")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO app_user (id, username, password_hash, failed_logins) VALUES (1, 'a', 'h', 2)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO api_token (user_id, name, token_hash, prefix) VALUES (1, 'old', :h, 'ep_x')"
+            ),
+            {"h": "a" * 64},
+        )
+    db.upgrade(engine)
+    assert db.schema_differences(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT name, role FROM api_token")).one() == ("old", "admin")
+        user = conn.execute(sa.text("SELECT password_hash, failed_logins, unlock_hash FROM app_user")).one()
+        assert tuple(user) == ("h", 2, None)
+        assert sa.inspect(conn).has_table("web_session")

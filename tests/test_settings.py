@@ -113,3 +113,26 @@ def test_a_secret_value_is_not_repeated_in_its_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as err:
         load(tmp_path, AWS_ENDPOINT_URL="s3.example.com/?key=hunter2")
     assert "hunter2" not in str(err.value)
+
+
+def test_trusted_proxies_take_addresses_networks_and_host_names(tmp_path: Path) -> None:
+    assert load(tmp_path).trusted_proxies == ()
+    s = load(tmp_path, APP_TRUSTED_PROXIES=" 127.0.0.1, 172.16.0.0/12 ,ngrok,::1, proxy.lan ")
+    assert s.trusted_proxies == ("127.0.0.1", "172.16.0.0/12", "ngrok", "::1", "proxy.lan")
+    for bad in ("10.0.0.0/40", "not a host", "-bad", "http://ngrok"):
+        with pytest.raises(SettingsError) as err:
+            load(tmp_path, APP_TRUSTED_PROXIES=bad)
+        assert err.value.name == "APP_TRUSTED_PROXIES"
+
+
+def test_backup_encryption_key_must_be_a_fernet_key_and_is_never_repeated(tmp_path: Path) -> None:
+    from app import backup_crypto
+
+    key = backup_crypto.generate_key()
+    s = load(tmp_path, BACKUP_ENCRYPTION_KEY=key)
+    assert s.backup_encryption_key == key
+    assert key not in repr(s) and "backup_encryption_key" not in settings.describe(s)
+    for bad in ("short", key[:-4], "!" * 44):
+        with pytest.raises(SettingsError) as err:
+            load(tmp_path, BACKUP_ENCRYPTION_KEY=bad)
+        assert err.value.name == "BACKUP_ENCRYPTION_KEY" and bad not in str(err.value)
