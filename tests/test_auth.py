@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.security import generate_password_hash
 
 from app import db
-from app.models import ApiToken, GeneralConfig, InputConfig, User
+from app.models import ApiToken, GeneralConfig, InputConfig, User, WebSession
 from app.presence import Presence
 from app.settings import Settings
 from app.web import auth, create_app
@@ -672,3 +672,18 @@ def test_tokens_page_with_login_disabled_sends_to_login(app: Flask, client: Flas
     assert client.get("/settings/tokens").status_code == 302
     assert client.post("/settings/tokens", data={"name": "x"}).status_code == 302
     assert client.post("/settings/tokens/1/revoke").status_code == 302
+
+
+def test_sessions_per_user_are_capped_and_the_oldest_ends(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    from app import health
+
+    monkeypatch.setattr(auth, "MAX_SESSIONS_PER_USER", 3)
+    browsers = [app.test_client() for _ in range(5)]
+    for browser in browsers:
+        assert login(browser).status_code == 302
+    with sessions_of(app)() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(WebSession)) == 3
+    assert [logged_in(b) for b in browsers] == [False, False, True, True, True]
+    assert health.counters()["web.sessions_dropped"] == 2

@@ -41,7 +41,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import accounts
+from app import accounts, health
 from app.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
 from app.models import ApiToken, GeneralConfig, User, WebSession
 from app.settings import Settings
@@ -128,6 +128,7 @@ class FailureWindow:
                     # Bounded memory: forget the address that failed longest ago.
                     del self._failures[next(iter(self._failures))]
                     self.evicted += 1
+                    health.count("web.login_addresses_dropped")
                 times = self._failures[address] = deque()
             times.append(now)
             if len(times) > self.limit + 64:
@@ -551,6 +552,7 @@ def _new_session(s: Session, user_id: int, address: str) -> str:
             .limit(alive - MAX_SESSIONS_PER_USER)
         ).all()
         s.execute(delete(WebSession).where(WebSession.id.in_(oldest)))
+        health.count("web.sessions_dropped", len(oldest))
         log.info(
             "user %d: %d oldest browser session(s) ended (at most %d at once)",
             user_id,
