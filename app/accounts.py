@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import os
 import secrets
 import sys
 from datetime import UTC, datetime, timedelta
@@ -94,20 +93,6 @@ def reset_password(session: Session, username: str) -> str:
     return password
 
 
-def _become_database_owner(path: str | None) -> None:
-    """Run as root (`docker compose exec app …`), act as the database's owner: a -wal or -shm file
-    that root created would lock the hub, which runs as that user, out of its own database."""
-    if not path or not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return
-    try:
-        owner = os.stat(path)
-    except OSError:
-        return
-    if owner.st_uid != 0:
-        os.setgid(owner.st_gid)
-        os.setuid(owner.st_uid)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m app.accounts unlock|password [user]`: prints to the console only, never to a log."""
     parser = argparse.ArgumentParser(prog="python -m app.accounts", description=__doc__)
@@ -123,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accounts: {exc}", file=sys.stderr)
         return 2
     username = args.user or settings.admin_user
-    _become_database_owner(settings.sqlite_path)
     engine = db.make_engine(settings.database_url, settings.db_timeout)
     try:
         with db.session_factory(engine)() as session:
