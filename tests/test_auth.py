@@ -687,3 +687,32 @@ def test_sessions_per_user_are_capped_and_the_oldest_ends(
         assert s.scalar(sa.select(sa.func.count()).select_from(WebSession)) == 3
     assert [logged_in(b) for b in browsers] == [False, False, True, True, True]
     assert health.counters()["web.sessions_dropped"] == 2
+
+
+def test_a_login_while_the_database_cannot_write_is_kept_in_memory_and_still_ends_on_logout(
+    app: Flask, client: FlaskClient, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk must not lock the owner out; the session then lives in memory, and logout ends it."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    engine = sessions_of(app).kw["bind"]
+
+    def refuse_writes(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            raise OperationalError(statement, {}, Exception("database or disk is full"))
+
+    event.listen(engine, "before_cursor_execute", refuse_writes)
+    caplog.set_level(logging.WARNING)
+    try:
+        assert login(client).status_code == 302
+        assert logged_in(client)
+        assert any("kept in memory" in r.getMessage() for r in caplog.records)
+        copy = app.test_client()
+        copy.set_cookie("session", client.get_cookie("session").value)  # type: ignore[union-attr]
+        assert logged_in(copy)
+        response = client.post("/logout", data={"csrf_token": csrf_from(client, "/settings/tokens")})
+    finally:
+        event.remove(engine, "before_cursor_execute", refuse_writes)
+    assert response.status_code == 302
+    assert not logged_in(copy)  # the session is gone from memory even though no row could be deleted

@@ -142,6 +142,14 @@ class AuthState:
     failures: FailureWindow
     clock: Callable[[], float] = time.time
     login_manager: LoginManager = field(default_factory=LoginManager)
+    # Sessions of logins while the database could not write (a full disk): key hash -> user id.
+    # They end with logout, sign out everywhere, a password change or a restart of the hub.
+    unsaved_sessions: dict[str, int] = field(default_factory=dict)
+    unsaved_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+# Logins kept in memory while the database cannot write; beyond this the oldest is forgotten.
+MAX_UNSAVED_SESSIONS = 50
 
 
 def state() -> AuthState:
@@ -208,9 +216,23 @@ def _load_session_user(user_id: str) -> WebUser | None:
             .join(WebSession, WebSession.user_id == User.id)
             .where(User.id == int(row_id), WebSession.key_hash == _key_hash(key))
         ).first()
-        if found is None or _fingerprint(found[0].password_hash) != fingerprint:
+        row = found[0] if found is not None else None
+        if row is None:
+            with state().unsaved_lock:
+                unsaved = state().unsaved_sessions.get(_key_hash(key))
+            row = s.get(User, int(row_id)) if unsaved == int(row_id) else None
+        if row is None or _fingerprint(row.password_hash) != fingerprint:
             return None
-        return _web_user(found[0], session_key=key)
+        return _web_user(row, session_key=key)
+
+
+def _forget_unsaved(user_id: int | None = None, key_hash: str | None = None) -> None:
+    """End sessions kept in memory: one (by key) or all of a user's."""
+    auth_state = state()
+    with auth_state.unsaved_lock:
+        for stored, owner in list(auth_state.unsaved_sessions.items()):
+            if stored == key_hash or (user_id is not None and owner == user_id):
+                del auth_state.unsaved_sessions[stored]
 
 
 def _token_hash(token: str) -> str:
@@ -538,8 +560,29 @@ def _check_login(username: str, password: str, unlock_code: str = "") -> WebUser
 
 
 def _new_session(s: Session, user_id: int, address: str) -> str:
-    """A server-side session row for a browser that just logged in; returns the key for its cookie."""
+    """A server-side session row for a browser that just logged in; returns the key for its cookie.
+    A database that cannot write (a full disk) must not lock the owner out of the dashboard that
+    says so: the session is then kept in memory (bounded, counted) until the hub restarts."""
     key = secrets.token_urlsafe(32)
+    try:
+        _store_session(s, user_id, address, key)
+    except OperationalError as exc:
+        s.rollback()
+        log.warning(
+            "could not store the browser session (%s); it is kept in memory until the hub restarts",
+            str(exc).splitlines()[0][:200],
+        )
+        health.count("web.sessions_in_memory")
+        auth_state = state()
+        with auth_state.unsaved_lock:
+            if len(auth_state.unsaved_sessions) >= MAX_UNSAVED_SESSIONS:
+                del auth_state.unsaved_sessions[next(iter(auth_state.unsaved_sessions))]
+                health.count("web.sessions_dropped")
+            auth_state.unsaved_sessions[_key_hash(key)] = user_id
+    return key
+
+
+def _store_session(s: Session, user_id: int, address: str, key: str) -> None:
     now = _utc(state().clock())
     s.add(WebSession(user_id=user_id, key_hash=_key_hash(key), created_at=now, address=address))
     s.flush()
@@ -560,15 +603,20 @@ def _new_session(s: Session, user_id: int, address: str) -> str:
             MAX_SESSIONS_PER_USER,
         )
     s.commit()
-    return key
 
 
 def _end_current_session() -> None:
     key = getattr(current_user, "session_key", "")
     if key:
+        _forget_unsaved(key_hash=_key_hash(key))
         with ctx().session_factory() as s:
-            s.execute(delete(WebSession).where(WebSession.key_hash == _key_hash(key)))
-            s.commit()
+            try:
+                s.execute(delete(WebSession).where(WebSession.key_hash == _key_hash(key)))
+                s.commit()
+            except OperationalError as exc:
+                # the browser is logged out all the same; the row goes with the next logout or sign-out
+                s.rollback()
+                log.warning("could not delete the browser session: %s", str(exc).splitlines()[0][:200])
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -606,6 +654,7 @@ def end_all_sessions() -> BaseResponse:
     if not current_user.is_authenticated:
         return _login_redirect()
     with ctx().session_factory() as s:
+        _forget_unsaved(user_id=current_user.id)
         count = accounts.end_sessions(s, current_user.id)
     log.info("%s signed out everywhere (%d session(s) ended)", actor(), count)
     logout_user()
@@ -651,6 +700,7 @@ def change_password() -> BaseResponse | tuple[str, int]:
         row.failed_logins = 0
         row.locked_until = None
         s.commit()
+        _forget_unsaved(user_id=row.id)
         ended = accounts.end_sessions(s, row.id)
         key = _new_session(s, row.id, _client_ip())
         user = _web_user(row, session_key=key)
