@@ -134,15 +134,17 @@ def test_health_is_503_until_ready(hub: Hub) -> None:
     assert response.json == {
         "status": "degraded",
         "ready": True,
-        "down": ["rabbitmq_source", "control_publisher", "mqtt", "event_processor"],
+        "down": ["rabbitmq_source", "control_publisher", "mqtt", "event_processor", "database"],
         "components": health.components(),
         "counters": {"processor.errors": 2},
         "backup": backup_status.read_status(hub.settings).as_dict(),
         "clocks": {"learned": 0, "warning_seconds": 30, "offsets": {}, "more": 0},
     }
     assert response.json["backup"]["state"] == "not configured"
-    for name in ("rabbitmq_source", "control_publisher", "mqtt", "event_processor"):
-        health.set_state(name, "connected" if name != "event_processor" else "running")
+    for name in ("rabbitmq_source", "control_publisher", "mqtt"):
+        health.set_state(name, "connected")
+    health.set_state("event_processor", "running")
+    health.set_state("database", "ok")
     assert hub.client.get("/api/health").json["status"] == "ok"  # type: ignore[index]
 
 
@@ -152,6 +154,7 @@ def test_health_without_login_says_status_only(hub: Hub) -> None:
     health.set_state("mqtt", "disconnected", "mqtt-user@10.1.2.4:1883")
     health.set_state("control_publisher", "connected", "10.1.2.3:5672")
     health.set_state("event_processor", "running")
+    health.set_state("database", "ok", "0008_history")
     health.count("processor.errors", 2)
     response = hub.client.get("/api/health")
     assert (response.status_code, response.json) == (
