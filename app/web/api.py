@@ -254,8 +254,13 @@ def get_health() -> tuple[Response, int]:
             # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
             clocks=clocks.offsets.summary(),
         )
-        if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
-            body["ha"] = roles.status(web_ctx().session_factory, web_ctx().settings)
+    if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
+        pair = roles.status(web_ctx().session_factory, web_ctx().settings)
+        if not _may_see_details():
+            # which hub is active is status (a monitor asks it); where each hub is reached is not
+            for node in (*pair.get("nodes", []), pair.get("active") or {}):
+                node.pop("url", None)
+        body["ha"] = pair
     return jsonify(body), 200 if ready else 503
 
 
