@@ -10,17 +10,39 @@ _lock = threading.Lock()
 _components: dict[str, dict[str, Any]] = {}
 _counters: dict[str, int] = {}
 _ready = threading.Event()
+# The components without which the hub is no use: the brokers the devices talk through. One that has
+# been other than "connected" for longer than the grace period turns /api/health (and so the
+# container's health check) unhealthy; a short outage (a broker restart) does not.
+CRITICAL = ("rabbitmq_source", "mqtt")
+UP = "connected"
+_down_since: dict[str, float] = {}
 
 
 def set_state(component: str, state: str, detail: str | None = None) -> None:
     """Record a component's state, e.g. set_state('rabbitmq_source', 'connected')."""
+    now = time.time()
     with _lock:
-        _components[component] = {"state": state, "detail": detail, "since": time.time()}
+        _components[component] = {"state": state, "detail": detail, "since": now}
+        if state == UP:
+            _down_since.pop(component, None)
+        else:
+            _down_since.setdefault(component, now)
 
 
 def components() -> dict[str, dict[str, Any]]:
     with _lock:
         return {k: dict(v) for k, v in _components.items()}
+
+
+def critical_down(grace_seconds: float, now: float | None = None) -> dict[str, str]:
+    """Critical components down (not connected) for longer than grace_seconds: name -> why."""
+    now = time.time() if now is None else now
+    with _lock:
+        return {
+            name: f"not connected for {now - _down_since[name]:.0f} s (grace {grace_seconds:g} s)"
+            for name in CRITICAL
+            if name in _down_since and now - _down_since[name] > grace_seconds
+        }
 
 
 def count(name: str, n: int = 1) -> None:
@@ -47,6 +69,7 @@ def reset() -> None:
     with _lock:
         _components.clear()
         _counters.clear()
+        _down_since.clear()
     _ready.clear()
 
 

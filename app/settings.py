@@ -139,6 +139,7 @@ class Settings:
     cronitor_telemetry_key: str = field(default="", repr=False)
     cronitor_ping_url: str = "https://cronitor.link/p"
     health_ping_seconds: float = 300.0
+    health_down_grace_seconds: float = 120.0
     heartbeat_row_seconds: float = 60.0
     aws_access_key_id: str = ""
     aws_secret_access_key: str = field(default="", repr=False)
@@ -646,6 +647,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         cronitor_telemetry_key=cronitor_telemetry,
         cronitor_ping_url=cronitor_url.rstrip("/"),
         health_ping_seconds=_seconds(v, "HEALTH_PING_SECONDS", 0.05, 86400),
+        health_down_grace_seconds=_seconds(v, "HEALTH_DOWN_GRACE_SECONDS", 0, 86400),
         heartbeat_row_seconds=_seconds(v, "HEARTBEAT_ROW_SECONDS", 0.05, 86400),
         aws_access_key_id=v.get("AWS_ACCESS_KEY_ID", "").strip(),
         aws_secret_access_key=v.get("AWS_SECRET_ACCESS_KEY", "").strip(),

@@ -135,6 +135,7 @@ def test_health_is_503_until_ready(hub: Hub) -> None:
         "status": "degraded",
         "ready": True,
         "down": ["rabbitmq_source", "control_publisher", "mqtt", "event_processor", "database"],
+        "unhealthy": {},
         "components": health.components(),
         "counters": {"processor.errors": 2},
         "backup": backup_status.read_status(hub.settings).as_dict(),
@@ -159,17 +160,59 @@ def test_health_without_login_says_status_only(hub: Hub) -> None:
     response = hub.client.get("/api/health")
     assert (response.status_code, response.json) == (
         503,
-        {"status": "starting", "ready": False, "down": ["mqtt"]},
+        {"status": "starting", "ready": False, "down": ["mqtt"], "unhealthy": {}},
     )
     health.mark_ready()
     response = hub.client.get("/api/health")
     assert (response.status_code, response.json) == (
         200,
-        {"status": "degraded", "ready": True, "down": ["mqtt"]},
+        {"status": "degraded", "ready": True, "down": ["mqtt"], "unhealthy": {}},
     )
     text = response.get_data(as_text=True)
     for detail in ("10.1.2", "guest", "mqtt-user", "/house", "3.13", "counters", "backup"):
         assert detail not in text
+
+
+def test_health_turns_503_when_a_broker_is_down_past_the_grace_and_200_when_it_returns(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    engine = sa.create_engine(
+        f"sqlite:///{tmp_path / 'health.db'}", connect_args={"check_same_thread": False}
+    )
+    Base.metadata.create_all(engine)
+    sessions = sessionmaker(bind=engine)
+    patient = make_settings()  # HEALTH_DOWN_GRACE_SECONDS 120 by default
+    assert patient.health_down_grace_seconds == 120
+    strict = create_app(make_settings(HEALTH_DOWN_GRACE_SECONDS="0"), sessions, Presence()).test_client()
+    client = create_app(patient, sessions, Presence()).test_client()
+    health.mark_ready()
+    health.set_state("rabbitmq_source", "connected", "127.0.0.1:5672")
+    health.set_state("mqtt", "down", "connection refused")
+    health.set_state("mqtt", "connecting", "127.0.0.1:1883")  # a retry does not restart the clock
+    since = health.components()["mqtt"]["since"]
+    assert client.get("/api/health").status_code == 200  # inside the grace: a broker restart
+    assert health.critical_down(120, now=since + 119) == {}
+    down = health.critical_down(120, now=since + 121)
+    assert list(down) == ["mqtt"] and "grace 120 s" in down["mqtt"]
+
+    response = strict.get("/api/health")
+    assert response.status_code == 503
+    assert response.json is not None
+    assert response.json["ready"] is True and response.json["status"] == "unhealthy"
+    assert list(response.json["unhealthy"]) == ["mqtt"]
+
+    health.set_state("mqtt", "connected", "127.0.0.1:1883")
+    response = strict.get("/api/health")
+    assert response.status_code == 200
+    assert (
+        response.json is not None
+        and response.json["unhealthy"] == {}
+        and response.json["status"] != "unhealthy"
+    )
+    # a component that is not critical (Telegram, InfluxDB) never makes the hub unhealthy
+    health.set_state("telegram", "down", "unreachable")
+    assert strict.get("/api/health").status_code == 200
+    engine.dispose()
 
 
 # ---- devices --------------------------------------------------------------------------------

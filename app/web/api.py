@@ -239,10 +239,14 @@ def get_health() -> tuple[Response, int]:
     ready = health.is_ready()
     components = health.components()
     down = observability.down_components(components, web_ctx().settings)
+    # RabbitMQ or MQTT down for longer than HEALTH_DOWN_GRACE_SECONDS: what turns this (and the
+    # container's health check) into a 503; a shorter outage (a broker restart) is only "degraded"
+    unhealthy = health.critical_down(web_ctx().settings.health_down_grace_seconds)
     body: dict[str, Any] = {
-        "status": "starting" if not ready else "degraded" if down else "ok",
+        "status": "starting" if not ready else "unhealthy" if unhealthy else "degraded" if down else "ok",
         "ready": ready,
         "down": down,
+        "unhealthy": unhealthy,
     }
     if _may_see_details():
         # addresses, users, vhosts and versions sit in the components' details and the counters
@@ -261,7 +265,7 @@ def get_health() -> tuple[Response, int]:
             for node in (*pair.get("nodes", []), pair.get("active") or {}):
                 node.pop("url", None)
         body["ha"] = pair
-    return jsonify(body), 200 if ready else 503
+    return jsonify(body), 200 if ready and not unhealthy else 503
 
 
 @bp.get("/devices")
