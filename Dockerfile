@@ -6,14 +6,24 @@
 #   /opt/app/{app,pylib,config,templates,static}
 #                        the hub's source; it runs from here (the web app and the settings find
 #                        templates/, static/ and config/app.conf relative to the source tree)
-#   /opt/app/backup_db.sh, /etc/cron.d/backup_db
-#                        the scheduled S3 backup (cron runs only when BACKUP_S3_BUCKET is set)
+#   /opt/app/backup_db.sh
+#                        the S3 backup, which the hub itself runs on schedule (app/backup_schedule.py)
 #   /data                the volume: SQLite database, backup status and log
+#
+# What it needs of its base (PYTHON_IMAGE): a Debian (bookworm or later) with python3 3.11+, its venv
+# module and pip 22.3+ (`pip --python`), apt-get and util-linux's setpriv. python:3.11-slim-bookworm has
+# them all; so does Debian's own python3 + python3-venv + python3-pip. It assumes nothing else: not a
+# `python` command, not the base's PATH, not its apt cache settings, not a free uid.
+# The app user's uid and gid (10001, above the host's system and login ranges, so that ./data owned by
+# them on the Pi matches no host account; `task user` makes the same).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
 # Only the dependency list and the lock: a change to the source does not reinstall the dependencies.
 COPY pyproject.toml requirements.lock ./
@@ -21,43 +31,60 @@ COPY pyproject.toml requirements.lock ./
 # (the lock also pins the dev tools; as constraints they are not installed). The venv gets no pip of its
 # own; the base image's pip installs into it. Wheels only: a missing wheel fails here, loudly.
 # /opt/app on sys.path (a .pth file) lets the venv's python find the hub's source from any directory
-# (cron jobs, docker exec), with no PYTHONPATH to keep in step.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# (docker exec, the backup script), with no PYTHONPATH to keep in step.
+RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs Python 3.11+, has ' + sys.version" \
+    && python3 -c "import pip, sys; v = tuple(int(x) for x in pip.__version__.split('.')[:2]); sys.exit(0 if v >= (22, 3) else 'the base needs pip 22.3+ (pip --python), has ' + pip.__version__)" \
+    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.runtime.txt \
-    && python -m venv --without-pip /opt/app/.venv \
-    && python -m pip --python /opt/app/.venv/bin/python install --only-binary=:all: \
+    && python3 -m venv --without-pip /opt/app/.venv \
+    && python3 -m pip --python /opt/app/.venv/bin/python install --only-binary=:all: --no-compile \
         -c requirements.lock -r requirements.runtime.txt \
     && purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
     && echo /opt/app > "$purelib/event_processor.pth"
-# The dashboard serves only Bootstrap 5's bootstrap.min.css/js and Font Awesome's all.min.css with its
-# webfonts (app/web/assets.py, templates/layout.html); the rest of those packages (~100 MB: Bootswatch
-# themes, Bootstrap 4, SVGs, JS packages, metadata, source maps) stays out of the image. The `test -f`
-# lines fail the build if a file the dashboard uses went missing.
+# Build-only and unused files stay out of the final stage: the dashboard serves only Bootstrap 5's
+# bootstrap.min.css/js (app/web/assets.py; the icons are static/icons.svg), so the rest of that package
+# (Bootswatch themes, Bootstrap 4, source maps) goes; botocore keeps the API models of the services the
+# hub calls (app/aws.py: S3, SQS, SNS; STS for role credentials) and drops the other ~400 (28 MB); the
+# test suites some packages ship, type stubs and C sources go too. No byte code here: the final stage
+# compiles what the hub imports (see there). The `test -f`/`test -d` lines fail the build if a file the
+# hub uses went missing.
 RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
-    && fa="$purelib/fontawesomefree/static/fontawesomefree" \
     && bs="$purelib/flask_bootstrap/static" \
-    && rm -rf "$fa/js-packages" "$fa/metadata" "$fa/svgs" "$fa/js" "$fa/sprites" "$fa/otfs" "$fa/less" \
-        "$fa/scss" "$fa/assetTemplates" "$bs/bootstrap4" "$bs/bootstrap5/css/bootswatch" \
+    && rm -rf "$bs/bootstrap4" "$bs/bootstrap5/css/bootswatch" \
     && find "$bs" -name '*.map' -delete \
-    && test -f "$fa/css/all.min.css" \
-    && test -f "$fa/webfonts/fa-solid-900.woff2" \
+    && data="$purelib/botocore/data" \
+    && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts -exec rm -rf {} + \
+    && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
+    && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.pxd' -o -name '*.pyx' \) -delete \
     && test -f "$bs/bootstrap5/css/bootstrap.min.css" \
-    && test -f "$bs/bootstrap5/js/bootstrap.min.js"
+    && test -f "$bs/bootstrap5/js/bootstrap.min.js" \
+    && test -f "$data/endpoints.json" && test -d "$data/s3" && test -d "$data/sqs" && test -d "$data/sns"
 
 FROM ${PYTHON_IMAGE}
-# cron for the scheduled backups, tini as PID 1, sqlite3 for the operator; ca-certificates and tzdata
-# are in the base image already and named so that they stay.
-# Cron in a container: pam_loginuid cannot write /proc/self/loginuid without CAP_AUDIT_CONTROL, and with
-# "required" every job then fails ("Cannot make/remove an entry for the specified session"), so it is
-# made optional. The daily jobs of other packages (apt, dpkg) have no business here.
+ARG APP_UID=10001
+ARG APP_GID=10001
+ENV PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    VIRTUAL_ENV=/opt/app/.venv \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DATA_DIR=/data \
+    BAD_SETTING_EXIT_DELAY_SECONDS=30 \
+    TABLESPACE_PATH=/data/event_processor.db
+# tini as PID 1 (run as the app user, see the entrypoint), sqlite3 for the operator; ca-certificates and
+# tzdata are usually in the base already and named so that they stay. The apt lists, the downloaded
+# packages and apt's logs go in this same layer (whatever the base's apt configuration), and so do the
+# cron jobs of base packages (e2fsprogs' e2scrub_all, apt's and dpkg's daily jobs): there is no cron
+# daemon here, the hub schedules its own backups.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cron tini sqlite3 ca-certificates tzdata \
-    && rm -rf /var/lib/apt/lists/* \
-    && sed -i 's/^session\([[:space:]]\+\)required\([[:space:]]\+pam_loginuid\.so\)/session\1optional\2/' /etc/pam.d/cron \
-    && grep -Eq '^session[[:space:]]+optional[[:space:]]+pam_loginuid\.so' /etc/pam.d/cron \
-    && rm -f /etc/cron.daily/* \
-    && groupadd --system --gid 999 app \
-    && useradd --system --uid 999 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tini sqlite3 ca-certificates tzdata \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
+        /etc/cron.d /etc/cron.daily /etc/cron.hourly /etc/cron.weekly /etc/cron.monthly /etc/crontab \
+    && command -v setpriv >/dev/null \
+    && ! getent group "$APP_GID" >/dev/null \
+    && ! getent passwd "$APP_UID" >/dev/null \
+    && groupadd --gid "$APP_GID" app \
+    && useradd --no-log-init --uid "$APP_UID" --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
     && install -d -o app -g app -m 0755 /data
 
 COPY --from=builder /opt/app/.venv /opt/app/.venv
@@ -68,29 +95,24 @@ COPY config ./config
 COPY templates ./templates
 COPY static ./static
 COPY backup_db.sh ./backup_db.sh
-COPY config/cron/backup_db /etc/cron.d/backup_db
-# cron ignores a cron.d file that is group- or world-writable or not owned by root.
+# Byte code for the hub's own source and for the modules it imports at start (and the backup script's),
+# written by importing them once: compiling the whole venv would add ~40 MB for modules never loaded
+# (InfluxDB's client, say, unless it is configured), and none at all would recompile them at every start.
 RUN chmod 0755 /opt/app/backup_db.sh /opt/app/config/docker-entrypoint.sh \
-    && chown root:root /etc/cron.d/backup_db \
-    && chmod 0644 /etc/cron.d/backup_db \
-    && /opt/app/.venv/bin/python -m compileall -q app pylib
-
-# The hub runs as app (uid 999): the entrypoint starts as root only to prepare /data, the environment
-# for cron and cron itself, then drops to app with setpriv (so no USER line here).
-ENV VIRTUAL_ENV=/opt/app/.venv \
-    PATH=/opt/app/.venv/bin:$PATH \
-    PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    DATA_DIR=/data \
-    TABLESPACE_PATH=/data/event_processor.db
+    && /opt/app/.venv/bin/python -m compileall -q app pylib \
+    && PYTHONDONTWRITEBYTECODE= /opt/app/.venv/bin/python -c "import app.__main__, app.hub, app.web, app.backup, app.backup_schedule, app.aws, app.sqs_control, app.telegram.service, boto3, botocore.session, psycopg; import app.web.server; botocore.session.get_session().create_client('s3', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')"
 
 VOLUME /data
 EXPOSE 8080
 
-# /api/health needs no login; it answers 200 once the hub is ready, 503 otherwise. The check reads the
-# port from the container's environment (APP_FLASK_HTTP_PORT, 8080 by default).
+# /api/health needs no login; it answers 200 once the hub is ready and 503 before that, or when RabbitMQ
+# or MQTT has been down longer than HEALTH_DOWN_GRACE_SECONDS. The check reads the port from the
+# container's environment (APP_FLASK_HTTP_PORT, 8080 by default).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["/opt/app/.venv/bin/python", "-c", "import os, sys, urllib.request\ntry:\n    r = urllib.request.urlopen('http://127.0.0.1:%s/api/health' % (os.environ.get('APP_FLASK_HTTP_PORT') or '8080'), timeout=4)\nexcept Exception as exc:\n    sys.exit('unhealthy: %s' % exc)\nsys.exit(0 if r.status == 200 else 1)"]
 
-ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/app/config/docker-entrypoint.sh"]
+# The entrypoint starts as root only to hand /data to the app user and restore the database from S3 when
+# it is missing; then it execs tini, as the app user, which runs the hub (so no USER line here, and
+# nothing runs as root once the hub starts).
+ENTRYPOINT ["/opt/app/config/docker-entrypoint.sh"]
 CMD ["python", "-m", "app"]

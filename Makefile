@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint format lock clean
+.PHONY: install run test bench lint format lock clean image-test image-test-arm64
 
 install: $(STAMP)
 
@@ -33,6 +33,16 @@ lint: install
 format: install
 	$(BIN)/ruff format app pylib tests bench
 	$(BIN)/ruff check --fix app pylib tests bench
+
+# The container smoke test: builds the image with podman on a local Debian base (no registry) and runs
+# it as its owner would (tests/container_smoke.py). As root; installs podman & co. from Debian.
+image-test: install
+	$(BIN)/python -m tests.container_smoke
+
+# The same image for linux/arm64 (the Pi) under qemu-user-static: builds, starts, answers /api/health.
+# About 6 minutes, so not in CI: run it before each release (README, "Container").
+image-test-arm64: install
+	$(BIN)/python -m tests.container_smoke --arch arm64
 
 # Re-resolve the locked dependencies after changing pyproject.toml.
 lock:

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Cron's way into app.backup (runs as /opt/app/backup_db.sh in the container):
+# The scheduled backups' way into app.backup (/opt/app/backup_db.sh in the container; the hub runs it on
+# schedule, app/backup_schedule.py, and `task backup` by hand):
 #   backup_db.sh                  latest copy (same as: backup_db.sh backup)
 #   backup_db.sh date | time      latest copy plus a dated one (UTC YYMMDD or YYMMDDhhmmss)
 #   backup_db.sh verify           the restore drill
@@ -7,19 +8,9 @@
 # Exit codes: 0 ok, 1 failed, 2 bad usage or settings.
 set -eu
 
-# Cron jobs start with an almost empty environment: the container entrypoint saves its own
-# (shell-quoted, e.g. with `export -p`) so the jobs see the same settings as the hub.
-env_file="${CRON_ENV_FILE:-/run/event-processor/cron.env}"
-if [ -r "$env_file" ]; then
-    set -a
-    # shellcheck disable=SC1090
-    . "$env_file"
-    set +a
-fi
-
 cd "$(dirname "$0")"
 
-# The cron lines append to this log for years: keep one old generation of about 1 MB.
+# The scheduled jobs append to this log for years: keep one old generation of about 1 MB.
 log_file="${BACKUP_LOG:-/data/backup.log}"
 if [ -f "$log_file" ] && [ "$(wc -c <"$log_file")" -gt 1048576 ]; then
     mv -f "$log_file" "$log_file.1"

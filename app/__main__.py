@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 
 from app import early_migration, file_modes
 from app import settings as settings_module
@@ -52,6 +54,31 @@ def run(hub: object, nanny_interval: float = 0.5) -> int:
     return exit_code
 
 
+def wait_before_failing(code: int) -> int:
+    """Sleep BAD_SETTING_EXIT_DELAY_SECONDS (the container image sets 30) before exiting with code.
+
+    A container's restart policy starts the hub again at once, and a bad setting does not heal: without
+    the wait it restarts many times a second. SIGTERM (docker stop) ends the wait at once.
+    """
+    raw = os.environ.get("BAD_SETTING_EXIT_DELAY_SECONDS", "").strip()
+    try:
+        delay = min(max(float(raw or 0), 0.0), 3600.0)
+    except ValueError:
+        delay = 0.0
+    if delay:
+        print(
+            f"event-processor: exiting {code} in {delay:g} s (BAD_SETTING_EXIT_DELAY_SECONDS)",
+            file=sys.stderr,
+        )
+
+        def stop(_signum: int, _frame: object) -> None:
+            raise SystemExit(code)
+
+        signal.signal(signal.SIGTERM, stop)
+        time.sleep(delay)
+    return code
+
+
 def main() -> int:
     # Before anything creates a file: the database, its WAL, the signing key are the hub user's alone.
     file_modes.private_umask()
@@ -59,7 +86,7 @@ def main() -> int:
         settings = settings_module.load()
     except SettingsError as exc:
         print(f"event-processor: {exc}", file=sys.stderr)
-        return 2
+        return wait_before_failing(2)
     # The migration child (if the schema is not current) runs while this process imports the rest.
     migration = early_migration.start(settings.database_url)
     from app import observability  # heavy (SQLAlchemy, Prometheus): after the child has started

@@ -127,6 +127,10 @@ class Hub:
         # Heartbeat row and Healthchecks/Cronitor pings: their own thread, off the event path.
         started.append(observability.HealthPinger(self.settings, self.sessions, self.clock))
         self._register_depths(started)
+        if self.settings.backup_enabled:
+            from app.backup_schedule import BackupScheduler
+
+            started.append(BackupScheduler(self.settings))
         if self.settings.mdash_enabled:
             from app.mdash import MdashDiscovery
 

@@ -1,30 +1,25 @@
 #!/bin/sh
-# The container's entrypoint, run by tini (ENTRYPOINT ["/usr/bin/tini", "-g", "--", <this>]).
+# The container's entrypoint (ENTRYPOINT ["/opt/app/config/docker-entrypoint.sh"]).
 #
-# As root it only prepares, then runs the command as the app user with exec, so the command (the hub)
-# is tini's direct child and gets the signals `docker stop` sends:
+# As root it only prepares, then execs tini as the app user, and tini runs the command (the hub), so
+# nothing runs as root once the hub starts and the hub gets the signals `docker stop` sends:
 #   1. the data directory exists and the app user owns it (and the hub's own files in it);
-#   2. the container's environment is written for cron jobs, which do not inherit it;
-#   3. for the hub with backups on (BACKUP_S3_BUCKET set, here or in 1Password): restore the database from S3 when it is
-#      missing or empty, then start cron for the scheduled backups;
-#   4. exec the command as the app user.
-# Started as another user (docker run --user ...), it skips 1-3 and execs the command directly.
+#   2. for the hub with backups on (BACKUP_S3_BUCKET set, here or in 1Password): restore the database from S3 when it is
+#      missing or empty (as the app user); the hub schedules the backups itself (app/backup_schedule.py);
+#   3. exec tini -g -- the command, as the app user.
+# Started as another user (docker run --user ...), it skips 1-2 and execs tini (or the command) directly.
 #
 # Overridable, mostly for the tests:
 #   DATA_DIR        the data volume                                   (default /data)
-#   CRON_ENV_FILE   where cron jobs read the environment              (default /run/event-processor/cron.env)
 #   RUN_AS_USER     the account the command runs as                   (default app)
 #   RUN_AS_GROUP    its group                                         (default: RUN_AS_USER)
-#   START_CRON      auto: when backups are on; false: never           (default auto)
-#   APP_CONF        the settings file whose names go to cron.env      (default: app.conf beside this script)
+#   TINI            the init that becomes PID 1; skipped when missing  (default /usr/bin/tini)
 set -eu
 
 DATA_DIR=${DATA_DIR:-/data}
-CRON_ENV_FILE=${CRON_ENV_FILE:-/run/event-processor/cron.env}
 RUN_AS_USER=${RUN_AS_USER:-app}
 RUN_AS_GROUP=${RUN_AS_GROUP:-$RUN_AS_USER}
-START_CRON=${START_CRON:-auto}
-APP_CONF=${APP_CONF:-$(dirname "$0")/app.conf}
+TINI=${TINI:-/usr/bin/tini}
 
 log() {
     printf 'entrypoint: %s\n' "$*" >&2
@@ -35,13 +30,22 @@ if [ "$#" -eq 0 ]; then
     exit 64
 fi
 
+# tini as PID 1 reaps orphans and passes signals to the whole process group (-g), so a backup job the
+# hub started stops with it.
+if [ -x "$TINI" ]; then
+    set -- "$TINI" -g -- "$@"
+fi
+
 if [ "$(id -u)" != 0 ]; then
     exec "$@"
 fi
 
 # The hub itself (the image's CMD), as opposed to a one-off command such as `python -m app.backup verify`
-# or a shell: only the hub gets the automatic restore and cron.
+# or a shell: only the hub gets the automatic restore.
 is_hub() {
+    if [ "$1" = "$TINI" ]; then
+        shift 3
+    fi
     case "$*" in
         "python -m app" | "python3 -m app" | */python\ -m\ app | */python3\ -m\ app | event-processor) return 0 ;;
     esac
@@ -52,20 +56,21 @@ run_as() {
     setpriv --reuid="$RUN_AS_USER" --regid="$RUN_AS_GROUP" --init-groups -- "$@"
 }
 
-# Print $1 single-quoted for sh: every ' becomes '\'' and nothing else is special inside '...'.
-quote() {
-    rest=$1
-    out=
-    while :; do
-        case $rest in
-            *\'*)
-                out="$out${rest%%\'*}'\\''"
-                rest=${rest#*\'}
-                ;;
-            *) break ;;
-        esac
-    done
-    printf "'%s%s'" "$out" "$rest"
+# A restart policy starts the container again at once: wait BAD_SETTING_EXIT_DELAY_SECONDS (the image
+# sets 30) before exiting with a failure that a restart will not cure soon, rather than loop.
+exit_later() {
+    delay=${BAD_SETTING_EXIT_DELAY_SECONDS:-0}
+    case $delay in
+        '' | *[!0-9]*) delay=0 ;;
+    esac
+    if [ "$delay" -gt 0 ]; then
+        log "exiting $1 in $delay s (BAD_SETTING_EXIT_DELAY_SECONDS)"
+        # in the background, so that `docker stop` (SIGTERM to this PID 1 shell) ends the wait at once
+        trap 'exit "$1"' TERM INT
+        sleep "$delay" &
+        wait $! || true
+    fi
+    exit "$1"
 }
 
 prepare_data_dir() {
@@ -84,51 +89,12 @@ prepare_data_dir() {
     done
     # shellcheck disable=SC2016  # $1 expands in the inner sh, as intended
     if ! run_as sh -c 'test -w "$1" && test -x "$1"' sh "$DATA_DIR"; then
-        log "$DATA_DIR is not writable by $RUN_AS_USER; on the host: chown 999:999 ./data (or: task user)"
+        log "$DATA_DIR is not writable by $RUN_AS_USER; on the host: task user (or chown 10001:10001 ./data)"
         exit 73
     fi
 }
 
-# Cron starts its jobs with an almost empty environment, so the backup job sources this file
-# (backup_db.sh reads CRON_ENV_FILE). Only the hub's settings (the names in app.conf), AWS_*, OP_* and a
-# few process basics go in, each as `export NAME='value'`, readable by the app user alone.
-write_cron_env() {
-    names=" $(sed -n 's/^\([A-Z][A-Z0-9_]*\)[[:space:]]*=.*/\1/p' "$APP_CONF" | tr '\n' ' ') "
-    dir=$(dirname "$CRON_ENV_FILE")
-    if [ ! -d "$dir" ]; then
-        mkdir -p "$dir"
-        chmod 0755 "$dir"
-    fi
-    tmp="$CRON_ENV_FILE.tmp.$$"
-    old_umask=$(umask)
-    umask 077
-    : >"$tmp"
-    umask "$old_umask"
-    # Candidate names from `env`; a value with a newline can add a bogus line, so each name is checked.
-    for name in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' | sort -u); do
-        case $names in
-            *" $name "*) ;;
-            *)
-                case $name in
-                    AWS_* | OP_* | OUTPUT_TYPE_* | PATH | TZ | LANG | LC_ALL) ;;
-                    *) continue ;;
-                esac
-                ;;
-        esac
-        isset=
-        value=
-        eval "isset=\${$name+set}"
-        [ "$isset" = set ] || continue
-        eval "value=\$$name"
-        printf 'export %s=%s\n' "$name" "$(quote "$value")" >>"$tmp"
-    done
-    chown "$RUN_AS_USER:$RUN_AS_GROUP" "$tmp"
-    chmod 0600 "$tmp"
-    mv -f "$tmp" "$CRON_ENV_FILE"
-}
-
 prepare_data_dir
-write_cron_env
 
 home=$(getent passwd "$RUN_AS_USER" | cut -d: -f6) || home=
 export HOME="${home:-/}" USER="$RUN_AS_USER" LOGNAME="$RUN_AS_USER"
@@ -148,7 +114,7 @@ backups_on() {
     # start the hub on a fresh database that the next backup would upload over the good copy: stop, and
     # let the restart policy try again.
     log "could not tell whether backups are on (python -m app.backup enabled exited $status)"
-    exit "$status"
+    exit_later "$status"
 }
 
 if is_hub "$@" && backups_on; then
@@ -158,11 +124,7 @@ if is_hub "$@" && backups_on; then
     # later: starting the hub on a fresh, empty database instead would let the next scheduled backup
     # overwrite the good copy in S3.
     log "restoring the database from S3 if it is missing (bucket ${BACKUP_S3_BUCKET:-from 1Password})"
-    run_as python -m app.backup restore --if-missing
-    case $START_CRON in
-        false | no | 0) log "cron not started (START_CRON=$START_CRON)" ;;
-        *) cron ;;
-    esac
+    run_as python -m app.backup restore --if-missing || exit_later $?
 fi
 
 exec setpriv --reuid="$RUN_AS_USER" --regid="$RUN_AS_GROUP" --init-groups -- "$@"

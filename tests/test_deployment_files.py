@@ -53,12 +53,14 @@ COMPOSE_ONLY = {
     "COMPOSE_PROFILES": "Compose itself: which optional services start",
     "DOCKER_IMAGE": "the image name `docker compose build` tags",
     "APP_HTTP_PUBLISH": "the host side of the dashboard's port",
-    "TZ": "the container's time zone (cron's schedule, local times in logs)",
+    "TZ": "the container's time zone (local times in logs)",
     "NGROK_AUTHTOKEN": "the ngrok agent's token (ngrok profile)",
     "NGROK_INSPECT_PUBLISH": "where the host publishes the ngrok inspector",
     "DOCKER_INFLUXDB_INIT_USERNAME": "the influxdb profile's first-start admin user",
     "DOCKER_INFLUXDB_INIT_PASSWORD": "the influxdb profile's first-start admin password",
 }
+# Read by the hub from its process environment only (before the settings load); the image sets it.
+PROCESS_ONLY = {"BAD_SETTING_EXIT_DELAY_SECONDS": "the wait before exit 2 on a bad setting (the image: 30)"}
 # Host paths the compose file mounts that exist only once the hub has run (or `task user` made them).
 RUNTIME_PATHS = {"./data": "the database volume: created by `task user`, or by Docker at the first start"}
 # Paths that Taskfile commands write or read at run time rather than find in the repository.
@@ -444,11 +446,18 @@ def test_dockerfile_final_stage():
     # no compilers in the final image, only what the brief names
     for tool in ("gcc", "g++", "build-essential", "make ", "-dev ", "curl", "wget"):
         assert tool not in runs, tool
-    assert "apt-get install -y --no-install-recommends cron tini sqlite3 ca-certificates tzdata" in runs
-    assert "rm -rf /var/lib/apt/lists/*" in runs
-    # user and group app, uid/gid 999 as the original; the entrypoint drops to it (no USER line)
-    assert "groupadd --system --gid 999 app" in runs
-    assert "useradd --system --uid 999 --gid app" in runs
+    assert "apt-get install -y --no-install-recommends tini sqlite3 ca-certificates tzdata" in runs
+    # no cron daemon (the hub schedules its backups), and no other package's cron jobs
+    assert " cron " not in runs and "/etc/cron.d " in runs and "/etc/cron.daily " in runs
+    # apt's lists and downloads are removed in the layer that made them, whatever the base's apt settings
+    assert "apt-get clean" in runs and "rm -rf /var/lib/apt/lists/* /var/cache/apt/*" in runs
+    # user and group app with ids above the host's system and login ranges, refused if the base has them
+    args = dict(a.split("=", 1) for a in instructions(final, "ARG"))
+    assert args == {"APP_UID": "10001", "APP_GID": "10001"}
+    assert '! getent passwd "$APP_UID"' in runs and '! getent group "$APP_GID"' in runs
+    assert (
+        'groupadd --gid "$APP_GID" app' in runs and 'useradd --no-log-init --uid "$APP_UID" --gid app' in runs
+    )
     assert instructions(final, "USER") == []
     assert "RUN_AS_USER=${RUN_AS_USER:-app}" in ENTRYPOINT.read_text()
     assert "exec setpriv --reuid=" in ENTRYPOINT.read_text()
@@ -457,12 +466,24 @@ def test_dockerfile_final_stage():
     env = " ".join(instructions(final, "ENV"))
     assert "TABLESPACE_PATH=/data/event_processor.db" in env
     assert "PYTHONUNBUFFERED=1" in env
-    assert "PATH=/opt/app/.venv/bin:$PATH" in env
+    assert "BAD_SETTING_EXIT_DELAY_SECONDS=30" in env
+    # the whole PATH, not the base's ($PATH): a base may set none or another
+    assert "PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in env
     (entrypoint,) = instructions(final, "ENTRYPOINT")
     entrypoint_argv = json.loads(entrypoint)
-    assert entrypoint_argv[:3] == ["/usr/bin/tini", "-g", "--"]
-    assert repo_path(entrypoint_argv[3]) == ENTRYPOINT
+    assert len(entrypoint_argv) == 1 and repo_path(entrypoint_argv[0]) == ENTRYPOINT  # it runs tini itself
     assert json.loads(instructions(final, "CMD")[0]) == ["python", "-m", "app"]
+
+
+def test_dockerfile_names_python3_and_its_own_path():
+    # `python` is a command of the official images only; Debian's has python3 alone.
+    for stage in dockerfile_stages():
+        runs = " ".join(instructions(stage, "RUN"))
+        assert not re.search(r"(^|[\s;&|(])python\s", runs), "python where python3 is meant"
+        assert "$PATH" not in " ".join(instructions(stage, "ENV"))
+    builder = " ".join(instructions(dockerfile_stages()[0], "RUN"))
+    assert "python3 -m venv --without-pip" in builder and "python3 -m pip --python" in builder
+    assert "pip 22.3+" in builder  # the base's pip is checked, with a message
 
 
 def test_dockerfile_copies_files_that_exist():
@@ -477,8 +498,7 @@ def test_dockerfile_copies_files_that_exist():
     assert copied
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-    # the scheduled backups
-    assert "config/cron/backup_db /etc/cron.d/backup_db" in instructions(dockerfile_stages()[-1], "COPY")
+    # the backups (scheduled by the hub, app/backup_schedule.py)
     assert "backup_db.sh ./backup_db.sh" in instructions(dockerfile_stages()[-1], "COPY")
     # what the hub needs at run time, beside the venv
     for needed in ("app", "pylib", "config", "templates", "static"):
@@ -501,7 +521,7 @@ def test_dockerfile_runtime_dependencies_come_from_pyproject(tmp_path):
     """The builder's one-liner lists pyproject's dependencies; the lock pins each of them (as constraints)."""
     (first_run,) = instructions(dockerfile_stages()[0], "RUN")[:1]
     extract = re.split(r"\s+>\s+requirements\.runtime\.txt", first_run)[0]
-    extract = extract.replace("python -c", f"{sys.executable} -c", 1)
+    extract = extract.replace("python3 -c", f"{sys.executable} -c")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     listed = subprocess.run(
         ["sh", "-c", extract], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -632,10 +652,58 @@ def test_env_example_loads(tmp_path):
     assert loaded.onepassword_source == "", "1Password stays commented out"
 
 
+def env_file_literal(text: str) -> dict[str, str]:
+    """`docker run --env-file` and `podman run --env-file`: a line starting with # is a comment, the
+    rest is NAME=value with the value taken literally (quotes, spaces and # included)."""
+    values = {}
+    for line in text.splitlines():
+        line = line.lstrip()
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+def env_file_compose_v2(text: str, environ: dict[str, str]) -> dict[str, str]:
+    """Compose v2's env_file rules (compose-go's dotenv) for unquoted values: spaces trimmed, a # after a
+    space starts a comment, $NAME and ${NAME} expanded from the variables before it and the environment."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition("=")
+        value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        lookup = {**environ, **values}
+        value = re.sub(
+            r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)",
+            lambda m, known=lookup: known.get(m.group(1) or m.group(2), ""),
+            value,
+        )
+        values[name.strip()] = value
+    return values
+
+
+def test_env_example_reads_the_same_under_compose_docker_run_and_podman_run():
+    text = ENV_EXAMPLE.read_text()
+    literal = env_file_literal(text)
+    assert literal["MQTT_PUB_TOPIC_CSV"] == "meter/electricity/#,sensor/#"
+    # Compose v1 and the hub's own `make run` read it with python-dotenv (with and without expansion)
+    assert dotenv_values(ENV_EXAMPLE, interpolate=False) == literal
+    assert dotenv_values(ENV_EXAMPLE, interpolate=True) == literal
+    assert env_file_compose_v2(text, {"HOME": "/root"}) == literal
+    for name, value in literal.items():
+        assert not value.startswith(("'", '"')) and not value.endswith(("'", '"')), f"{name} is quoted"
+        assert value == value.strip() and "$" not in value, name
+    # a commented example is written the same way, so that uncommenting it keeps these rules
+    for line in re.findall(r"^#([A-Z][A-Z0-9_]*=.*)$", text, re.M):
+        assert not re.search(r"=['\"]", line), line
+
+
 def test_env_example_names_every_setting_and_nothing_else():
     settings = setting_names()
     active, commented = env_example_names()
-    assert not (active | commented) - settings - set(COMPOSE_ONLY), "unknown names in .env.example"
+    assert not (active | commented) - settings - set(COMPOSE_ONLY) - set(PROCESS_ONLY), "unknown names"
     assert not settings - active - commented, "settings missing from .env.example"
     # the compose-only names are there for the reader, commented
     assert set(COMPOSE_ONLY) <= commented
@@ -721,7 +789,11 @@ def test_taskfile_commands_match_the_deployment():
     assert "python -m app.onepassword dotenv" in flat["env-file"]
     assert "cp .env.example .env" in flat["env-file"]
     assert "cp docker-compose.template.yml docker-compose.yml" in flat["compose-file"]
-    assert "--uid 999" in flat["user"] and "--gid 999" in flat["user"] and "g+rws" in flat["user"]
+    assert "{{.APP_UID}}" in flat["user"] and "{{.APP_GID}}" in flat["user"] and "g+rws" not in flat["user"]
+    args = dict(a.split("=", 1) for a in instructions(dockerfile_stages()[-1], "ARG"))
+    assert (
+        taskfile()["vars"]["APP_UID"] == args["APP_UID"] and taskfile()["vars"]["APP_GID"] == args["APP_GID"]
+    )
     assert "backup.log" in flat["logs"]
     services = set(compose()["services"])
     for name, service in compose_services_named(tasks):
@@ -766,8 +838,6 @@ def test_shell_script_parses_and_passes_shellcheck(script):
 
 # ---- config/docker-entrypoint.sh, run for real ------------------------------------------------------------
 
-TRICKY = 'it\'s "quoted" $HOME `id` \\ with  spaces\nand a second line\n'
-
 
 @pytest.fixture
 def sandbox() -> Iterator[Path]:
@@ -787,19 +857,20 @@ def unprivileged() -> tuple[str, str, int, int]:
 
 
 def fake_bin(sandbox: Path, restore_status: int = 0, enabled_status: int = 0) -> tuple[Path, Path]:
-    """`python` and `cron` stand-ins that log `uid|args` and exit; restore exits with restore_status,
-    `app.backup enabled` with enabled_status."""
+    """`python` and `tini` stand-ins that log `uid|args`; python exits (restore with restore_status,
+    `app.backup enabled` with enabled_status), tini execs the command after its `-g --`."""
     bin_dir = sandbox / "bin"
     bin_dir.mkdir()
     calls = sandbox / "calls"
     calls.touch()
     calls.chmod(0o666)
-    for name in ("python", "cron"):
+    for name in ("python", "tini"):
         script = bin_dir / name
         script.write_text(
             "#!/bin/sh\n"
             f'printf \'%s|%s\\n\' "$(id -u)" "{name} $*" >> {shlex.quote(str(calls))}\n'
-            f'case "$*" in *"app.backup restore"*) exit {restore_status} ;; esac\n'
+            + ('shift 2; exec "$@"\n' if name == "tini" else "")
+            + f'case "$*" in *"app.backup restore"*) exit {restore_status} ;; esac\n'
             f'case "$*" in *"app.backup enabled"*) exit {enabled_status} ;; esac\n'
             "exit 0\n"
         )
@@ -812,7 +883,7 @@ def entrypoint_env(sandbox: Path, **extra: str) -> dict[str, str]:
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "DATA_DIR": str(sandbox / "data"),
-        "CRON_ENV_FILE": str(sandbox / "run" / "cron.env"),
+        "TINI": str(sandbox / "no-tini"),
         "RUN_AS_USER": user,
         "RUN_AS_GROUP": group,
         "BACKUP_S3_BUCKET": "",
@@ -830,21 +901,9 @@ def test_entrypoint_prepares_and_execs_as_the_app_user(sandbox):
     data.mkdir()
     (data / "event_processor.db").write_text("x")  # the hub's file, made by root: handed to the app user
     (data / "operator-notes.txt").write_text("x")  # anything else in a bind mount stays as it was
-    env = entrypoint_env(
-        sandbox,
-        TABLESPACE_PATH=str(data / "event_processor.db"),
-        APP_NAME=TRICKY,
-        AWS_SECRET_ACCESS_KEY="a'b c",
-        TZ="Europe/London",
-        NOT_A_SETTING="kept out",
-    )
+    env = entrypoint_env(sandbox, TABLESPACE_PATH=str(data / "event_processor.db"))
     result = subprocess.run(
-        [
-            str(ENTRYPOINT),
-            "sh",
-            "-c",
-            'id -u; id -g; echo "$HOME"; test -r "$CRON_ENV_FILE" && echo readable; exit 7',
-        ],
+        [str(ENTRYPOINT), "sh", "-c", 'id -u; id -g; echo "$HOME"; exit 7'],
         env=env,
         capture_output=True,
         text=True,
@@ -854,26 +913,47 @@ def test_entrypoint_prepares_and_execs_as_the_app_user(sandbox):
     lines = result.stdout.splitlines()
     assert lines[:2] == [str(uid), str(gid)]
     assert lines[2] == pwd.getpwuid(uid).pw_dir
-    assert lines[3] == "readable"
     assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
     assert (data / "event_processor.db").stat().st_uid == uid
     assert (data / "operator-notes.txt").stat().st_uid == 0
-
-    cron_env = sandbox / "run" / "cron.env"
-    assert stat.S_IMODE(cron_env.stat().st_mode) == 0o600
-    assert cron_env.stat().st_uid == uid
-    text = cron_env.read_text()
-    assert "NOT_A_SETTING" not in text
-    assert "DATA_DIR" not in text and "RUN_AS_USER" not in text
-    # sourced back (as backup_db.sh does), every value comes out exactly as it went in
-    show = 'set -a; . "$1"; set +a; printf "%s\\0%s\\0%s\\0%s" "$APP_NAME" "$AWS_SECRET_ACCESS_KEY" "$TZ" '
-    show += '"$PATH"'
-    back = subprocess.run(["sh", "-c", show, "sh", str(cron_env)], env={}, capture_output=True, text=True)
-    assert back.stdout.split("\0") == [TRICKY, "a'b c", "Europe/London", env["PATH"]]
+    assert not (sandbox / "run").exists()  # no environment file for a cron: there is no cron
 
 
 @needs_root
-def test_entrypoint_restores_then_starts_cron_then_the_hub(sandbox):
+def test_entrypoint_execs_tini_as_the_app_user_so_nothing_stays_root(sandbox):
+    bin_dir, calls = fake_bin(sandbox)
+    _user, _group, uid, _gid = unprivileged()
+    env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", TINI=str(bin_dir / "tini"))
+    result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().splitlines() == [f"{uid}|tini -g -- python -m app", f"{uid}|python -m app"]
+
+
+@needs_root
+def test_entrypoint_waits_before_a_failure_a_restart_will_not_cure_and_sigterm_ends_the_wait(sandbox):
+    bin_dir, _calls = fake_bin(sandbox, restore_status=1)
+    env = entrypoint_env(
+        sandbox,
+        PATH=f"{bin_dir}:/usr/bin:/bin",
+        BACKUP_S3_BUCKET="a-bucket",
+        BAD_SETTING_EXIT_DELAY_SECONDS="3600",
+    )
+    proc = subprocess.Popen(
+        [str(ENTRYPOINT), "python", "-m", "app"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        lines = [proc.stderr.readline(), proc.stderr.readline()]
+        assert "exiting 1 in 3600 s" in lines[1], lines
+        proc.terminate()
+        assert proc.wait(timeout=20) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@needs_root
+def test_entrypoint_restores_then_starts_the_hub(sandbox):
     bin_dir, calls = fake_bin(sandbox)
     _user, _group, uid, _gid = unprivileged()
     env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", BACKUP_S3_BUCKET="a-bucket")
@@ -881,7 +961,6 @@ def test_entrypoint_restores_then_starts_cron_then_the_hub(sandbox):
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines() == [
         f"{uid}|python -m app.backup restore --if-missing",
-        "0|cron ",
         f"{uid}|python -m app",
     ]
 
@@ -896,7 +975,7 @@ def test_entrypoint_asks_the_hub_when_the_bucket_may_be_in_1password(sandbox, on
     assert result.returncode == 0, result.stderr
     asked, hub = f"{uid}|python -m app.backup enabled", f"{uid}|python -m app"
     restore = f"{uid}|python -m app.backup restore --if-missing"
-    expected = [asked, restore, "0|cron ", hub] if on else [asked, hub]
+    expected = [asked, restore, hub] if on else [asked, hub]
     assert calls.read_text().splitlines() == expected
 
 
@@ -936,23 +1015,19 @@ def test_entrypoint_stops_when_the_restore_fails(sandbox):
 
 
 @needs_root
-def test_entrypoint_one_off_commands_and_no_bucket_skip_restore_and_cron(sandbox):
+def test_entrypoint_one_off_commands_and_no_bucket_skip_the_restore(sandbox):
     bin_dir, calls = fake_bin(sandbox)
     _user, _group, uid, _gid = unprivileged()
     path = f"{bin_dir}:/usr/bin:/bin"
-    # a one-off command with backups on: no restore, no cron
+    # a one-off command with backups on: no restore
     env = entrypoint_env(sandbox, PATH=path, BACKUP_S3_BUCKET="a-bucket")
     subprocess.run([str(ENTRYPOINT), "python", "-m", "app.backup", "verify"], env=env, check=True)
-    # the hub with backups off; and with backups on but START_CRON=false (restore still runs)
+    # the hub with backups off
     subprocess.run(
         [str(ENTRYPOINT), "python", "-m", "app"], env=entrypoint_env(sandbox, PATH=path), check=True
     )
-    env = entrypoint_env(sandbox, PATH=path, BACKUP_S3_BUCKET="a-bucket", START_CRON="false")
-    subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, check=True)
     assert calls.read_text().splitlines() == [
         f"{uid}|python -m app.backup verify",
-        f"{uid}|python -m app",
-        f"{uid}|python -m app.backup restore --if-missing",
         f"{uid}|python -m app",
     ]
 

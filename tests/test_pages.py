@@ -31,7 +31,7 @@ from app.models import (
 )
 from app.presence import Presence
 from app.settings import Settings
-from app.web import create_app
+from app.web import create_app, formatting
 from tests.hubtools import Device, start_hub
 from tests.support import wait_for
 from tests.test_api import StandInProcessor
@@ -572,3 +572,26 @@ def test_a_fresh_install_shows_the_panic_button_and_arms_it_from_the_dashboard(p
     with pages.sessions() as s:
         change = s.scalars(select(ConfigChange).where(ConfigChange.target_id == panic_id)).one()
         assert change.target_key == registry.PANIC_BUTTON and change.actor == "web"
+
+
+def test_every_icon_the_pages_use_is_in_the_sprite_with_its_licence(pages: Pages) -> None:
+    root = Path(__file__).resolve().parent.parent
+    sprite_text = (root / "static" / "icons.svg").read_text()
+    sprite = ET.fromstring(sprite_text)
+    symbols = {el.get("id") for el in sprite.iter("{http://www.w3.org/2000/svg}symbol")}
+    used = {name for _e, _l, name in formatting.NAV}
+    for template in (root / "templates").glob("*.html"):
+        used |= set(re.findall(r"'(fa-[a-z0-9-]+)'", template.read_text()))
+    assert len(used) >= 20 and used <= symbols
+    assert "CC BY 4.0" in sprite_text and "Font Awesome" in sprite_text
+    assert "CC BY 4.0" in (root / "static" / "icons-LICENSE.txt").read_text()
+
+    html = pages.client.get("/").get_data(as_text=True)
+    hrefs = set(re.findall(r'<use href="([^"#]+)#(fa-[a-z0-9-]+)"', html))
+    assert ("/static/icons.svg", "fa-shield-halved") in hrefs and ("/static/icons.svg", "fa-bell") in hrefs
+    assert "fontawesome" not in html and "<i class=" not in html
+    response = pages.client.get("/static/icons.svg")
+    assert response.status_code == 200 and response.mimetype == "image/svg+xml"
+    response.close()
+    with pytest.raises(ValueError):
+        formatting.icon('fa-x" onload="alert(1)')

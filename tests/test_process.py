@@ -59,6 +59,44 @@ def test_bad_setting_stops_startup_with_a_line_naming_it(tmp_path, unique_name) 
         assert len(lines) == 1 and name in lines[0], lines
 
 
+def test_in_a_container_a_bad_setting_waits_before_exit_2_and_sigterm_ends_the_wait(
+    tmp_path, unique_name
+) -> None:
+    # The image sets BAD_SETTING_EXIT_DELAY_SECONDS=30 so a restart policy cannot spin on a bad setting.
+    env = {**hub_env(tmp_path, unique_name("ep")), "USER_TZ": "Mars/Olympus", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=tmp_path,
+        env={**env, "BAD_SETTING_EXIT_DELAY_SECONDS": "0.2"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert "USER_TZ" in lines[0] and lines[1:] == [
+        "event-processor: exiting 2 in 0.2 s (BAD_SETTING_EXIT_DELAY_SECONDS)"
+    ]
+
+    # docker stop during the wait: exit 2 at once, not after the hour
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=tmp_path,
+        env={**env, "BAD_SETTING_EXIT_DELAY_SECONDS": "3600"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        assert "USER_TZ" in waiting.stderr.readline()
+        assert "exiting 2 in 3600 s" in waiting.stderr.readline()
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=20) == 2
+    finally:
+        waiting.kill()
+        waiting.wait()
+
+
 def test_sigterm_shuts_down_cleanly_with_exit_zero(tmp_path, unique_name) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"],

@@ -1,13 +1,15 @@
-"""Jinja filters: times in USER_TZ, and empty values shown as empty (never "None")."""
+"""Jinja filters and globals: times in USER_TZ, empty values shown as empty (never "None"), icons."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytz
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, url_for
+from markupsafe import Markup
 
 from app.web.context import ctx
 
@@ -39,7 +41,7 @@ def change_value(value: Any) -> str:
     return str(value)
 
 
-# Navigation bar entries: (endpoint, label, Font Awesome icon); only registered endpoints are shown.
+# Navigation bar entries: (endpoint, label, icon in static/icons.svg); only registered endpoints are shown.
 NAV = [
     ("dashboard.index", "Home", "fa-house"),
     ("events.index", "Events", "fa-list"),
@@ -50,6 +52,23 @@ NAV = [
     ("schedule.page", "Schedule", "fa-clock"),
     ("auth.tokens", "API tokens", "fa-key"),
 ]
+
+
+# The symbols of static/icons.svg (Font Awesome Free's solid icons, CC BY 4.0); a test keeps them in step
+# with the templates.
+ICON_NAME = re.compile(r"fa-[a-z0-9-]+")
+
+
+def icon(name: str, extra_class: str = "") -> Markup:
+    """An icon from the sprite static/icons.svg, e.g. icon('fa-house'); decorative, so hidden from
+    screen readers (the text beside it says what it is)."""
+    if not ICON_NAME.fullmatch(name) or (extra_class and not re.fullmatch(r"[a-z0-9 -]+", extra_class)):
+        raise ValueError(f"not an icon name or class: {name!r} {extra_class!r}")
+    href = f"{url_for('static', filename='icons.svg')}#{name}"
+    classes = f"icon {extra_class}".strip()
+    return Markup(
+        f'<svg class="{classes}" aria-hidden="true" focusable="false"><use href="{href}"></use></svg>'
+    )
 
 
 def _endpoints() -> set[str]:
@@ -77,6 +96,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["grafana_url"] = lambda: ctx().settings.grafana_url
     app.jinja_env.globals["nav_items"] = _nav_items
     app.jinja_env.globals["url_map_endpoints"] = _endpoints
+    app.jinja_env.globals["icon"] = icon
     app.jinja_env.filters["localtime"] = local_time
     app.jinja_env.filters["blank"] = blank
     app.jinja_env.filters["change_value"] = change_value

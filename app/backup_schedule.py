@@ -1,0 +1,81 @@
+"""The scheduled S3 backups, started by the hub itself as its own user (no cron daemon running as root)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from app import health
+from app.settings import Settings
+from pylib import threads
+
+log = logging.getLogger(__name__)
+
+SCRIPT = Path(__file__).resolve().parent.parent / "backup_db.sh"
+# backup_db.sh's commands and their times (UTC; the dated copy's name is the UTC date): the latest copy
+# every 15 minutes, a dated copy (with the retention sweep) once a day, and the restore drill.
+JOBS = (
+    ("backup", {"minute": "*/15"}),
+    ("date", {"hour": 0, "minute": 7}),
+    ("verify", {"hour": 3, "minute": 37}),
+)
+# A backup of a large database over a slow uplink; a hung upload must not hold the next ones forever.
+JOB_TIMEOUT_SECONDS = 3600
+# A job more than this late (the Pi was suspended, the previous job still running) is skipped.
+MISFIRE_GRACE_SECONDS = 600
+
+
+class BackupScheduler(threads.AppThread):
+    """Runs backup_db.sh on JOBS' schedule, one at a time, its output appended to backup.log beside the
+    backup status file; a failed run is counted (backup.failed) and /api/health shows the last result."""
+
+    def __init__(self, settings: Settings, script: Path = SCRIPT, log_path: Path | None = None) -> None:
+        super().__init__("BackupScheduler")
+        self.script = script
+        self.log_path = log_path or Path(settings.backup_status_path).parent / "backup.log"
+        self.scheduler = BackgroundScheduler(
+            timezone="UTC",
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
+        )
+        for kind, when in JOBS:
+            self.scheduler.add_job(self.run_job, CronTrigger(timezone="UTC", **when), args=[kind], id=kind)
+
+    def work(self) -> None:
+        self.scheduler.start()
+        health.set_state("backup_schedule", "scheduled", f"log {self.log_path}")
+        try:
+            while not threads.sleep(60):
+                pass
+        finally:
+            self.scheduler.shutdown(wait=False)
+
+    def run_job(self, kind: str) -> int:
+        """Run `backup_db.sh KIND` now and return its exit status (-1: it could not run or timed out)."""
+        status = -1
+        try:
+            with open(self.log_path, "ab") as out:
+                status = subprocess.run(
+                    [str(self.script), kind],
+                    env={**os.environ, "BACKUP_LOG": str(self.log_path)},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=JOB_TIMEOUT_SECONDS,
+                    check=False,
+                ).returncode
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("backup job %s did not run to the end: %s", kind, exc)
+        if status == 0:
+            health.set_state("backup_schedule", "ok", f"{kind} succeeded")
+        else:
+            health.count("backup.failed")
+            health.set_state("backup_schedule", "failed", f"{kind} exited {status}, see {self.log_path}")
+            log.error("backup job %s failed (exit %s); see %s", kind, status, self.log_path)
+        return status
