@@ -25,6 +25,11 @@ ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
+# binutils (strip, readelf) in this stage only.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
 # Only the dependency list and the lock: a change to the source does not reinstall the dependencies.
 COPY pyproject.toml requirements.lock ./
 # The runtime dependencies of pyproject.toml, pinned by requirements.lock used as a constraints file
@@ -45,7 +50,10 @@ RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs 
 # bootstrap.min.css/js (app/web/assets.py; the icons are static/icons.svg), so the rest of that package
 # (Bootswatch themes, Bootstrap 4, source maps) goes; botocore keeps the API models of the services the
 # hub calls (app/aws.py: S3, SQS, SNS; STS for role credentials) and drops the other ~400 (28 MB); the
-# test suites some packages ship, type stubs and C sources go too. No byte code here: the final stage
+# test suites some packages ship, type stubs and C sources go too. The compiled extension modules lose
+# their debugging symbols (strip: SQLAlchemy's and msgpack's shrink ~90%); a library whose run path
+# auditwheel rewrote (RPATH/RUNPATH, e.g. psycopg's, pyzmq's) is left alone, as strip can break those.
+# No byte code here: the final stage
 # compiles what the hub imports (see there). The `test -f`/`test -d` lines fail the build if a file the
 # hub uses went missing.
 RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
@@ -56,6 +64,8 @@ RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.g
     && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts -exec rm -rf {} + \
     && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
     && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.pxd' -o -name '*.pyx' \) -delete \
+    && find "$purelib" -name '*.cpython-*.so' ! -path '*.libs/*' | while read -r so; do \
+        readelf -d "$so" | grep -Eq 'RPATH|RUNPATH' || strip --strip-unneeded "$so"; done \
     && test -f "$bs/bootstrap5/css/bootstrap.min.css" \
     && test -f "$bs/bootstrap5/js/bootstrap.min.js" \
     && test -f "$data/endpoints.json" && test -d "$data/s3" && test -d "$data/sqs" && test -d "$data/sns"
@@ -95,12 +105,13 @@ COPY config ./config
 COPY templates ./templates
 COPY static ./static
 COPY backup_db.sh ./backup_db.sh
-# Byte code for the hub's own source and for the modules it imports at start (and the backup script's),
-# written by importing them once: compiling the whole venv would add ~40 MB for modules never loaded
-# (InfluxDB's client, say, unless it is configured), and none at all would recompile them at every start.
+# Byte code for the hub's own source and for the modules it always imports at start (and the backup
+# script's), written by importing them once: compiling the whole venv would add ~40 MB for modules
+# loaded only when their integration is configured (Telegram, InfluxDB, Sentry, mDash), and none at all
+# would recompile everything at every start and every backup run.
 RUN chmod 0755 /opt/app/backup_db.sh /opt/app/config/docker-entrypoint.sh \
     && /opt/app/.venv/bin/python -m compileall -q app pylib \
-    && PYTHONDONTWRITEBYTECODE= /opt/app/.venv/bin/python -c "import app.__main__, app.hub, app.web, app.backup, app.backup_schedule, app.aws, app.sqs_control, app.telegram.service, boto3, botocore.session, psycopg; import app.web.server; botocore.session.get_session().create_client('s3', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')"
+    && PYTHONDONTWRITEBYTECODE= /opt/app/.venv/bin/python -c "import app.__main__, app.hub, app.web, app.web.server, app.backup, app.backup_schedule, app.aws, boto3, botocore.session, psycopg; botocore.session.get_session().create_client('s3', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')"
 
 VOLUME /data
 EXPOSE 8080

@@ -257,7 +257,10 @@ class Browser:
             return json.loads(resp.read() or b"null")
 
     def device(self, kind: str, key: str) -> dict[str, Any]:
-        return next(d for d in self.api("GET", "/api/devices")[kind] if d["device_key"] == key)
+        for found in self.api("GET", "/api/devices")[kind]:
+            if found["device_key"] == key:
+                return found
+        raise KeyError(f"no {kind} {key!r}")
 
 
 def generated_password(log: str, browser: Browser) -> str:

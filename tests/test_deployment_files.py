@@ -519,7 +519,9 @@ def test_dockerfile_holds_no_secret():
 
 def test_dockerfile_runtime_dependencies_come_from_pyproject(tmp_path):
     """The builder's one-liner lists pyproject's dependencies; the lock pins each of them (as constraints)."""
-    (first_run,) = instructions(dockerfile_stages()[0], "RUN")[:1]
+    (first_run,) = [
+        run for run in instructions(dockerfile_stages()[0], "RUN") if "requirements.runtime.txt" in run
+    ]
     extract = re.split(r"\s+>\s+requirements\.runtime\.txt", first_run)[0]
     extract = extract.replace("python3 -c", f"{sys.executable} -c")
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
@@ -1056,3 +1058,27 @@ def test_entrypoint_started_as_another_user_execs_directly(sandbox):
     assert result.returncode == 5, result.stderr
     assert result.stdout.split() == [str(uid)]
     assert not (sandbox / "run").exists() and not (sandbox / "data").exists()
+
+
+# ---- .ci/run's rule: the browser tests never skip in CI --------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_browser_tests_fail_in_ci_and_say_what_to_install_elsewhere_when_the_browser_is_missing(
+    ci: str,
+) -> None:
+    env = {**os.environ, "CI": ci, "TEST_CHROMIUM": "/nonexistent/chromium"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = "the browser tests need Debian's chromium: apt-get install chromium"
+    if ci:
+        assert done.returncode != 0 and f"CI is set, so this does not skip: {line}" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout[-2000:]
+        assert line in done.stdout and "3 skipped" in done.stdout
