@@ -36,11 +36,14 @@ COPY pyproject.toml requirements.lock ./
 # (the lock also pins the dev tools; as constraints they are not installed). The venv gets no pip of its
 # own; the base image's pip installs into it. Wheels only: a missing wheel fails here, loudly.
 # /opt/app on sys.path (a .pth file) lets the venv's python find the hub's source from any directory
-# (docker exec, the backup script), with no PYTHONPATH to keep in step.
+# (docker exec, the backup script), with no PYTHONPATH to keep in step. psycopg (PostgreSQL, when
+# DATABASE_URL names one) uses Debian's libpq5 from the final stage rather than psycopg-binary's own
+# copies of libpq, OpenSSL, Kerberos and LDAP (10 MB; the base has OpenSSL already).
 RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs Python 3.11+, has ' + sys.version" \
     && python3 -c "import pip, sys; v = tuple(int(x) for x in pip.__version__.split('.')[:2]); sys.exit(0 if v >= (22, 3) else 'the base needs pip 22.3+ (pip --python), has ' + pip.__version__)" \
     && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.runtime.txt \
+    && sed -i 's/^psycopg\[binary\]/psycopg/' requirements.runtime.txt \
     && python3 -m venv --without-pip /opt/app/.venv \
     && python3 -m pip --python /opt/app/.venv/bin/python install --only-binary=:all: --no-compile \
         -c requirements.lock -r requirements.runtime.txt \
@@ -48,20 +51,21 @@ RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs 
     && echo /opt/app > "$purelib/event_processor.pth"
 # Build-only and unused files stay out of the final stage: the dashboard serves only Bootstrap 5's
 # bootstrap.min.css/js (app/web/assets.py; the icons are static/icons.svg), so the rest of that package
-# (Bootswatch themes, Bootstrap 4, source maps) goes; botocore keeps the API models of the services the
-# hub calls (app/aws.py: S3, SQS, SNS; STS for role credentials) and drops the other ~400 (28 MB); the
-# test suites some packages ship, type stubs and C sources go too. The compiled extension modules lose
-# their debugging symbols (strip: SQLAlchemy's and msgpack's shrink ~90%); a library whose run path
-# auditwheel rewrote (RPATH/RUNPATH, e.g. psycopg's, pyzmq's) is left alone, as strip can break those.
-# No byte code here: the final stage
-# compiles what the hub imports (see there). The `test -f`/`test -d` lines fail the build if a file the
-# hub uses went missing.
+# (Bootswatch themes, Bootstrap 4, Bootstrap Icons, Popper, source maps) goes; botocore keeps the API models of the services the
+# hub calls (app/aws.py: S3, SQS, SNS; STS for role credentials) and drops the other ~400 (28 MB);
+# SQLAlchemy keeps the dialects of the databases the hub supports (SQLite, PostgreSQL); the test suites
+# some packages ship, type stubs and C sources go too. The compiled extension modules lose their
+# debugging symbols (strip: SQLAlchemy's and msgpack's shrink ~90%); a library whose run path auditwheel
+# rewrote (RPATH/RUNPATH, e.g. pyzmq's) is left alone, as strip can break those. No byte code here (see
+# the final stage). The `test -f`/`test -d` lines fail the build if a file the hub uses went missing.
 RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
     && bs="$purelib/flask_bootstrap/static" \
-    && rm -rf "$bs/bootstrap4" "$bs/bootstrap5/css/bootswatch" \
-    && find "$bs" -name '*.map' -delete \
+    && rm -rf "$bs/bootstrap4" \
+    && find "$bs/bootstrap5" -type f ! -path '*/css/bootstrap.min.css' ! -path '*/js/bootstrap.min.js' -delete \
     && data="$purelib/botocore/data" \
     && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts -exec rm -rf {} + \
+    && rm -rf "$purelib/sqlalchemy/testing" "$purelib/alembic/testing" "$purelib/sqlalchemy/dialects/mysql" \
+        "$purelib/sqlalchemy/dialects/mssql" "$purelib/sqlalchemy/dialects/oracle" \
     && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
     && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.pxd' -o -name '*.pyx' \) -delete \
     && find "$purelib" -name '*.cpython-*.so' ! -path '*.libs/*' | while read -r so; do \
@@ -80,13 +84,14 @@ ENV PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
     DATA_DIR=/data \
     BAD_SETTING_EXIT_DELAY_SECONDS=30 \
     TABLESPACE_PATH=/data/event_processor.db
-# tini as PID 1 (run as the app user, see the entrypoint), sqlite3 for the operator; ca-certificates and
+# tini as PID 1 (run as the app user, see the entrypoint), sqlite3 for the operator, libpq5 for psycopg
+# (see the builder); ca-certificates and
 # tzdata are usually in the base already and named so that they stay. The apt lists, the downloaded
 # packages and apt's logs go in this same layer (whatever the base's apt configuration), and so do the
 # cron jobs of base packages (e2fsprogs' e2scrub_all, apt's and dpkg's daily jobs): there is no cron
 # daemon here, the hub schedules its own backups.
 RUN apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tini sqlite3 ca-certificates tzdata \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tini sqlite3 libpq5 ca-certificates tzdata \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
         /etc/cron.d /etc/cron.daily /etc/cron.hourly /etc/cron.weekly /etc/cron.monthly /etc/crontab \
@@ -105,13 +110,11 @@ COPY config ./config
 COPY templates ./templates
 COPY static ./static
 COPY backup_db.sh ./backup_db.sh
-# Byte code for the hub's own source and for the modules it always imports at start (and the backup
-# script's), written by importing them once: compiling the whole venv would add ~40 MB for modules
-# loaded only when their integration is configured (Telegram, InfluxDB, Sentry, mDash), and none at all
-# would recompile everything at every start and every backup run.
+# Byte code for the hub's own source only. The dependencies' would add ~15 MB (a fifth of the image
+# above its base) to save a few seconds of compiling at each start on a Pi; the hub starts rarely, and
+# its user cannot write the venv, so nothing is cached there at run time either.
 RUN chmod 0755 /opt/app/backup_db.sh /opt/app/config/docker-entrypoint.sh \
-    && /opt/app/.venv/bin/python -m compileall -q app pylib \
-    && PYTHONDONTWRITEBYTECODE= /opt/app/.venv/bin/python -c "import app.__main__, app.hub, app.web, app.web.server, app.backup, app.backup_schedule, app.aws, boto3, botocore.session, psycopg; botocore.session.get_session().create_client('s3', region_name='us-east-1', aws_access_key_id='x', aws_secret_access_key='x')"
+    && /opt/app/.venv/bin/python -m compileall -q app pylib
 
 VOLUME /data
 EXPOSE 8080

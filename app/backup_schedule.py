@@ -27,6 +27,7 @@ JOBS = (
 )
 # A backup of a large database over a slow uplink; a hung upload must not hold the next ones forever.
 JOB_TIMEOUT_SECONDS = 3600
+LOG_MAX_BYTES = 1024 * 1024
 # A job more than this late (the Pi was suspended, the previous job still running) is skipped.
 MISFIRE_GRACE_SECONDS = 600
 
@@ -60,6 +61,10 @@ class BackupScheduler(threads.AppThread):
         """Run `backup_db.sh KIND` now and return its exit status (-1: it could not run or timed out)."""
         status = -1
         try:
+            # One old generation of about 1 MB, as backup_db.sh keeps; rotated here, before the log is
+            # opened, or this run's output would follow the renamed file.
+            if self.log_path.exists() and self.log_path.stat().st_size > LOG_MAX_BYTES:
+                os.replace(self.log_path, f"{self.log_path}.1")
             with open(self.log_path, "ab") as out:
                 status = subprocess.run(
                     [str(self.script), kind],

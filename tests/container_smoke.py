@@ -109,6 +109,10 @@ def cleanup() -> None:
     if ids:
         run("podman", "rm", "-f", "-t", "0", *ids, check=False)
     vols = run("podman", "volume", "ls", "-q", "--filter", f"label={LABEL}", check=False).stdout.split()
+    # and those an interrupted compose test left (named after its project)
+    vols += [
+        v for v in run("podman", "volume", "ls", "-q", check=False).stdout.split() if v.startswith("epsmoke")
+    ]
     if vols:
         run("podman", "volume", "rm", "-f", *vols, check=False)
 
@@ -320,6 +324,24 @@ def check_image_contents(tag: str) -> None:
     out = run("podman", "run", "--rm", "--entrypoint", "sh", tag, "-c", script).stdout.split()
     assert out[:2] == ["10001", "10001"], out
     assert out[2].startswith("/opt/app/.venv/bin:") and "/usr/bin" in out[2], out
+    # psycopg on Debian's libpq5 (no psycopg-binary in the image) reaches this machine's PostgreSQL
+    dsn = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    query = f"import psycopg; print(psycopg.connect({dsn!r}).execute('select 41 + 1').fetchone()[0])"
+    done = run(
+        "podman",
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "--user",
+        "app",
+        "--entrypoint",
+        "python",
+        tag,
+        "-c",
+        query,
+    )
+    assert done.stdout.strip() == "42", done.stdout
 
 
 def smoke(workdir: Path, base: str) -> None:
@@ -483,14 +505,29 @@ def podman_api() -> Iterator[None]:
 
 def compose_up(workdir: Path, env: dict[str, str], tag: str, run_id: str) -> None:
     """`task setup` then `task rund`'s up, as the Taskfile runs them, with its own choice of Compose."""
+    from tests.support import free_port
+
     project = workdir / "compose"
     project.mkdir()
     shutil.copy(ROOT / "docker-compose.template.yml", project / "docker-compose.yml")  # task compose-file
-    write_env(project / ".env", {**env, "DOCKER_IMAGE": tag, "DEVICE_NAME": f"ep-smoke-{run_id}"})
-    # The local change the template's header suggests: host networking, as the brokers are this machine's.
-    (project / "docker-compose.override.yml").write_text(
-        yaml.safe_dump({"services": {"app": {"network_mode": "host", "ports": [], "labels": {LABEL: "1"}}}})
-    )
+    compose_env = {**env, "DOCKER_IMAGE": tag, "DEVICE_NAME": f"ep-smoke-{run_id}"}
+    compose_env["APP_HTTP_PUBLISH"] = f"127.0.0.1:{free_port()}"
+    write_env(project / ".env", compose_env)
+    # The local change the template's header suggests: the host's network, as the brokers are this
+    # machine's (RabbitMQ lets guest in from localhost only). `network_mode: host` cannot be combined with
+    # the template's `ports` in docker-compose 1.29, so the container joins this process's network
+    # namespace (the host's) by path instead, which podman accepts with the ports left as they are.
+    # In the host's network the template's fixed container port (8080) may be taken: a free one instead.
+    app = {
+        "network_mode": f"ns:/proc/{os.getpid()}/ns/net",
+        "environment": {
+            "APP_FLASK_HTTP_PORT": env["APP_FLASK_HTTP_PORT"],
+            "APP_FLASK_BIND_ADDRESS": "127.0.0.1",
+        },
+        "labels": {LABEL: "1"},
+    }
+    override = {"services": {"app": app}}
+    (project / "docker-compose.override.yml").write_text(yaml.safe_dump(override))
     compose_cmd = run(
         "sh", "-c", yaml.safe_load((ROOT / "Taskfile.yml").read_text())["vars"]["COMPOSE"]["sh"]
     ).stdout.strip()
@@ -508,7 +545,8 @@ def compose_up(workdir: Path, env: dict[str, str], tag: str, run_id: str) -> Non
             status, _ = Browser(f"http://127.0.0.1:{env['APP_FLASK_HTTP_PORT']}").get("/login")
             assert status == 200
         finally:
-            run("sh", "-c", f"{compose_cmd} -p {name} down -t 20", cwd=project, check=False, timeout=120)
+            # -v: the template's named volumes (of the profiles' services) go too
+            run("sh", "-c", f"{compose_cmd} -p {name} down -v -t 20", cwd=project, check=False, timeout=120)
     say("compose template: the hub came up (docker-compose against podman's API) and went down")
 
 

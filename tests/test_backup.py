@@ -578,39 +578,32 @@ def test_read_status_states(rig: Rig, make_settings: Callable[..., Settings]) ->
     assert backup_status.read_status(rig.settings).state == "never"
 
 
-# ---- the cron wrapper and the cron file -----------------------------------------------------
+# ---- the backup script, as the hub's schedule runs it ----------------------------------------------
 
 
-def test_backup_db_sh_runs_from_cron_with_the_saved_environment(rig: Rig) -> None:
+def test_backup_db_sh_runs_from_the_hubs_schedule_with_the_hubs_environment(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.backup_schedule import BackupScheduler
+
     seed(rig.db)
-    env_file = rig.tmp / "cron.env"
-    # as the entrypoint saves it (export -p quoting); cron itself passes almost nothing
-    env_file.write_text(
-        "".join(f"export {k}='{v}'\n" for k, v in {**rig.env, "RABBITMQ_EXCHANGE": "x"}.items())
-    )
+    for name, value in {**rig.env, "RABBITMQ_EXCHANGE": "x"}.items():
+        monkeypatch.setenv(name, value)  # the hub's process environment, which the job inherits
     log_file = rig.tmp / "backup.log"
     log_file.write_bytes(b"old line\n" * 120_000)  # over 1 MB: rotated before this run
-    cron_env = {"PATH": "/usr/bin:/bin", "CRON_ENV_FILE": str(env_file), "BACKUP_LOG": str(log_file)}
+    scheduler = BackupScheduler(rig.settings, log_path=log_file)
+    scheduler.untrack()
 
-    def script(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(REPO / "backup_db.sh"), *args],
-            env=cron_env,
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    done = script("date")
-    assert done.returncode == 0, done.stderr
+    assert scheduler.run_job("date") == 0, log_file.read_text()[-2000:]
     today = datetime.now(UTC).strftime("%y%m%d")
     assert rig.object_keys() == [LATEST, f"event_processor_{today}.db.gz"]
-    assert not log_file.exists() and Path(f"{log_file}.1").exists()
-    assert script().returncode == 0  # no argument: the latest copy
-    done = script("verify")
-    assert done.returncode == 0, done.stderr
+    assert Path(f"{log_file}.1").stat().st_size > 1_000_000 and log_file.stat().st_size < 100_000
+    assert scheduler.run_job("backup") == 0
+    assert scheduler.run_job("verify") == 0
     assert rig.status()["last_verify"]["ok"] is True
+    script = REPO / "backup_db.sh"
+    assert script.is_file() and os.access(script, os.X_OK)
+    assert script.read_text().startswith("#!/bin/sh\n") and "set -eu" in script.read_text()
 
 
 def test_latest_copy_every_five_minutes_by_default_and_configurable(rig: Rig) -> None:
@@ -619,14 +612,14 @@ def test_latest_copy_every_five_minutes_by_default_and_configurable(rig: Rig) ->
     assert done.returncode == 0, done.stderr
     assert rig.object_keys() == [LATEST] and "backup uploaded" in done.stderr
     first = rig.status()["last_backup_attempt"]["time"]
-    # a minute later cron asks again: not due, and nothing is said (the log stays quiet)
+    # a minute later the hub's schedule asks again: not due, and nothing is said (the log stays quiet)
     again = rig.cli("backup", "--if-due")
     assert again.returncode == 0 and again.stderr == ""
     assert rig.status()["last_backup_attempt"]["time"] == first
     stamp = datetime.strptime(first, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert rig.settings.backup_latest_minutes == 5
     assert not backup.backup_due(rig.settings, stamp + timedelta(minutes=4))
-    assert backup.backup_due(rig.settings, stamp + timedelta(minutes=4, seconds=31))  # cron's jitter
+    assert backup.backup_due(rig.settings, stamp + timedelta(minutes=4, seconds=31))  # a job's jitter
     assert backup.backup_due(rig.settings, stamp - timedelta(minutes=1))  # the clock went back
     hourly = dataclasses.replace(rig.settings, backup_latest_minutes=60)
     assert not backup.backup_due(hourly, stamp + timedelta(minutes=30))
@@ -635,39 +628,6 @@ def test_latest_copy_every_five_minutes_by_default_and_configurable(rig: Rig) ->
     write_status(rig.settings.backup_status_path, last_backup_attempt=entry(1))
     assert rig.cli("backup", "--if-due").stderr.count("backup uploaded") == 1
     assert rig.status()["last_backup_attempt"]["time"] >= first  # the hour-old record was replaced
-
-
-def test_cron_file_is_valid_and_has_no_percent_sign() -> None:
-    text = (REPO / "config" / "cron" / "backup_db").read_text()
-    assert text.endswith("\n") and "%" not in text
-    field = r"(\*|\d+)(/\d+)?"
-    jobs = {}
-    settings = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if re.fullmatch(r"[A-Z_]+=\S+", line):
-            name, value = line.split("=", 1)
-            settings[name] = value
-            continue
-        parts = line.split()
-        assert len(parts) >= 7, line
-        assert all(re.fullmatch(field, p) for p in parts[:5]), line
-        assert parts[5] == "app", line
-        command = parts[6:]
-        assert command[0] == "/opt/app/backup_db.sh", line
-        assert command[-3:] == [">>", "/data/backup.log", "2>&1"], line
-        jobs[command[1]] = parts[:5]
-    assert settings["SHELL"] == "/bin/sh" and "/opt/app/.venv/bin" in settings["PATH"].split(":")
-    assert jobs["backup"] == ["*"] * 5 and "--if-due" in text  # every minute, going ahead when due
-    assert jobs["date"][2:] == ["*", "*", "*"] and "*" not in jobs["date"][:2]
-    assert jobs["verify"][2:] == ["*", "*", "*"] and "*" not in jobs["verify"][:2]
-    script = REPO / "backup_db.sh"
-    assert script.is_file() and os.access(script, os.X_OK)
-    assert script.read_text().startswith("#!/bin/sh\n")
-    assert "set -eu" in script.read_text()
-    # the container's paths the header promises
-    assert "/etc/cron.d/backup_db" in text and "/opt/app/backup_db.sh" in text
 
 
 # ---- what the hub shows ---------------------------------------------------------------------

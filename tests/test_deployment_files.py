@@ -446,7 +446,7 @@ def test_dockerfile_final_stage():
     # no compilers in the final image, only what the brief names
     for tool in ("gcc", "g++", "build-essential", "make ", "-dev ", "curl", "wget"):
         assert tool not in runs, tool
-    assert "apt-get install -y --no-install-recommends tini sqlite3 ca-certificates tzdata" in runs
+    assert "apt-get install -y --no-install-recommends tini sqlite3 libpq5 ca-certificates tzdata" in runs
     # no cron daemon (the hub schedules its backups), and no other package's cron jobs
     assert " cron " not in runs and "/etc/cron.d " in runs and "/etc/cron.daily " in runs
     # apt's lists and downloads are removed in the layer that made them, whatever the base's apt settings
@@ -838,6 +838,13 @@ def test_shell_script_parses_and_passes_shellcheck(script):
     assert result.returncode == 0, result.stdout
 
 
+def test_container_test_setup_passes_shellcheck():
+    script = ROOT / "tests" / "container" / "setup.sh"
+    assert script.stat().st_mode & stat.S_IXUSR
+    result = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
 # ---- config/docker-entrypoint.sh, run for real ------------------------------------------------------------
 
 
@@ -1082,3 +1089,40 @@ def test_browser_tests_fail_in_ci_and_say_what_to_install_elsewhere_when_the_bro
     else:
         assert done.returncode == 0, done.stdout[-2000:]
         assert line in done.stdout and "3 skipped" in done.stdout
+
+
+def run_task_user(tmp_path: Path, uid: int, gid: int) -> subprocess.CompletedProcess[str]:
+    """The `task user` script as Task would run it (its variables filled in), in tmp_path."""
+    (cmd,) = taskfile()["tasks"]["user"]["cmds"]
+    script = cmd.replace("{{.APP_UID}}", str(uid)).replace("{{.APP_GID}}", str(gid))
+    assert "{{" not in script
+    return subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("clash", ["uid", "gid"])
+def test_task_user_refuses_ids_that_belong_to_another_account(tmp_path: Path, clash: str) -> None:
+    taken_uid = pwd.getpwnam("nobody").pw_uid
+    taken_gid = grp.getgrnam("nogroup").gr_gid
+    free = 10001
+    while True:
+        try:
+            pwd.getpwuid(free)
+            free += 1
+            continue
+        except KeyError:
+            pass
+        try:
+            grp.getgrgid(free)
+            free += 1
+        except KeyError:
+            break
+    uid, gid = (taken_uid, free) if clash == "uid" else (free, taken_gid)
+    done = run_task_user(tmp_path, uid, gid)
+    assert done.returncode == 1
+    expected = (
+        f"uid {taken_uid} belongs to user nobody"
+        if clash == "uid"
+        else f"gid {taken_gid} belongs to group nogroup"
+    )
+    assert expected in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing made, no permissions widened

@@ -30,21 +30,24 @@ if [ -n "$need" ]; then
 fi
 
 # Root here lacks CAP_SYS_RESOURCE and the cgroups are hybrid: crun and systemd cgroups fail, so runc,
-# cgroupfs and the hard nofile limit as the containers' default (see /work/shared/notes/container-here.md).
+# cgroupfs and the hard nofile limit as the containers' default. No default sysctls: the compose test
+# joins the host's network namespace, where runc may not set net.ipv4.ping_group_range. A file of
+# someone else's is left alone.
 conf=/etc/containers/containers.conf
-if [ ! -f "$conf" ]; then
+header="# Written by event-processor's tests/container/setup.sh"
+nofile=$(ulimit -Hn)
+wanted="$header for a root without CAP_SYS_RESOURCE and hybrid cgroups.
+[containers]
+default_sysctls = []
+default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=32768:32768\"]
+[engine]
+runtime = \"runc\"
+cgroup_manager = \"cgroupfs\"
+events_logger = \"file\""
+if [ ! -f "$conf" ] || { head -n 1 "$conf" | grep -qF "$header" && [ "$(cat "$conf")" != "$wanted" ]; }; then
     log "writing $conf"
     mkdir -p /etc/containers
-    nofile=$(ulimit -Hn)
-    cat >"$conf" <<CONF
-# Written by event-processor's tests/container/setup.sh for a root without CAP_SYS_RESOURCE and hybrid cgroups.
-[containers]
-default_ulimits = ["nofile=$nofile:$nofile", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
+    printf '%s\n' "$wanted" >"$conf"
 fi
 
 if [ "$arch" != "$(dpkg --print-architecture)" ]; then
