@@ -66,15 +66,16 @@ def wait_before_failing(code: int) -> int:
     except ValueError:
         delay = 0.0
     if delay:
-        print(
-            f"event-processor: exiting {code} in {delay:g} s (BAD_SETTING_EXIT_DELAY_SECONDS)",
-            file=sys.stderr,
-        )
 
         def stop(_signum: int, _frame: object) -> None:
             raise SystemExit(code)
 
+        # before the line below, which tells a watcher that it may stop the process now
         signal.signal(signal.SIGTERM, stop)
+        print(
+            f"event-processor: exiting {code} in {delay:g} s (BAD_SETTING_EXIT_DELAY_SECONDS)",
+            file=sys.stderr,
+        )
         time.sleep(delay)
     return code
 

@@ -59,18 +59,22 @@ run_as() {
 # A restart policy starts the container again at once: wait BAD_SETTING_EXIT_DELAY_SECONDS (the image
 # sets 30) before exiting with a failure that a restart will not cure soon, rather than loop.
 exit_later() {
+    exit_code=$1
     delay=${BAD_SETTING_EXIT_DELAY_SECONDS:-0}
     case $delay in
         '' | *[!0-9]*) delay=0 ;;
     esac
     if [ "$delay" -gt 0 ]; then
-        log "exiting $1 in $delay s (BAD_SETTING_EXIT_DELAY_SECONDS)"
-        # in the background, so that `docker stop` (SIGTERM to this PID 1 shell) ends the wait at once
-        trap 'exit "$1"' TERM INT
+        # the sleep in the background, so that `docker stop` (SIGTERM to this PID 1 shell) ends the wait at
+        # once; the trap first, as the line below tells a watcher it may stop us
+        sleeper=
+        trap 'kill $sleeper 2>/dev/null || true; exit "$exit_code"' TERM INT
+        log "exiting $exit_code in $delay s (BAD_SETTING_EXIT_DELAY_SECONDS)"
         sleep "$delay" &
-        wait $! || true
+        sleeper=$!
+        wait "$sleeper" || true
     fi
-    exit "$1"
+    exit "$exit_code"
 }
 
 prepare_data_dir() {

@@ -491,7 +491,9 @@ def test_bad_or_missing_page_shows_a_message(pages: Pages, page: str) -> None:
 
 
 def parse_svgs(html: str) -> list[ET.Element]:
-    return [ET.fromstring(m) for m in re.findall(r"<svg .*?</svg>", html, re.S)]
+    """The charts' SVGs (the icons from the sprite are SVGs too: left out)."""
+    found = [m for m in re.findall(r"<svg .*?</svg>", html, re.S) if not m.startswith('<svg class="icon')]
+    return [ET.fromstring(m) for m in found]
 
 
 def bars(svg: ET.Element) -> list[int]:
