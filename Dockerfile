@@ -14,8 +14,6 @@
 # module and pip 22.3+ (`pip --python`), apt-get and util-linux's setpriv. python:3.11-slim-bookworm has
 # them all; so does Debian's own python3 + python3-venv + python3-pip. It assumes nothing else: not a
 # `python` command, not the base's PATH, not its apt cache settings, not a free uid.
-# The app user's uid and gid (10001, above the host's system and login ranges, so that ./data owned by
-# them on the Pi matches no host account; `task user` makes the same).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
@@ -75,6 +73,8 @@ RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.g
     && test -f "$data/endpoints.json" && test -d "$data/s3" && test -d "$data/sqs" && test -d "$data/sns"
 
 FROM ${PYTHON_IMAGE}
+# The app user's uid and gid: above the host's system and login ranges, so that ./data owned by them on
+# the Pi matches no host account (`task user` makes the same user there, and refuses a clash).
 ARG APP_UID=10001
 ARG APP_GID=10001
 ENV PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -85,8 +85,8 @@ ENV PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
     BAD_SETTING_EXIT_DELAY_SECONDS=30 \
     TABLESPACE_PATH=/data/event_processor.db
 # tini as PID 1 (run as the app user, see the entrypoint), sqlite3 for the operator, libpq5 for psycopg
-# (see the builder); ca-certificates and
-# tzdata are usually in the base already and named so that they stay. The apt lists, the downloaded
+# (see the builder); ca-certificates and tzdata are usually in the base already and named so that they
+# stay. The ids must be free in the base: the build stops rather than share them. The apt lists, the downloaded
 # packages and apt's logs go in this same layer (whatever the base's apt configuration), and so do the
 # cron jobs of base packages (e2fsprogs' e2scrub_all, apt's and dpkg's daily jobs): there is no cron
 # daemon here, the hub schedules its own backups.
