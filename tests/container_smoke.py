@@ -481,6 +481,7 @@ def podman_api() -> Iterator[None]:
     service = None
     if run("podman", "--url", f"unix://{SOCKET}", "version", check=False, timeout=30).returncode != 0:
         SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        SOCKET.unlink(missing_ok=True)  # a stale socket of an interrupted run answers nothing
         service = subprocess.Popen(
             ["podman", "system", "service", "--time=0", f"unix://{SOCKET}"], stderr=subprocess.DEVNULL
         )
