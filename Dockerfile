@@ -47,21 +47,22 @@ RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs 
         -c requirements.lock -r requirements.runtime.txt \
     && purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
     && echo /opt/app > "$purelib/event_processor.pth"
-# Build-only and unused files stay out of the final stage: the dashboard serves only Bootstrap 5's
+# Build-only and unused files stay out of the final stage. The dashboard serves only Bootstrap 5's
 # bootstrap.min.css/js (app/web/assets.py; the icons are static/icons.svg), so the rest of that package
-# (Bootswatch themes, Bootstrap 4, Bootstrap Icons, Popper, source maps) goes; botocore keeps the API models of the services the
-# hub calls (app/aws.py: S3, SQS, SNS; STS for role credentials) and drops the other ~400 (28 MB);
-# SQLAlchemy keeps the dialects of the databases the hub supports (SQLite, PostgreSQL); the test suites
-# some packages ship, type stubs and C sources go too. The compiled extension modules lose their
-# debugging symbols (strip: SQLAlchemy's and msgpack's shrink ~90%); a library whose run path auditwheel
-# rewrote (RPATH/RUNPATH, e.g. pyzmq's) is left alone, as strip can break those. No byte code here (see
-# the final stage). The `test -f`/`test -d` lines fail the build if a file the hub uses went missing.
+# (Bootswatch themes, Bootstrap 4, Bootstrap Icons, Popper, source maps) goes. botocore keeps the API
+# models of the services the hub calls (aws.client's callers: S3, SQS, SNS, CloudWatch; STS for role
+# credentials; a test keeps this list in step) and drops the other ~400 (28 MB). SQLAlchemy keeps the
+# dialects of the databases the hub supports (SQLite, PostgreSQL). The test suites some packages ship,
+# type stubs and C sources go too. The compiled extension modules lose their debugging symbols (strip:
+# SQLAlchemy's and msgpack's shrink ~90%); a library whose run path auditwheel rewrote (RPATH/RUNPATH,
+# e.g. pyzmq's) is left alone, as strip can break those. No byte code here (see the final stage). The
+# `test -f`/`test -d` lines fail the build if a file the hub uses went missing.
 RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
     && bs="$purelib/flask_bootstrap/static" \
     && rm -rf "$bs/bootstrap4" \
     && find "$bs/bootstrap5" -type f ! -path '*/css/bootstrap.min.css' ! -path '*/js/bootstrap.min.js' -delete \
     && data="$purelib/botocore/data" \
-    && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts -exec rm -rf {} + \
+    && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts ! -name cloudwatch -exec rm -rf {} + \
     && rm -rf "$purelib/sqlalchemy/testing" "$purelib/alembic/testing" "$purelib/sqlalchemy/dialects/mysql" \
         "$purelib/sqlalchemy/dialects/mssql" "$purelib/sqlalchemy/dialects/oracle" \
     && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
@@ -70,7 +71,8 @@ RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.g
         readelf -d "$so" | grep -Eq 'RPATH|RUNPATH' || strip --strip-unneeded "$so"; done \
     && test -f "$bs/bootstrap5/css/bootstrap.min.css" \
     && test -f "$bs/bootstrap5/js/bootstrap.min.js" \
-    && test -f "$data/endpoints.json" && test -d "$data/s3" && test -d "$data/sqs" && test -d "$data/sns"
+    && test -f "$data/endpoints.json" && test -d "$data/s3" && test -d "$data/sqs" && test -d "$data/sns" \
+    && test -d "$data/cloudwatch"
 
 FROM ${PYTHON_IMAGE}
 # The app user's uid and gid: above the host's system and login ranges, so that ./data owned by them on

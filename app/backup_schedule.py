@@ -12,6 +12,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from app import health
+from app.backup import backup_due
 from app.settings import Settings
 from pylib import threads
 
@@ -19,9 +20,11 @@ log = logging.getLogger(__name__)
 
 SCRIPT = Path(__file__).resolve().parent.parent / "backup_db.sh"
 # backup_db.sh's commands and their times (UTC; the dated copy's name is the UTC date): the latest copy
-# every 15 minutes, a dated copy (with the retention sweep) once a day, and the restore drill.
+# asked for every minute and taken when due (BACKUP_LATEST_MINUTES since the last attempt, as
+# `backup --if-due` decides, but without a process a minute), a dated copy (with the retention sweep)
+# once a day, and the restore drill.
 JOBS = (
-    ("backup", {"minute": "*/15"}),
+    ("backup", {"minute": "*"}),
     ("date", {"hour": 0, "minute": 7}),
     ("verify", {"hour": 3, "minute": 37}),
 )
@@ -45,8 +48,10 @@ class BackupScheduler(threads.AppThread):
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
         )
+        self.settings = settings
         for kind, when in JOBS:
-            self.scheduler.add_job(self.run_job, CronTrigger(timezone="UTC", **when), args=[kind], id=kind)
+            job = self.run_if_due if kind == "backup" else self.run_job
+            self.scheduler.add_job(job, CronTrigger(timezone="UTC", **when), args=[kind], id=kind)
 
     def work(self) -> None:
         self.scheduler.start()
@@ -56,6 +61,10 @@ class BackupScheduler(threads.AppThread):
                 pass
         finally:
             self.scheduler.shutdown(wait=False)
+
+    def run_if_due(self, kind: str = "backup") -> int | None:
+        """The latest copy when it is due; None when not (nothing run, nothing logged)."""
+        return self.run_job(kind) if backup_due(self.settings) else None
 
     def run_job(self, kind: str) -> int:
         """Run `backup_db.sh KIND` now and return its exit status (-1: it could not run or timed out)."""

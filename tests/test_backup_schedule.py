@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app import health
 from app.backup_schedule import JOBS, SCRIPT, BackupScheduler
+from app.backup_status import ATTEMPT
 from app.settings import Settings
 from pylib import threads
 from tests.support import wait_for
@@ -59,7 +61,7 @@ def test_the_schedule_is_the_old_crontabs_and_the_thread_stops_with_the_hub(
     fire = {job.id: job.trigger.get_next_fire_time(None, now) for job in scheduler.scheduler.get_jobs()}
     assert [kind for kind, _ in JOBS] == ["backup", "date", "verify"]
     assert fire == {
-        "backup": datetime(2026, 3, 1, 0, 15, tzinfo=UTC),
+        "backup": datetime(2026, 3, 1, 0, 1, tzinfo=UTC),  # every minute, taken when due
         "date": datetime(2026, 3, 1, 0, 7, tzinfo=UTC),
         "verify": datetime(2026, 3, 1, 3, 37, tzinfo=UTC),
     }
@@ -69,3 +71,17 @@ def test_the_schedule_is_the_old_crontabs_and_the_thread_stops_with_the_hub(
     threads.shutting_down.set()
     scheduler.join(timeout=10)
     assert not scheduler.is_alive() and not scheduler.scheduler.running
+
+
+def test_the_latest_copy_runs_only_when_due(tmp_path: Path, make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(BACKUP_S3_BUCKET="a-bucket", TABLESPACE_PATH=str(tmp_path / "hub.db"))
+    scheduler = BackupScheduler(settings, script=fake_script(tmp_path, 0))
+    scheduler.untrack()
+    assert scheduler.run_if_due() == 0  # no attempt recorded yet: due
+    just_now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    Path(settings.backup_status_path).write_text(json.dumps({ATTEMPT: {"time": just_now, "ok": True}}))
+    assert scheduler.run_if_due() is None  # BACKUP_LATEST_MINUTES (5) not over: nothing run
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    Path(settings.backup_status_path).write_text(json.dumps({ATTEMPT: {"time": an_hour_ago, "ok": True}}))
+    assert scheduler.run_if_due() == 0
+    assert (tmp_path / "backup.log").read_text().count("ran backup") == 2
