@@ -350,7 +350,7 @@ def _result(
 
 @contextlib.contextmanager
 def command_lock(settings: Settings, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-    """One backup, restore or verify at a time (cron's backup and the nightly drill can overlap)."""
+    """One backup, restore or verify at a time (scheduled, manual and drill runs can overlap)."""
     path = Path(settings.backup_status_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
@@ -654,7 +654,7 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument(
         "--if-due",
         action="store_true",
-        help="only when the last attempt is BACKUP_LATEST_MINUTES old (cron runs this every minute)",
+        help="only when the last attempt is BACKUP_LATEST_MINUTES old (for a scheduler asking each minute)",
     )
     again = commands.add_parser("restore", help="replace the database with a backup")
     again.add_argument("--if-missing", action="store_true", help="only when the database is missing or empty")
@@ -669,7 +669,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# cron starts a minute's job a moment late, so "5 minutes" must not wait for a sixth
+# a scheduler starts a minute's job a moment late, so "5 minutes" must not wait for a sixth
 DUE_SLACK_SECONDS = 30
 
 
@@ -737,7 +737,7 @@ def run(argv: list[str] | None, settings: Settings) -> int:
         log.info("backups are off (BACKUP_S3_BUCKET is empty): nothing to %s", args.command)
         return EXIT_OK
     if args.command == "backup" and args.if_due and not backup_due(settings):
-        return EXIT_OK  # quietly: cron asks every minute
+        return EXIT_OK  # quietly: the caller asks every minute
     try:
         _database_path(settings)
     except BadSettings as exc:
