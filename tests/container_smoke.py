@@ -582,7 +582,7 @@ def arm64(base: str) -> None:
             wait_healthy(name, timeout=300)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=10) as resp:
             body = json.loads(resp.read())
-        assert resp.status == 200 and body["healthy"], body
+        assert resp.status == 200 and body["ready"] and not body["unhealthy"], body
         arch = run("podman", "exec", name, "uname", "-m").stdout.strip()
         assert arch == "aarch64", arch
         took, code = stop(name)
