@@ -246,7 +246,7 @@ class Browser:
         return not url.rstrip("/").endswith("/login") and "Log out" in page
 
     def make_token(self) -> None:
-        _status, _url, page = self.post_form("/settings/tokens", {"name": "image-test"})
+        _status, _url, page = self.post_form("/settings/tokens", {"name": "image-test", "role": "admin"})
         match = re.search(r'id="new-token"[^>]*value="([^"]+)"', page)
         assert match, "no new token on the tokens page"
         self.token = match.group(1)
