@@ -67,7 +67,7 @@ RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.g
         "$purelib/sqlalchemy/dialects/mssql" "$purelib/sqlalchemy/dialects/oracle" \
     && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
     && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.pxd' -o -name '*.pyx' \) -delete \
-    && find "$purelib" -name '*.cpython-*.so' ! -path '*.libs/*' | while read -r so; do \
+    && find "$purelib" -name '*.so' ! -path '*.libs/*' | while read -r so; do \
         readelf -d "$so" | grep -Eq 'RPATH|RUNPATH' || strip --strip-unneeded "$so"; done \
     && test -f "$bs/bootstrap5/css/bootstrap.min.css" \
     && test -f "$bs/bootstrap5/js/bootstrap.min.js" \
