@@ -567,17 +567,25 @@ def test_unchanged_masked_phone_list_and_catch_all_are_kept(pages: Pages) -> Non
         assert get_row(pages, OutputConfig, pages.ids[key]).device_params == clear
 
 
-def test_changed_params_are_saved_and_cleared_params_are_null(pages: Pages) -> None:
+def test_changed_params_are_saved_blank_keeps_and_the_clear_box_empties(pages: Pages) -> None:
     cam, ping = pages.ids["cam"], pages.ids["ping"]
     assert (
         pages.client.post("/config/outputs", data=output_form(cam, " root:secret@10.0.0.9:80 ")).status_code
         == 302
     )
     assert get_row(pages, OutputConfig, cam).device_params == "root:secret@10.0.0.9:80"
+    # blank keeps the write-only value; only the clear box empties it
     assert pages.client.post("/config/outputs", data=output_form(ping, "")).status_code == 302
+    assert get_row(pages, OutputConfig, ping).device_params == PING_PARAMS
+    assert "device_params" not in pages.processor.commands[-1].args["fields"]
+    cleared = output_form(ping, "", clear_device_params="1")
+    assert pages.client.post("/config/outputs", data=cleared).status_code == 302
     assert get_row(pages, OutputConfig, ping).device_params is None
     page = text(pages.client.get("/config/outputs"))
     assert "secret" not in page
+    assert f'id="output-{cam}-clear_device_params"' in page  # offered where there is something to clear
+    assert f'id="output-{ping}-clear_device_params"' not in page
+    assert "leave blank (or as shown) to keep" in page
 
 
 def test_editing_around_the_mask_keeps_the_hidden_parts(pages: Pages) -> None:

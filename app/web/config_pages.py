@@ -467,11 +467,15 @@ def save_output() -> Response | tuple[str, int]:
     form = request.form
     typed = _typed(form, OUTPUT_TEXT, OUTPUT_NUMBERS, OUTPUT_CHECKBOXES)
     errors: Errors = {}
-    try:
-        params = unmask_params(form.get("device_params", ""), stored_params)
-    except ChangeError as exc:
-        errors["device_params"] = str(exc)
-        params = None
+    submitted = form.get("device_params", "")
+    params: str | None = None
+    if form.get("clear_device_params"):
+        params = ""  # the only way to empty write-only parameters from the page
+    elif submitted.strip():  # blank keeps the stored secret: the page never holds it to send back
+        try:
+            params = unmask_params(submitted, stored_params)
+        except ChangeError as exc:
+            errors["device_params"] = str(exc)
     if params is None:
         typed.pop("device_params")  # unchanged (or refused): leave the stored value alone
     else:
