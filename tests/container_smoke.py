@@ -493,7 +493,7 @@ def smoke(workdir: Path, base: str) -> None:
         assert code == 2 and took < STOP_LIMIT_SECONDS, (took, code)
         say(f"bad setting: {logs(bad).strip().splitlines()[0]!r}; waited, stopped with exit 2")
 
-        compose_up(workdir, env, tag, run_id)
+        task_rund(workdir, env, base, run_id)
     finally:
         mqtt.stop()
         cleanup()
@@ -535,22 +535,54 @@ def podman_api() -> Iterator[None]:
                 service.wait()
 
 
-def compose_up(workdir: Path, env: dict[str, str], tag: str, run_id: str) -> None:
-    """`task setup` then `task rund`'s up, as the Taskfile runs them, with its own choice of Compose."""
+def project_copy(dest: Path) -> Path:
+    """A checkout of this tree as the owner's clone on the Pi: the files git knows (committed or not)."""
+    listed = run("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", cwd=ROOT).stdout
+    for rel in filter(None, listed.split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
+def task(project: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real Task (go-task, from the dev extra's go-task-bin) on the project's Taskfile."""
+    binary = shutil.which(
+        "task", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    assert binary, "no task binary: install the dev extra (go-task-bin)"
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
+    return run(binary, *args, cwd=project, env=env, timeout=timeout)
+
+
+def task_rund(workdir: Path, env: dict[str, str], base: str, run_id: str) -> None:
+    """The owner's path with the real Task: `task rund` (setup, the compose build, up -d) in a clone, the
+    hub healthy and its dashboard login working, then `task down`, with the Compose the Taskfile picks."""
     from tests.support import free_port
 
-    project = workdir / "compose"
-    project.mkdir()
-    shutil.copy(ROOT / "docker-compose.template.yml", project / "docker-compose.yml")  # task compose-file
-    compose_env = {**env, "DOCKER_IMAGE": tag, "DEVICE_NAME": f"ep-smoke-{run_id}"}
+    project = project_copy(workdir / f"epsmoke{run_id}")
+    name = f"epsmoke{run_id}"
+    tag = f"localhost/event-processor:task-{run_id}"
+    # .env as the owner edits it after `task setup` (which keeps an existing .env); the project name
+    # keeps this run's containers apart from anything else on the machine.
+    compose_env = {
+        **env,
+        "DOCKER_IMAGE": tag,
+        "DEVICE_NAME": f"ep-smoke-{run_id}",
+        "COMPOSE_PROJECT_NAME": name,
+    }
     compose_env["APP_HTTP_PUBLISH"] = f"127.0.0.1:{free_port()}"
     write_env(project / ".env", compose_env)
-    # The local change the template's header suggests: the host's network, as the brokers are this
-    # machine's (RabbitMQ lets guest in from localhost only). `network_mode: host` cannot be combined with
-    # the template's `ports` in docker-compose 1.29, so the container joins this process's network
-    # namespace (the host's) by path instead, which podman accepts with the ports left as they are.
-    # In the host's network the template's fixed container port (8080) may be taken: a free one instead.
+    # The local changes the template's header suggests (docker-compose.override.yml): the stand-in base
+    # instead of the registry's python image (with the host's network for pip, as the smoke build), and the
+    # host's network, as the brokers are this machine's (RabbitMQ lets guest in from localhost only).
+    # `network_mode: host` cannot be combined with the template's `ports` in docker-compose 1.29, so the
+    # container joins this process's network namespace (the host's) by path, which podman accepts with
+    # the ports left as they are. In the host's network the template's fixed container port (8080) may
+    # be taken: a free one instead.
     app = {
+        "build": {"context": ".", "args": {"PYTHON_IMAGE": base}, "network": "host"},
         "network_mode": f"ns:/proc/{os.getpid()}/ns/net",
         "environment": {
             "APP_FLASK_HTTP_PORT": env["APP_FLASK_HTTP_PORT"],
@@ -558,28 +590,42 @@ def compose_up(workdir: Path, env: dict[str, str], tag: str, run_id: str) -> Non
         },
         "labels": {LABEL: "1"},
     }
-    override = {"services": {"app": app}}
-    (project / "docker-compose.override.yml").write_text(yaml.safe_dump(override))
-    compose_cmd = run(
-        "sh", "-c", yaml.safe_load((ROOT / "Taskfile.yml").read_text())["vars"]["COMPOSE"]["sh"]
-    ).stdout.strip()
-    say(f"the Taskfile's Compose here: {compose_cmd}")
-    name = f"epsmoke{run_id}"
-    with podman_api(), timed("compose up to healthy"):
-        up = f"{compose_cmd} -p {name} up -d app"
+    (project / "docker-compose.override.yml").write_text(yaml.safe_dump({"services": {"app": app}}))
+    version = task(project, "--version").stdout.strip()
+    say(f"{version}; the Taskfile's Compose here: {task(project, 'compose-cmd').stdout.strip()}")
+
+    def containers() -> list[str]:
+        return run(
+            "podman", "ps", "-aq", "--filter", f"label=com.docker.compose.project={name}"
+        ).stdout.split()
+
+    with podman_api():
         try:
-            run("sh", "-c", up, cwd=project, timeout=300)
-            container = run(
-                "podman", "ps", "-q", "--filter", f"label=com.docker.compose.project={name}"
-            ).stdout.split()
-            assert len(container) == 1, container
-            wait_healthy(container[0])
-            status, _ = Browser(f"http://127.0.0.1:{env['APP_FLASK_HTTP_PORT']}").get("/login")
-            assert status == 200
+            with timed("task rund to healthy"):
+                task(project, "rund", timeout=900)
+                assert (project / "docker-compose.yml").read_text() == (
+                    ROOT / "docker-compose.template.yml"
+                ).read_text(), "task setup did not copy the template"
+                found = containers()
+                assert len(found) == 1, found
+                wait_healthy(found[0])
+            base_url = f"http://127.0.0.1:{env['APP_FLASK_HTTP_PORT']}"
+            with urllib.request.urlopen(f"{base_url}/api/health", timeout=10) as resp:
+                body = json.loads(resp.read())
+            assert resp.status == 200 and body["ready"] and not body["unhealthy"], body
+            browser = Browser(base_url)
+            generated_password(logs(found[0]), browser)
+            status, page = browser.get("/")
+            assert status == 200 and "Home Security" in page, status
+            with timed("task down"):
+                task(project, "down", timeout=120)
+            assert not containers(), "task down left containers"
         finally:
-            # -v: the template's named volumes (of the profiles' services) go too
-            run("sh", "-c", f"{compose_cmd} -p {name} down -v -t 20", cwd=project, check=False, timeout=120)
-    say("compose template: the hub came up (docker-compose against podman's API) and went down")
+            if containers():
+                run("sh", "-c", f"{task(project, 'compose-cmd').stdout.strip()} down -v -t 20", cwd=project,
+                    check=False, timeout=120)  # fmt: skip
+            run("podman", "rmi", tag, check=False)  # the tag only: its layers are the smoke image's
+    say("task rund: built with the Taskfile's Compose, healthy, /api/health ready, logged in; task down")
 
 
 def arm64(base: str) -> None:
