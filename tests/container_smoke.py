@@ -624,7 +624,9 @@ def task_rund(workdir: Path, env: dict[str, str], base: str, run_id: str) -> Non
             if containers():
                 run("sh", "-c", f"{task(project, 'compose-cmd').stdout.strip()} down -v -t 20", cwd=project,
                     check=False, timeout=120)  # fmt: skip
-            run("podman", "rmi", tag, check=False)  # the tag only: its layers are the smoke image's
+            run("podman", "rmi", tag, check=False)
+            # the builder stage the compose build left untagged (the smoke build's are tagged and kept)
+            run("podman", "image", "prune", "-f", check=False, timeout=300)
     say("task rund: built with the Taskfile's Compose, healthy, /api/health ready, logged in; task down")
 
 
