@@ -51,10 +51,13 @@ RUN python3 -c "import sys; assert sys.version_info >= (3, 11), 'the base needs 
 # bootstrap.min.css/js (app/web/assets.py; the icons are static/icons.svg), so the rest of that package
 # (Bootswatch themes, Bootstrap 4, Bootstrap Icons, Popper, source maps) goes. botocore keeps the API
 # models of the services the hub calls (aws.client's callers: S3, SQS, SNS, CloudWatch; STS for role
-# credentials; a test keeps this list in step) and drops the other ~400 (28 MB). SQLAlchemy keeps the
-# dialects of the databases the hub supports (SQLite, PostgreSQL). The test suites some packages ship,
-# type stubs and C sources go too. The compiled extension modules lose their debugging symbols (strip:
-# SQLAlchemy's and msgpack's shrink ~90%); a library whose run path auditwheel rewrote (RPATH/RUNPATH,
+# credentials; a test keeps this list in step) and drops the other ~400 (28 MB); boto3's resource models
+# (the hub makes clients only, never boto3.resource) keep the same services'. SQLAlchemy keeps the
+# dialects of the databases the hub supports (SQLite, PostgreSQL). The test suites and testing helpers
+# some packages ship, type stubs, C sources and headers, gettext sources (.po; WTForms keeps its
+# compiled .mo) and the dist-info RECORD files (pip's uninstall lists; the venv has no pip) go too.
+# The compiled extension modules lose their debugging symbols (strip: SQLAlchemy's and msgpack's
+# shrink ~90%); a library whose run path auditwheel rewrote (RPATH/RUNPATH,
 # e.g. pyzmq's) is left alone, as strip can break those. No byte code here (see the final stage). The
 # `test -f`/`test -d` lines fail the build if a file the hub uses went missing.
 RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")" \
@@ -62,11 +65,15 @@ RUN purelib="$(/opt/app/.venv/bin/python -c "import sysconfig; print(sysconfig.g
     && rm -rf "$bs/bootstrap4" \
     && find "$bs/bootstrap5" -type f ! -path '*/css/bootstrap.min.css' ! -path '*/js/bootstrap.min.js' -delete \
     && data="$purelib/botocore/data" \
+    && boto3data="$purelib/boto3/data" \
     && find "$data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name sts ! -name cloudwatch -exec rm -rf {} + \
     && rm -rf "$purelib/sqlalchemy/testing" "$purelib/alembic/testing" "$purelib/sqlalchemy/dialects/mysql" \
         "$purelib/sqlalchemy/dialects/mssql" "$purelib/sqlalchemy/dialects/oracle" \
+    && find "$boto3data" -mindepth 1 -maxdepth 1 -type d ! -name s3 ! -name sqs ! -name sns ! -name cloudwatch -exec rm -rf {} + \
+    && rm -rf "$purelib/mako/testing" "$purelib/reactivex/testing" \
     && find "$purelib" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
-    && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.pxd' -o -name '*.pyx' \) -delete \
+    && find "$purelib" \( -name '*.pyi' -o -name '*.c' -o -name '*.h' -o -name '*.pxd' -o -name '*.pyx' -o -name '*.po' \) -delete \
+    && find "$purelib" -path '*.dist-info/RECORD' -delete \
     && find "$purelib" -name '*.so' ! -path '*.libs/*' | while read -r so; do \
         readelf -d "$so" | grep -Eq 'RPATH|RUNPATH' || strip --strip-unneeded "$so"; done \
     && test -f "$bs/bootstrap5/css/bootstrap.min.css" \
