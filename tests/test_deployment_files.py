@@ -822,6 +822,8 @@ def compose_services_named(tasks: dict[str, Any]) -> list[tuple[str, str]]:
                 for segment in line.split("{{.COMPOSE}}")[1:]:
                     plain = re.sub(r"[\"')]", " ", segment.split(";")[0].split(">")[0])
                     words = plain.split()
+                    if not words:
+                        continue  # the command printed (compose-cmd), not run
                     command, rest = words[0], iter(words[1:])
                     for word in rest:
                         if word in COMPOSE_OPTIONS_WITH_VALUE:
