@@ -24,7 +24,9 @@ class Envelope:
 
     payload is {'timestamp': str | None, 'data': {...}} as returned by pylib.wire.decode_body.
     changed_keys lists device keys the HeartbeatFilter inserted or updated, so the processor
-    refreshes its cached configuration for them.
+    refreshes its cached configuration for them. device names the sending device for the
+    per-device registration caps (origin plus device name, or the MQTT board's id); empty: origin.
+    refused_keys lists the input keys a registration cap refused, so the processor skips them.
     """
 
     origin: str
@@ -33,6 +35,8 @@ class Envelope:
     source: str = "rabbitmq"
     routing_key: str = ""
     changed_keys: list[str] = field(default_factory=list)
+    device: str = ""
+    refused_keys: list[str] = field(default_factory=list)
 
 
 @message

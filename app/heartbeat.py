@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db_writes, health, protocols, registry, roles
+from app import db_writes, health, limits, protocols, registry, roles
 from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
 from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
 from app.presence import Presence
-from pylib import inproc, threads, wire
+from pylib import inproc, ratelog, threads, wire
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,9 @@ FLUSH_SECONDS = 30.0
 # replaces it (a board replaced by a newer one takes over after this; two boards never flip-flop).
 GENERATION_HOLD_SECONDS = 600.0
 HEARTBEAT_KIND = "heartbeat"  # routing key part [1] of a device's steady heartbeat
+Known = tuple[str | None, str, str | None, str | None]  # label, type, location, origin
+MAX_TRACKED_DEVICES = 4096  # devices whose registrations are counted for the per-device caps
+MAX_WARNED_CONFLICTS = 1000  # origin conflicts logged once each; past this only counted
 
 
 def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[registry.Advert], list[str]]:
@@ -47,24 +51,36 @@ def adverts(inbound: protocols.Inbound) -> tuple[list[registry.Advert], list[reg
 
 class HeartbeatFilter(threads.AppThread):
     def __init__(
-        self, session_factory: sessionmaker[Session], presence: Presence, clocks: ClockOffsets | None = None
+        self,
+        session_factory: sessionmaker[Session],
+        presence: Presence,
+        caps: limits.Caps | None = None,
+        refusals: limits.Refusals | None = None,
+        clocks: ClockOffsets | None = None,
     ) -> None:
         super().__init__("HeartbeatFilter")
         self._sessions = session_factory
         self._presence = presence
         self._clocks = clock_offsets if clocks is None else clocks
-        self._known: dict[tuple[str, str], tuple[str | None, str, str | None, str | None]] = {}
+        self._caps = caps or limits.Caps()
+        self._refusals = refusals or limits.refusals
+        self._known: dict[tuple[str, str], Known] = {}
+        self._totals = {"input": 0, "output": 0}
+        # device -> keys it registered since the start, per kind; the least recently heard forgotten first
+        self._per_device: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._warned_conflicts: set[tuple[str, str]] = set()
         # output key -> (generation, device name) as stored; one entry per registered output
         self._generations: dict[str, tuple[str | None, str | None]] = {}
         self._confirmed: dict[str, float] = {}  # output key -> when its recorded device last confirmed it
         self._warned_generation: set[str] = set()
+        self._bad_log = ratelog.RateLimitedLog(log)
+        self._change_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
 
     def work(self) -> None:
         push = inproc.connect_push(PROCESSOR)
         with self._sessions() as session:
-            self._known = registry.load_known(session)
+            self._learn_known(registry.load_known(session))
             self._generations = registry.load_generations(session)
         health.set_state("heartbeat_filter", "running")
         next_flush = time.monotonic() + FLUSH_SECONDS
@@ -75,7 +91,7 @@ class HeartbeatFilter(threads.AppThread):
                     try:
                         msg = inproc.decode(frame)
                     except inproc.MessageError as exc:
-                        log.warning("dropping undecodable frame: %s", exc)
+                        self._bad_log.warning("dropping undecodable frame: %s", exc)
                         continue
                     if isinstance(msg, Envelope):
                         self._handle(msg, frame, push)
@@ -87,22 +103,37 @@ class HeartbeatFilter(threads.AppThread):
             self._pull.close()
             push.close()
 
+    def _learn_known(self, known: dict[tuple[str, str], Known]) -> None:
+        self._known = known
+        self._totals = {"input": 0, "output": 0}
+        for kind, _ in known:
+            self._totals[kind] = self._totals.get(kind, 0) + 1
+
     def _handle(self, env: Envelope, frame: bytes, push: Any) -> None:
         data = env.payload.get("data") or {}
         inbound = protocols.read(env.routing_key, env.origin, data)
         described, active, problems = adverts(inbound)
-        for problem in problems:
-            health.count("heartbeat_filter.bad_device")
-            log.warning(
-                "bad device from %s (%s): %s", env.origin, env.routing_key or env.source, problem[:200]
+        if problems:
+            # One line per message, however many bad entries it holds.
+            health.count("heartbeat_filter.bad_device", len(problems))
+            self._bad_log.warning(
+                "%d bad device(s) from %s (%s): %s",
+                len(problems),
+                env.origin,
+                env.routing_key or env.source,
+                "; ".join(p[:200] for p in problems[:3]),
             )
-        self._presence.seen(env.origin, [ad.device_key for ad in described + active], env.received_at)
-        if described:
-            self._learn_clock(env, [ad.device_key for ad in described])
         if not roles.acting():
-            return  # a standby hub: presence stays current for its dashboard; the active hub registers
+            # A standby hub: presence stays current for its dashboard (bounded there); the active
+            # hub registers.
+            self._presence.seen(env.origin, [ad.device_key for ad in described + active], env.received_at)
+            if described:
+                self._learn_clock(env, [ad.device_key for ad in described])
+            return
+        refused: set[str] = set()
         try:
-            env.changed_keys = self._register(env.origin, described, active)
+            device = env.device or env.origin
+            env.changed_keys, refused = self._register(device, env.origin, described, active)
         except SQLAlchemyError as exc:
             # The processor can still act on devices already known; registration retries next time.
             health.count("heartbeat_filter.db_errors")
@@ -114,7 +145,18 @@ class HeartbeatFilter(threads.AppThread):
             health.count("heartbeat_filter.db_errors")
             if db_writes.failed("registration", exc):
                 log.warning("could not store the wire generation of %s; retrying later", inbound.device)
-        if env.changed_keys:
+        # Only registered keys are tracked: a flood of keys that were refused grows nothing here.
+        known = [ad.device_key for ad in described + active if (ad.kind, ad.device_key) in self._known]
+        self._presence.seen(env.origin, known, env.received_at)
+        described_known = [ad.device_key for ad in described if (ad.kind, ad.device_key) in self._known]
+        if described_known:
+            self._learn_clock(env, described_known)
+        if refused:
+            # The message's known inputs still work; the refused ones never reach the rules.
+            env.refused_keys = sorted(refused)
+            if env.changed_keys or any(ad.device_key not in refused for ad in active):
+                inproc.send(push, env)
+        elif env.changed_keys:
             inproc.send(push, env)
         elif inbound.active:
             push.send(frame)  # unchanged: pass the frame on as it came, no second encoding
@@ -131,23 +173,52 @@ class HeartbeatFilter(threads.AppThread):
         if stamped is not None:
             self._clocks.observe(keys, stamped.timestamp(), env.received_at, ".".join(parts[2:]))
 
+    def _admit(self, device: str, ad: registry.Advert) -> str | None:
+        """None when this new key may be registered (and it is counted), else the cap it would break."""
+        if self._totals.get(ad.kind, 0) >= self._caps.total(ad.kind):
+            return limits.TOTAL[ad.kind]
+        counts = self._per_device.get(device)
+        if counts is None:
+            counts = self._per_device[device] = {"input": 0, "output": 0}
+            while len(self._per_device) > MAX_TRACKED_DEVICES:
+                self._per_device.popitem(last=False)
+        self._per_device.move_to_end(device)
+        if counts[ad.kind] >= self._caps.per_device(ad.kind):
+            return limits.PER_DEVICE[ad.kind]
+        counts[ad.kind] += 1
+        self._totals[ad.kind] = self._totals.get(ad.kind, 0) + 1
+        return None
+
     def _register(
-        self, origin: str, described: list[registry.Advert], active: list[registry.Advert]
-    ) -> list[str]:
+        self, device: str, origin: str, described: list[registry.Advert], active: list[registry.Advert]
+    ) -> tuple[list[str], set[str]]:
+        """Insert new devices (within the caps) and follow changed descriptions.
+
+        Returns the keys inserted or changed, and the input keys refused by a cap.
+        """
         changed: list[str] = []
         new: dict[tuple[str, str], registry.Advert] = {}
+        refused: set[tuple[str, str]] = set()
+        by_cap: dict[str, list[str]] = {}
         refreshed: list[registry.Advert] = []
         for ad, is_description in [(a, True) for a in described] + [(a, False) for a in active]:
             ident = (ad.kind, ad.device_key)
             known = self._known.get(ident)
             if known is None:
-                new.setdefault(ident, ad)
+                if ident in new or ident in refused:
+                    continue
+                cap = self._admit(device, ad)
+                if cap is None:
+                    new[ident] = ad
+                else:
+                    refused.add(ident)
+                    by_cap.setdefault(cap, []).append(ad.device_key)
                 continue
             if not is_description:
                 continue
             label, dtype, location, known_origin = known
             if known_origin and known_origin != origin:
-                if ident not in self._warned_conflicts:
+                if ident not in self._warned_conflicts and len(self._warned_conflicts) < MAX_WARNED_CONFLICTS:
                     self._warned_conflicts.add(ident)
                     log.warning(
                         "%s %r already belongs to origin %r; ignoring its advert from %r",
@@ -160,8 +231,11 @@ class HeartbeatFilter(threads.AppThread):
                 continue
             if (label, dtype, location) != (ad.label, ad.device_type, ad.location):
                 refreshed.append(ad)
+        refused_inputs = {key for kind, key in refused if kind == "input"}
+        for cap, keys in by_cap.items():
+            self._refusals.refuse(device, cap, self._cap_limit(cap), keys)
         if not new and not refreshed:
-            return changed
+            return changed, refused_inputs
         try:
             with self._sessions() as session:
                 for ad in new.values():
@@ -173,8 +247,12 @@ class HeartbeatFilter(threads.AppThread):
         except IntegrityError:
             # Someone else registered one of these keys; learn the table again and move on.
             with self._sessions() as session:
-                self._known = registry.load_known(session)
-            return [ad.device_key for ad in new.values()]
+                self._learn_known(registry.load_known(session))
+            return [ad.device_key for ad in new.values()], refused_inputs
+        except SQLAlchemyError:
+            for ad in new.values():  # not registered after all: give the caps their room back
+                self._totals[ad.kind] -= 1
+            raise
         for ad in new.values():
             self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
             changed.append(ad.device_key)
@@ -189,8 +267,16 @@ class HeartbeatFilter(threads.AppThread):
         for ad in refreshed:
             self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
             changed.append(ad.device_key)
-            log.info("%s %r changed its description", ad.kind, ad.device_key)
-        return changed
+            self._change_log.info("%s %r changed its description", ad.kind, ad.device_key)
+        return changed, refused_inputs
+
+    def _cap_limit(self, cap: str) -> int:
+        return {
+            limits.PER_DEVICE["input"]: self._caps.inputs_per_device,
+            limits.PER_DEVICE["output"]: self._caps.outputs_per_device,
+            limits.TOTAL["input"]: self._caps.inputs,
+            limits.TOTAL["output"]: self._caps.outputs,
+        }[cap]
 
     def _note_generation(
         self, origin: str, inbound: protocols.Inbound, described: list[registry.Advert], now: float

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import clocks, db, db_writes, file_modes, health, observability, original, registry, roles
+from app import clocks, db, db_writes, file_modes, health, limits, observability, original, registry, roles
 from app.audit_writer import AuditWriter
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
@@ -90,7 +90,7 @@ class Hub:
         audit_writer = AuditWriter(self.settings, self.sessions)
         publisher = ControlPublisher(self.settings)
         processor = EventProcessor(self.settings, self.sessions, self.clock)
-        heartbeat = HeartbeatFilter(self.sessions, presence)
+        heartbeat = HeartbeatFilter(self.sessions, presence, limits.Caps.from_settings(self.settings))
         rabbit = RabbitSource(self.settings)
         self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
         started: list[threads.AppThread] = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -15,7 +14,7 @@ import zmq
 
 from app import channels, health
 from app.settings import Settings
-from pylib import inproc, mqtt, threads, wire
+from pylib import decoding, inproc, mqtt, ratelog, threads, wire
 from pylib.threads import AppThread
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,9 @@ SOURCE = "mqtt"
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_TEXT = 100  # device_id, input_location, input_label: the registry's device keys are <= 100
 HEARTBEAT_PAYLOAD = b"OK"
-MAX_REMEMBERED_DEVICES = 1024  # device_id -> descriptions, for heartbeats; a flood of ids cannot grow it
+# device_id -> descriptions (at most MAX_INPUTS_PER_DEVICE each), for heartbeats; a flood of ids
+# cannot grow it past this. A house has tens of boards.
+MAX_REMEMBERED_DEVICES = 256
 # One thread owns the paho client and drives it with client.loop(timeout=LOOP_SECONDS), draining
 # the inproc publish requests between calls. No loop_start(): its second thread would run our
 # callbacks while this one publishes, so the outbox, the in-flight table and paho itself would need
@@ -53,14 +54,10 @@ class Malformed(ValueError):
 def parse_json(payload: bytes) -> Any:
     """Decode a device's JSON text; NaN, Infinity and undecodable bytes are Malformed."""
 
-    def reject_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not a number")
-
     try:
-        return json.loads(payload, parse_constant=reject_constant)
-    # UnicodeDecodeError and JSONDecodeError are ValueErrors; deep nesting raises RecursionError
-    except (ValueError, RecursionError) as exc:
-        raise Malformed(f"not JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
+        return decoding.loads(payload)
+    except decoding.DecodeError as exc:
+        raise Malformed(str(exc)) from None
 
 
 def is_number(value: Any) -> bool:
@@ -209,6 +206,7 @@ class MqttSource(AppThread):
         # device_id -> (origin, descriptions) from its last reading, so a heartbeat refreshes them
         self._devices: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
         self._push: zmq.Socket | None = None
+        self._bad_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(channels.MQTT_PUBLISH)
 
     @property
@@ -272,7 +270,7 @@ class MqttSource(AppThread):
         try:
             self._handle(topic, payload)
         except Malformed as exc:
-            log.warning(
+            self._bad_log.warning(
                 "malformed MQTT message on %r: %s; payload %s", topic[:200], exc, wire.preview(payload)
             )
             health.count(f"{COMPONENT}.malformed")
@@ -312,20 +310,26 @@ class MqttSource(AppThread):
         else:
             inputs, active = meter_devices(levels, device_id, location, body)
             problems = []
-        for problem in problems:
-            # the rest of the message is still used: one broken input must not hide the others
-            log.warning(
-                "malformed MQTT message on %r: %s; payload %s", topic[:200], problem, wire.preview(payload)
+        if problems:
+            # The rest of the message is still used: one broken input must not hide the others.
+            # One line for the message, however many bad inputs it holds.
+            self._bad_log.warning(
+                "malformed MQTT message on %r: %d problem(s): %s; payload %s",
+                topic[:200],
+                len(problems),
+                "; ".join(problems[:3]),
+                wire.preview(payload),
             )
-            health.count(f"{COMPONENT}.malformed")
+            health.count(f"{COMPONENT}.malformed", len(problems))
         if not inputs:
             return
-        self._remember(device_id, origin, inputs)
+        # Heartbeats refresh at most as many inputs as a device may ever register.
+        self._remember(device_id, origin, inputs[: self.settings.max_inputs_per_device])
         # The device's own 'timestamp' is its uptime, not a time: None makes the processor treat
         # the reading as fresh, as the original did by stamping it on arrival.
         data = {"device_info": {"inputs": inputs}, "active_devices": active}
         health.count(f"{COMPONENT}.received")  # first, so the count is in place when the Envelope is
-        self._forward(origin, topic, data)
+        self._forward(origin, topic, data, device_id)
         if active:
             log.debug("%s: %s active", origin, ", ".join(d["device_key"] for d in active))
 
@@ -338,7 +342,7 @@ class MqttSource(AppThread):
             log.debug("heartbeat from %r, which has sent no reading yet", device_id)
             return
         origin, inputs = known
-        self._forward(origin, topic, {"device_info": {"inputs": inputs}})
+        self._forward(origin, topic, {"device_info": {"inputs": inputs}}, device_id)
 
     def _remember(self, device_id: str, origin: str, inputs: list[dict[str, Any]]) -> None:
         self._devices[device_id] = (origin, inputs)
@@ -346,13 +350,14 @@ class MqttSource(AppThread):
         while len(self._devices) > MAX_REMEMBERED_DEVICES:
             self._devices.popitem(last=False)
 
-    def _forward(self, origin: str, topic: str, data: dict[str, Any]) -> None:
+    def _forward(self, origin: str, topic: str, data: dict[str, Any], device_id: str) -> None:
         envelope = channels.Envelope(
             origin=origin,
             received_at=time.time(),
             payload={"timestamp": None, "data": data},
             source=SOURCE,
             routing_key=topic,
+            device=f"{origin}/{device_id}",  # the board, for the per-device registration caps
         )
         self._send(inproc.encode(envelope))
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+
+from app import health
 
 # Gaps shorter than this are one burst (a device reporting several inputs at once, a retry), not
 # its heartbeat rhythm; counting them would shrink the learned interval and cause false alarms.
@@ -18,6 +21,10 @@ MIN_GAPS = 3
 # the next outage take hours to notice. Several such gaps in a row mean the rhythm really changed.
 OUTAGE_GAP_FACTOR = 5.0
 OUTAGE_GAPS_TO_RELEARN = 3
+# Only registered keys reach presence (at most MAX_INPUTS + MAX_OUTPUTS), so these bounds are a
+# second line: past them the key or origin heard longest ago is forgotten, and counted.
+MAX_KEYS = 20_000
+MAX_ORIGINS = 4096
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,9 @@ class Timing:
 class Presence:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._devices: dict[str, float] = {}
-        self._origins: dict[str, float] = {}
+        # least recently heard first, so the bound evicts the one heard longest ago
+        self._devices: OrderedDict[str, float] = OrderedDict()
+        self._origins: OrderedDict[str, float] = OrderedDict()
         self._dirty: set[str] = set()
         # key -> (gaps counted, exponentially weighted mean gap, outage-sized gaps in a row)
         self._gaps: dict[str, tuple[int, float, int]] = {}
@@ -54,6 +62,10 @@ class Presence:
         when = time.time() if when is None else when
         with self._lock:
             self._origins[origin] = when
+            self._origins.move_to_end(origin)
+            while len(self._origins) > MAX_ORIGINS:
+                self._origins.popitem(last=False)
+                health.count("presence.evicted")
             for key in keys:
                 previous = self._devices.get(key)
                 if previous is not None:
@@ -63,7 +75,13 @@ class Presence:
                 else:
                     when_for_key = when
                 self._devices[key] = when_for_key
+                self._devices.move_to_end(key)
                 self._dirty.add(key)
+            while len(self._devices) > MAX_KEYS:
+                old, _ = self._devices.popitem(last=False)
+                self._gaps.pop(old, None)
+                self._dirty.discard(old)
+                health.count("presence.evicted")
 
     def _learn(self, key: str, gap: float) -> None:
         if gap < MIN_GAP_SECONDS:
@@ -110,6 +128,8 @@ class Presence:
         """An outside directory's word on an origin's devices (e.g. mDash's online flag)."""
         with self._lock:
             self._reported[origin] = (online, last_seen)
+            while len(self._reported) > MAX_ORIGINS:
+                self._reported.pop(next(iter(self._reported)))
 
     def reported(self, origin: str) -> tuple[bool, float | None] | None:
         with self._lock:

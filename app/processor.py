@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -64,11 +64,16 @@ from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
 from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
 from app.settings import Settings
-from pylib import inproc, threads, wire
+from pylib import inproc, ratelog, threads, wire
 
 log = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 30.0
+# Registrations refresh the configuration for just the changed keys: before the next activation,
+# else at most this often, however many arrive (a flood of new keys must not stall events).
+REFRESH_SECONDS = 0.25
+REFRESH_CHUNK = 500  # keys per query (SQLite allows 32766 parameters; PostgreSQL more)
+MAX_PENDING = 10_000  # changed keys waiting for a refresh; past this a full reload is cheaper
 RECENT_SECONDS = 300  # how far back an alert lists the other inputs that fired
 RECENT_MAX = 100
 TRIGGERS_BY_TYPE = "processor.triggers_by_type."
@@ -104,35 +109,11 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
         if linked_id != input_id:
             input_links.setdefault(input_id, []).append(linked_id)
     for row in session.scalars(select(InputConfig)):
-        rule = rules.InputRule(
-            id=row.id,
-            device_key=row.device_key,
-            label=row.device_label or row.device_key,
-            enabled=bool(row.device_enabled),
-            activation_interval=row.activation_interval,
-            multi_trigger=bool(row.multi_trigger),
-            multi_trigger_rate=row.multi_trigger_rate,
-            multi_trigger_interval=row.multi_trigger_interval,
-            linked_input_ids=tuple(sorted(input_links.get(row.id, ()))),
-            info_notify=bool(row.info_notify),
-            device_type=row.device_type,
-        )
+        rule = input_rule(row, input_links.get(row.id, ()))
         snap.inputs_by_key[rule.device_key] = rule
         snap.inputs_by_id[rule.id] = rule
     for row in session.scalars(select(OutputConfig)):
-        snap.outputs_by_id[row.id] = rules.OutputRule(
-            id=row.id,
-            device_key=row.device_key,
-            label=row.device_label or row.device_key,
-            device_type=row.device_type,
-            # NULL (a row from the original schema) means enabled: the original had no such switch.
-            enabled=row.device_enabled is not False,
-            device_params=row.device_params,
-            trigger_topic=row.trigger_topic,
-            trigger_interval=row.trigger_interval,
-            generation=row.generation_override or row.generation,
-            pulse_seconds=row.pulse_seconds,
-        )
+        snap.outputs_by_id[row.id] = output_rule(row)
     for input_id, output_id in session.execute(
         select(OutputLink.input_device_id, OutputLink.output_device_id)
     ):
@@ -143,6 +124,58 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
     for m in session.scalars(select(MeterConfig)):
         snap.meters[m.input_device_id] = meters_rule(m)
     return snap
+
+
+def input_rule(row: InputConfig, linked: Iterable[int]) -> rules.InputRule:
+    return rules.InputRule(
+        id=row.id,
+        device_key=row.device_key,
+        label=row.device_label or row.device_key,
+        enabled=bool(row.device_enabled),
+        activation_interval=row.activation_interval,
+        multi_trigger=bool(row.multi_trigger),
+        multi_trigger_rate=row.multi_trigger_rate,
+        multi_trigger_interval=row.multi_trigger_interval,
+        linked_input_ids=tuple(sorted(linked)),
+        info_notify=bool(row.info_notify),
+        device_type=row.device_type,
+    )
+
+
+def output_rule(row: OutputConfig) -> rules.OutputRule:
+    return rules.OutputRule(
+        id=row.id,
+        device_key=row.device_key,
+        label=row.device_label or row.device_key,
+        device_type=row.device_type,
+        # NULL (a row from the original schema) means enabled: the original had no such switch.
+        enabled=row.device_enabled is not False,
+        device_params=row.device_params,
+        trigger_topic=row.trigger_topic,
+        trigger_interval=row.trigger_interval,
+        generation=row.generation_override or row.generation,
+        pulse_seconds=row.pulse_seconds,
+    )
+
+
+def refresh_keys(session: Session, snap: Snapshot, keys: Iterable[str]) -> None:
+    """Bring the snapshot up to date for devices the HeartbeatFilter registered or re-described.
+
+    Costs a query per REFRESH_CHUNK keys, however large the configuration: registration changes
+    only a device's own row (a new device has no links yet; a described one keeps its links).
+    """
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), REFRESH_CHUNK):
+        chunk = wanted[start : start + REFRESH_CHUNK]
+        for row in session.scalars(select(InputConfig).where(InputConfig.device_key.in_(chunk))):
+            old = snap.inputs_by_id.get(row.id)
+            rule = input_rule(row, old.linked_input_ids if old else ())
+            snap.inputs_by_key[rule.device_key] = rule
+            snap.inputs_by_id[rule.id] = rule
+            if row.id not in snap.meters and registry.is_meter(row.device_type) and row.meter is not None:
+                snap.meters[row.id] = meters_rule(row.meter)
+        for row in session.scalars(select(OutputConfig).where(OutputConfig.device_key.in_(chunk))):
+            snap.outputs_by_id[row.id] = output_rule(row)
 
 
 def meters_rule(m: MeterConfig) -> meters.MeterRule:
@@ -179,6 +212,10 @@ class EventProcessor(threads.AppThread):
             message_validity=settings.max_message_validity,
         )
         self._snap = Snapshot()
+        # keys registered or re-described since the last refresh (bounded by the registration caps)
+        self._pending: set[str] = set()
+        self._next_refresh = 0.0
+        self._bad_log = ratelog.RateLimitedLog(log)
         self._input_state: dict[int, rules.InputState] = {}
         self._output_state: dict[int, rules.OutputState] = {}
         self._meter_zone: dict[int, str] = {}
@@ -294,6 +331,7 @@ class EventProcessor(threads.AppThread):
     def _reload(self) -> None:
         try:
             with self._sessions() as session:
+                self._pending.clear()
                 self._snap = load_snapshot(session, self._quiet_default)
         except SQLAlchemyError:
             health.count("processor.db_errors")
@@ -332,17 +370,42 @@ class EventProcessor(threads.AppThread):
 
     def _on_envelope(self, env: Envelope) -> None:
         if env.changed_keys:
-            self._reload()
+            self._pending.update(env.changed_keys)
+            if len(self._pending) > MAX_PENDING:
+                self._reload()
         data = env.payload.get("data") or {}
         # The codec of the sender's generation reads the activations; the HeartbeatFilter already
-        # logged and counted whatever in the body could not be read.
+        # logged and counted whatever in the body could not be read, and named the keys it refused.
         active = protocols.read(env.routing_key, env.origin, data).active
+        if env.refused_keys:
+            refused = set(env.refused_keys)
+            active = [d for d in active if str(d.get("device_key", "")).strip() not in refused]
         if not active:
             return
         event_time = wire.parse_timestamp(env.payload.get("timestamp"))
         event_ts = event_time.timestamp() if event_time else None
+        if self._pending:
+            # Devices (re)described since the last refresh are brought up to date before anything
+            # fires: a refresh costs a query for just those keys, never a reload of everything.
+            self._refresh()
         for device in active:
             self._on_activation(env.origin, device, event_ts)
+
+    def _refresh(self, keys: set[str] | None = None) -> None:
+        """Refresh the snapshot for the given pending keys (None: every pending key)."""
+        keys = set(self._pending) if keys is None else keys
+        self._pending -= keys
+        if not keys:
+            return
+        try:
+            with self._sessions() as session:
+                refresh_keys(session, self._snap, keys)
+        except SQLAlchemyError:
+            health.count("processor.db_errors")
+            self._pending |= keys
+            log.exception("could not refresh the configuration of %d device(s)", len(keys))
+            return
+        health.count("processor.refreshes")
 
     def _on_activation(
         self, origin: str, device: dict[str, Any], event_ts: float | None, actor: str | None = None
@@ -353,18 +416,16 @@ class EventProcessor(threads.AppThread):
             key = registry.advert("input", device).device_key
         except registry.BadDevice as exc:
             health.count("processor.malformed")
-            log.warning("bad active device from %s: %s", origin, exc)
+            self._bad_log.warning("bad active device from %s: %s", origin, exc)
             return {"fired": False, "reason": "malformed"}
         raw_detail = device.get("event_detail")
         detail = None if raw_detail is None else str(raw_detail)[:MAX_DETAIL]
         rule = self._snap.inputs_by_key.get(key)
         if rule is None:
-            self._reload()
-            rule = self._snap.inputs_by_key.get(key)
-        if rule is None:
-            # The HeartbeatFilter registers every device before forwarding; this is a database fault.
+            # The HeartbeatFilter registers every device before forwarding (or refuses it past a
+            # cap and strips it); this is a database fault, and never a reason to reload for each one.
             health.count("processor.unregistered")
-            log.warning("input %r from %s is not registered; ignoring", key, origin)
+            self._bad_log.warning("input %r from %s is not registered; ignoring", key, origin)
             return {"fired": False, "reason": "unregistered"}
         # The sender's clock may be off (a Pi without a real-time clock before NTP syncs): its
         # offset, learned from its heartbeats, corrects the timestamp (app.clocks).
@@ -727,6 +788,9 @@ class EventProcessor(threads.AppThread):
 
     def _housekeeping(self) -> None:
         mono = time.monotonic()
+        if self._pending and mono >= self._next_refresh:
+            self._next_refresh = mono + REFRESH_SECONDS
+            self._refresh()
         if mono >= self._next_digest_check:
             self._next_digest_check = mono + DIGEST_CHECK_SECONDS
             self._check_digest(self._clock())

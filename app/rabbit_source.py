@@ -13,7 +13,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from app import channels, delivery, health, roles
 from app.settings import Settings
-from pylib import inproc, rabbit, threads, wire
+from pylib import inproc, rabbit, ratelog, threads, wire
 from pylib.threads import AppThread
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class RabbitSource(AppThread):
         self._unacked = 0
         # HA mode only: the shared queue's deliveries, acked after their work is published
         self._window: delivery.AckWindow | None = delivery.AckWindow() if settings.ha_enabled else None
+        self._bad_log = ratelog.RateLimitedLog(log)
 
     @property
     def connect_count(self) -> int:
@@ -197,7 +198,9 @@ class RabbitSource(AppThread):
         try:
             payload = wire.decode_body(body, self.settings.rabbitmq_max_message_bytes)
         except wire.WireError as exc:
-            log.warning("malformed message on %r: %s; body %s", routing_key, exc, wire.preview(body))
+            self._bad_log.warning(
+                "malformed message on %r: %s; body %s", routing_key[:200], exc, wire.preview(body)
+            )
             health.count("rabbitmq_source.malformed")
             return
         envelope = channels.Envelope(
@@ -206,6 +209,8 @@ class RabbitSource(AppThread):
             payload=payload,
             source="rabbitmq",
             routing_key=routing_key,
+            # origin.device_name (remote-monitor's heartbeats; snapshot's has no name part)
+            device=".".join(parts[2:4])[:200],
         )
         self._send(inproc.encode(envelope))
         health.count("rabbitmq_source.received")

@@ -71,7 +71,7 @@ class Settings:
     rabbitmq_user: str
     rabbitmq_password: str = field(repr=False)
     rabbitmq_vhost: str = "/"
-    rabbitmq_max_message_bytes: int = 16 * 1024 * 1024
+    rabbitmq_max_message_bytes: int = 1024 * 1024
     control_message_ttl: int = 90
     output_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
     default_activation_interval: int = 60
@@ -161,6 +161,11 @@ class Settings:
     ha_queue_max_length: int = 100000
     ha_check_seconds: float = 1.0
     ha_fence_seconds: float = 3.0
+    # Registration caps: past them nothing new is registered (counted, logged, shown on the dashboard).
+    max_inputs_per_device: int = 64
+    max_outputs_per_device: int = 16
+    max_inputs: int = 2000
+    max_outputs: int = 500
     # Where settings came from besides app.conf/.env/environment: "" or "1Password (vault …)"
     onepassword_source: str = ""
     # The original's event_log rows (migrated history) are kept by retention unless this is on.
@@ -587,7 +592,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         rabbitmq_user=_text(v, "RABBITMQ_USER"),
         rabbitmq_password=v.get("RABBITMQ_PASSWORD", ""),
         rabbitmq_vhost=_text(v, "RABBITMQ_VHOST"),
-        rabbitmq_max_message_bytes=_int(v, "RABBITMQ_MAX_MESSAGE_BYTES", 1024, 512 * 1024 * 1024),
+        rabbitmq_max_message_bytes=_int(v, "RABBITMQ_MAX_MESSAGE_BYTES", 1024, 64 * 1024 * 1024),
         control_message_ttl=_int(v, "CONTROL_MESSAGE_TTL_SECONDS", 1, 86400),
         output_types=output_types,
         default_activation_interval=_int(v, "DEFAULT_ACTIVATION_INTERVAL", 0),
@@ -675,6 +680,10 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         cloudwatch_seconds=_seconds(v, "CLOUDWATCH_SECONDS", 0.05, 86400),
         syslog_address=syslog,
         backup_latest_minutes=_int(v, "BACKUP_LATEST_MINUTES", 1, 1440),
+        max_inputs_per_device=_int(v, "MAX_INPUTS_PER_DEVICE", 1, 100_000),
+        max_outputs_per_device=_int(v, "MAX_OUTPUTS_PER_DEVICE", 1, 100_000),
+        max_inputs=_int(v, "MAX_INPUTS", 1, 1_000_000),
+        max_outputs=_int(v, "MAX_OUTPUTS", 1, 1_000_000),
     )
 
 

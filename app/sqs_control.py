@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from app import aws, commands, health, registry
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.settings import Settings
-from pylib import threads
+from pylib import decoding, threads
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +93,12 @@ class Target:
 # ---- parsing and validation (pure) ----------------------------------------------------------------
 
 
-def _no_constants(name: str) -> Any:
-    raise InvalidMessage(f"{name} is not valid JSON")
-
-
 def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: a few kilobytes of "[[[[" are enough to exhaust the parser's stack.
-        raise InvalidMessage(f"{what} is not JSON ({type(exc).__name__})") from None
+        return decoding.loads(text)
+    except decoding.DecodeError as exc:
+        # e.g. a few kilobytes of "[[[[" exhaust the parser's stack; the reason says which limit
+        raise InvalidMessage(f"{what} is not JSON within the limits ({str(exc)[:120]})") from None
 
 
 def decode(body: str) -> ControlRequest:

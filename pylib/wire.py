@@ -7,6 +7,8 @@ from typing import Any
 
 import msgpack
 
+from pylib import decoding
+
 # pylib datetime.py: '%Y-%m-%dT%H:%M:%S.%f%z', e.g. '2023-11-25T09:07:07.123456+0000'.
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 
@@ -53,7 +55,7 @@ def make_payload(data: Any = None, when: datetime | None = None) -> bytes:
 
 
 def decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
-    """Decode and normalise a device body to {'timestamp': str|None, 'data': dict}.
+    """Decode (once, within pylib.decoding's limits) and normalise a device body to {'timestamp', 'data'}.
 
     Accepts the Nov 2023 layout ({timestamp, data: {...}}) and the Dec 2023 flat layout, where
     a dict payload is merged into the envelope root. Raises WireError for anything else.
@@ -61,9 +63,9 @@ def decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
     if len(body) > max_bytes:
         raise WireError(f"body of {len(body)} bytes exceeds the {max_bytes} byte limit")
     try:
-        decoded = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types for garbage
-        raise WireError(f"not msgpack: {exc.__class__.__name__}: {str(exc)[:80]}") from exc
+        decoded = decoding.unpack(body, max_bin_len=max_bytes)
+    except decoding.DecodeError as exc:
+        raise WireError(str(exc)) from None
     if not isinstance(decoded, dict):
         raise WireError(f"body is a {type(decoded).__name__}, not a map")
     if any(not isinstance(k, str) for k in decoded):

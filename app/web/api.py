@@ -23,6 +23,7 @@ from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink,
 from app.web import auth, masking
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
+from pylib import decoding
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,20 @@ def _raise_for(reply: Reply) -> None:
 # ---- helpers --------------------------------------------------------------------------------
 
 
+def json_body() -> Any:
+    """The request body as JSON, decoded once within pylib.decoding's limits; None when it is not.
+
+    Read whatever the Content-Type says: a client that forgets the header still gets its JSON read.
+    """
+    try:
+        return decoding.loads(request.get_data(cache=True))
+    except decoding.DecodeError:
+        health.count("api.malformed")
+        return None
+
+
 def _json_object() -> dict[str, Any]:
-    # force: a client that forgets the Content-Type header still gets its JSON read.
-    body = request.get_json(force=True, silent=True)
+    body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body

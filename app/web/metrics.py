@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app import backup_status, observability
 from app.settings import Settings
-from app.web.api import ApiError
+from app.web.api import ApiError, json_body
 from app.web.context import ctx
 
 bp = Blueprint("observability", __name__)
@@ -33,7 +33,7 @@ def get_logging() -> dict[str, Any]:
 
 @bp.put("/api/logging")
 def put_logging() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+    body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     level = body.get("level")

@@ -15,7 +15,7 @@ from app import commands, config_changes, rules
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.scheduler import KINDS, convert_time, next_transition, zone_of
-from app.web import auth
+from app.web import api, auth
 from app.web.api import ApiError
 from app.web.context import ctx
 
@@ -125,7 +125,7 @@ def get_schedules() -> dict[str, Any]:
 
 @api_bp.put("/schedules/<kind>/<int:device_id>")
 def put_schedule(kind: str, device_id: int) -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+    body = api.json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     with ctx().session_factory() as session:
@@ -143,7 +143,7 @@ def put_schedule(kind: str, device_id: int) -> dict[str, Any]:
 
 @api_bp.put("/scheduler-enabled")
 def put_scheduler_enabled() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+    body = api.json_body()
     if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
         raise ApiError(400, "enabled must be true or false", "enabled")
     reply = commands.request("set_scheduler_enabled", {"enabled": body["enabled"]}, actor=auth.actor())
