@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db_writes, health
+from app import db_writes, health, limits
 from app.models import Heartbeat
 from app.presence import Presence
 from app.processor import TRIGGERS_BY_TYPE
@@ -40,7 +40,7 @@ PING_TIMEOUT = 10.0
 HEARTBEAT_ROW_ID = 1
 # Counter name endings that mean something was thrown away (the part before the dot is the stage).
 DROP_REASONS = frozenset(
-    {"malformed", "lost", "dropped", "unroutable", "outbox_dropped", "rejected", "invalid"}
+    {"malformed", "lost", "dropped", "unroutable", "outbox_dropped", "rejected", "invalid", "refused"}
 )
 # Counters that are work the hub sent out, by kind.
 OUTPUT_COUNTERS = {
@@ -484,6 +484,15 @@ class HubCollector(Collector):
             if (stage == "processor" and rest.startswith("blocked.")) or rest in DROP_REASONS:
                 dropped.add_metric([stage, rest], value)
         yield dropped
+
+        refused = CounterMetricFamily(
+            "event_processor_registrations_refused",
+            "New device keys not registered because a registration cap was reached, by cap.",
+            labels=["cap"],
+        )
+        for cap in limits.CAPS:
+            refused.add_metric([cap], counts.get(limits.CAP_COUNTER + cap, 0))
+        yield refused
 
         every = CounterMetricFamily(
             "event_processor_health_counter",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import clocks, db_writes, health, settings
+from app import clocks, db_writes, health, limits, settings
 from app.presence import presence
 from pylib import inproc, threads
 
@@ -34,6 +34,7 @@ def clean_process_state() -> Iterator[None]:
     db_writes.reset()
     clocks.offsets.clear()
     presence.clear()
+    limits.refusals.clear()
     yield
     threads.shutting_down.set()
     for t in threads.tracked():

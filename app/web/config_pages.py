@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -15,9 +16,9 @@ from werkzeug.wrappers import Response
 from app import commands, config_changes, meters, protocols, registry, rules
 from app.channels import Reply
 from app.config_changes import ChangeError
-from app.models import InputConfig, OutputConfig
+from app.models import InputConfig, InputLink, OutputConfig, OutputLink
 from app.processor import load_snapshot
-from app.web import api, auth
+from app.web import api, auth, paging
 from app.web.context import ctx
 from app.web.masking import mask_params, unmask_params  # noqa: F401  (mask_params: used by tests too)
 
@@ -46,6 +47,8 @@ _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,15}\.[0-9]{1,9}")
 # The pulse select: where a switch's trigger takes its duration from (output_config.pulse_seconds).
 PULSE_CHOICES = ("input", "device", "fixed")
+# Checkboxes on one links page before the editors move into the open card only.
+MAX_INLINE_CHOICES = 3000
 # More digits than any field accepts: parsed as "too large" instead of feeding int() a megabyte of digits.
 _MAX_DIGITS = 30
 
@@ -177,9 +180,42 @@ def _render(template: str, status: int = 200, **context: Any) -> tuple[str, int]
 # ---- inputs ---------------------------------------------------------------------------------
 
 
-def _input_rows(session: Session) -> list[InputConfig]:
-    rows = session.scalars(select(InputConfig).options(selectinload(InputConfig.meter))).all()
-    return sorted((r for r in rows if not _is_button(r)), key=lambda r: (_name(r).lower(), r.id))
+def _paged(
+    session: Session,
+    model: type[InputConfig] | type[OutputConfig],
+    open_id: int | None,
+    skip_buttons: bool = False,
+) -> paging.Page:
+    """The page of rows to show: only ids, labels, keys and types are read for every row."""
+    group = InputConfig.group_name if model is InputConfig else sa.literal(None)
+    light = session.execute(
+        select(model.id, model.device_label, model.device_key, model.device_type, group)
+    ).all()
+    names: dict[int, str] = {}
+    search: dict[int, str] = {}
+    for row_id, label, key, dtype, group_name in light:
+        if skip_buttons and (dtype or "").strip().lower() in BUTTON_TYPES:
+            continue
+        names[row_id] = label or key
+        search[row_id] = " ".join(t for t in (label, key, dtype, group_name) if t)
+    if open_id is not None and open_id not in names:
+        abort(404)
+    return paging.paginate(list(names.items()), lambda r: search[r[0]], open_id)
+
+
+def _load_page(
+    session: Session, model: type[Any], page: paging.Page, options: Sequence[Any] = ()
+) -> list[Any]:
+    """The full rows of one page, in the page's order (a query of at most PAGE_SIZE rows)."""
+    if not page.ids:
+        return []
+    rows = {r.id: r for r in session.scalars(select(model).where(model.id.in_(page.ids)).options(*options))}
+    return [rows[i] for i in page.ids if i in rows]
+
+
+def _input_rows(session: Session, open_id: int | None) -> tuple[list[InputConfig], paging.Page]:
+    page = _paged(session, InputConfig, open_id, skip_buttons=True)
+    return _load_page(session, InputConfig, page, [selectinload(InputConfig.meter)]), page
 
 
 def _input_values(row: InputConfig) -> Values:
@@ -219,9 +255,10 @@ def _render_inputs(
     errors: Errors | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
+    rows, page = _input_rows(session, open_id)
     return _render_rows(
         "config_inputs.html",
-        _input_rows(session),
+        rows,
         _input_values,
         open_id,
         typed,
@@ -229,6 +266,7 @@ def _render_inputs(
         status,
         is_meter=lambda row: registry.is_meter(row.device_type),
         settings=ctx().settings,
+        page=page,
     )
 
 
@@ -338,9 +376,9 @@ def _error_status(errors: Errors) -> int:
 # ---- outputs --------------------------------------------------------------------------------
 
 
-def _output_rows(session: Session) -> list[OutputConfig]:
-    rows = session.scalars(select(OutputConfig)).all()
-    return sorted(rows, key=lambda r: (_name(r).lower(), r.id))
+def _output_rows(session: Session, open_id: int | None) -> tuple[list[OutputConfig], paging.Page]:
+    page = _paged(session, OutputConfig, open_id)
+    return _load_page(session, OutputConfig, page), page
 
 
 def _output_values(row: OutputConfig) -> Values:
@@ -394,14 +432,16 @@ def _render_outputs(
     errors: Errors | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
+    rows, page = _output_rows(session, open_id)
     return _render_rows(
         "config_outputs.html",
-        _output_rows(session),
+        rows,
         _output_values,
         open_id,
         typed,
         errors,
         status,
+        page=page,
         generations=[("", "As detected")] + [(g, protocols.LABELS[g]) for g in protocols.GENERATIONS],
         speaks=_speaks,
     )
@@ -503,11 +543,9 @@ def save_output() -> Response | tuple[str, int]:
 # ---- links ----------------------------------------------------------------------------------
 
 
-def _link_rows(session: Session) -> list[InputConfig]:
-    stmt = select(InputConfig).options(
-        selectinload(InputConfig.output_links), selectinload(InputConfig.input_links)
-    )
-    return sorted(session.scalars(stmt).all(), key=lambda r: (_name(r).lower(), r.id))
+def _choices(session: Session, model: type[InputConfig] | type[OutputConfig]) -> list[tuple[int, str, str]]:
+    rows = session.execute(select(model.id, model.device_label, model.device_key, model.device_type))
+    return sorted(((i, lbl or key, t) for i, lbl, key, t in rows), key=lambda r: (r[1].lower(), r[0]))
 
 
 def _render_links(
@@ -517,28 +555,44 @@ def _render_links(
     errors: Errors | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
-    inputs_ = _link_rows(session)
-    if open_id is not None and open_id not in {r.id for r in inputs_}:
-        abort(404)
-    outputs_ = _output_rows(session)
-    checked = {
-        row.id: {
-            "output_ids": {link.output_device_id for link in row.output_links},
-            "input_ids": {link.linked_device_id for link in row.input_links},
-        }
-        for row in inputs_
+    page = _paged(session, InputConfig, open_id)
+    cards = _load_page(session, InputConfig, page)
+    # Every input and output once, as (id, name, type): the choices of the open card's editor.
+    all_inputs, outputs_ = _choices(session, InputConfig), _choices(session, OutputConfig)
+    checked: dict[int, dict[str, set[int]]] = {
+        row.id: {"output_ids": set(), "input_ids": set()} for row in cards
     }
+    if page.ids:
+        for input_id, output_id in session.execute(
+            select(OutputLink.input_device_id, OutputLink.output_device_id).where(
+                OutputLink.input_device_id.in_(page.ids)
+            )
+        ):
+            checked[input_id]["output_ids"].add(output_id)
+        for input_id, linked_id in session.execute(
+            select(InputLink.input_device_id, InputLink.linked_device_id).where(
+                InputLink.input_device_id.in_(page.ids)
+            )
+        ):
+            checked[input_id]["input_ids"].add(linked_id)
     if typed is not None and open_id is not None:
         checked[open_id] = typed
+    # Each editor lists every output and input: shown in every card of a small house, and only in
+    # the open card of a large one, so the page never grows as inputs x (inputs + outputs).
+    inline = len(cards) * (len(all_inputs) + len(outputs_)) <= MAX_INLINE_CHOICES
     return _render(
         "config_links.html",
         status,
-        inputs=inputs_,
+        cards=cards,
+        all_inputs=all_inputs,
         outputs=outputs_,
         checked=checked,
         errors=errors or {},
         open_id=open_id,
-        names={row.id: _name(row) for row in inputs_},
+        inline=inline,
+        page=page,
+        names={i: name for i, name, _ in all_inputs},
+        output_names={i: name for i, name, _ in outputs_},
     )
 
 

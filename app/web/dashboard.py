@@ -11,7 +11,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import backup_status, badges, clocks, commands, config_changes, db_writes, health, registry, roles
+from app import (
+    backup_status,
+    badges,
+    clocks,
+    commands,
+    config_changes,
+    db_writes,
+    health,
+    limits,
+    registry,
+    roles,
+)
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
 from app.web import auth
@@ -211,6 +222,7 @@ def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[st
             meters=meters,
             outputs_enabled=config_changes.outputs_enabled(session),
             health=_components(),
+            refusals=limits.refusals.recent(now),
             errors=errors or {},
             form=form or {},
         )
