@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask_login import current_user
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
@@ -31,6 +31,8 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 DEFAULT_EVENT_LIMIT = 100
 MAX_EVENT_LIMIT = 1000
+MAX_EVENT_OFFSET = 10_000_000
+MAX_DEVICE_LIMIT = 5000  # devices per list in one answer; above the default caps, so one call lists all
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -280,17 +282,41 @@ def get_health() -> tuple[Response, int]:
     return jsonify(body), 200 if ready and not unhealthy else 503
 
 
+def _whole(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
+        raise ApiError(400, f"{name} must be a whole number from 0 to {maximum}", name)
+    return int(raw)
+
+
 @bp.get("/devices")
 def get_devices() -> dict[str, Any]:
+    """Inputs and outputs by device key; ?q= filters (key, label, type), ?limit=&offset= page each list."""
     ctx = web_ctx()
     now = time.time()
+    limit = _whole("limit", MAX_DEVICE_LIMIT, MAX_DEVICE_LIMIT)
+    offset = _whole("offset", 0, config_changes.MAX_ID)
+    query = request.args.get("q", "").strip()[:100]
+    out: dict[str, Any] = {}
+    total: dict[str, int] = {}
     with ctx.session_factory() as session:
-        inputs = session.scalars(select(InputConfig).order_by(InputConfig.device_key)).all()
-        outputs = session.scalars(select(OutputConfig).order_by(OutputConfig.device_key)).all()
-        return {
-            "inputs": [_summary(ctx, row, now) for row in inputs],
-            "outputs": [_summary(ctx, row, now) for row in outputs],
-        }
+        for name, model in (("inputs", InputConfig), ("outputs", OutputConfig)):
+            stmt = select(model)
+            if query:
+                stmt = stmt.where(
+                    or_(
+                        model.device_key.icontains(query, autoescape=True),
+                        model.device_label.icontains(query, autoescape=True),
+                        model.device_type.icontains(query, autoescape=True),
+                    )
+                )
+            total[name] = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+            rows = session.scalars(stmt.order_by(model.device_key).offset(offset).limit(limit))
+            out[name] = [_summary(ctx, row, now) for row in rows]
+    out["total"] = total
+    return out
 
 
 # kind in the URL -> (validator of the fields, processor action, detail reader)
@@ -529,6 +555,7 @@ def get_events() -> dict[str, Any]:
     search = request.args.get("q", "").strip()
     if len(search) > history.MAX_SEARCH:
         raise ApiError(400, f"q must be at most {history.MAX_SEARCH} characters", "q")
+    offset = _whole("offset", 0, MAX_EVENT_OFFSET)
     with web_ctx().session_factory() as session:
         input_value = request.args.get("input", "").strip()
         output_value = request.args.get("output", "").strip()
@@ -540,4 +567,4 @@ def get_events() -> dict[str, Any]:
             search=search,
             kinds=kinds,
         )
-        return {"events": [_entry(e) for e in history.page(session, filters, 0, limit)]}
+        return {"events": [_entry(e) for e in history.page(session, filters, offset, limit)]}
