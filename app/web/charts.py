@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytz
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, request
 from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -24,6 +24,10 @@ DAYS = 7
 METER_DAYS = 30
 MAX_METER_ROWS = 5000
 MAX_METER_POINTS = 300  # more points than a phone has pixels to spare only cost bytes
+# Charts drawn on one page (each is a few KB of SVG): the busiest inputs of the week, or those a
+# filter (?q=) picks; a house of 2,000 inputs must not make a page of 2,000 charts.
+MAX_INPUT_CHARTS = 20
+MAX_METER_CHARTS = 20
 
 
 @dataclass
@@ -76,11 +80,13 @@ def _meter_charts(tz: Any, now: datetime) -> list[Markup]:
     with ctx().session_factory() as session:
         meters = [
             row
-            for row in session.scalars(select(InputConfig).options(selectinload(InputConfig.meter)))
+            for row in session.scalars(
+                select(InputConfig).join(InputConfig.meter).options(selectinload(InputConfig.meter))
+            )
             if registry.is_meter(row.device_type)
         ]
         meters.sort(key=lambda r: (r.device_label or r.device_key).lower())
-        for row in meters:
+        for row in meters[:MAX_METER_CHARTS]:
             stmt = (
                 select(MeterHistory.timestamp, MeterHistory.reading)
                 .where(MeterHistory.input_device_id == row.id, MeterHistory.timestamp >= since)
@@ -114,8 +120,11 @@ def index() -> Any:
     counts, hours, days = event_counts(now, tz)
     hour_labels = [h.astimezone(tz).strftime("%H") for h in hours]
     day_labels = [d.strftime("%a %d") for d in days]
+    query = request.args.get("q", "").strip()[:100]
+    matching = [c for c in counts.values() if query.lower() in c.label.lower()]
+    busiest = sorted(matching, key=lambda c: -sum(f + b for f, b in c.daily))[:MAX_INPUT_CHARTS]
     inputs = []
-    for entry in sorted(counts.values(), key=lambda c: c.label.lower()):
+    for entry in sorted(busiest, key=lambda c: c.label.lower()):
         hourly = svg.bar_chart(
             f"{entry.label}: events per hour, last 24 hours",
             hour_labels,
@@ -132,4 +141,11 @@ def index() -> Any:
             f"day ({ctx().settings.user_tz})",
         )
         inputs.append((entry.label, hourly, daily))
-    return render_template("charts.html", inputs=inputs, meters=_meter_charts(tz, now))
+    return render_template(
+        "charts.html",
+        inputs=inputs,
+        meters=_meter_charts(tz, now),
+        query=query,
+        hidden=len(matching) - len(busiest),
+        max_charts=MAX_INPUT_CHARTS,
+    )
