@@ -75,6 +75,18 @@ MQTT_PUBLISH_WINDOW = 20  # the bench publisher's in-flight window: paho's defau
 MQTT_MIN_N = 1000  # the MQTT N is chosen from the hub's MQTT warm-up rate, as N is for RabbitMQ
 ACK_TIMEOUT = 60.0  # mosquitto acknowledges every publish well within this
 
+# Flood case: one device floods FLOOD_KEYS new keys (half over MQTT, half over RabbitMQ) in small
+# messages, as the report that found the stall did (1,406 messages bringing 20,000 keys), while a
+# legitimate ioboard keeps firing at FLOOD_LEGIT_RATE.
+FLOOD_KEYS = 20_000
+FLOOD_KEYS_PER_MESSAGE = 14
+FLOOD_LEGIT_RATE = 20
+FLOOD_TAIL_SECONDS = 2.0  # legitimate activations go on this long after the flood's last message
+TARGET_FLOOD_RSS_MB = 120.0
+TARGET_FLOOD_P99_MS = 50.0
+# Pages case: the page and API timings with 2,000 inputs and 200 outputs (tests/scale.py's house).
+PAGE_REPEATS = 3
+
 TARGET_RATIO = 0.5
 TARGET_P99_MS = 15.0
 TARGET_RSS_MB = 90.0
@@ -574,12 +586,19 @@ def run_latency(exchange: str, publisher: Pacing) -> dict[str, Any]:
         consumer.wait_for(count, sent[-1][0])
     finally:
         consumer.stop()
+    return {"rate": LATENCY_RATE, "max_publish_lag_ms": round(max_lag * 1000, 2)} | latency_stats(
+        sent, consumer.arrivals
+    )
+
+
+def latency_stats(sent: list[tuple[float, str]], arrivals: list[tuple[float, str]]) -> dict[str, Any]:
+    """Match each control message to the oldest activation of its output still waiting; percentiles."""
     pending: dict[str, deque[float]] = defaultdict(deque)
     for t, key in sent:
         pending[key].append(t)
     latencies: list[float] = []
     extra = 0
-    for t, key in sorted(consumer.arrivals):
+    for t, key in sorted(arrivals):
         queue = pending.get(key)
         if queue:
             latencies.append((t - queue.popleft()) * 1000)
@@ -587,13 +606,11 @@ def run_latency(exchange: str, publisher: Pacing) -> dict[str, Any]:
             extra += 1
     missing = sum(len(q) for q in pending.values())
     latencies.sort()
-    span = sent[-1][0] - sent[0][0]
+    span = sent[-1][0] - sent[0][0] if sent else 0
     return {
-        "rate": LATENCY_RATE,
-        "sent": count,
-        "achieved_rate": round((count - 1) / span, 1) if span > 0 else None,
-        "max_publish_lag_ms": round(max_lag * 1000, 2),
-        "received": len(consumer.arrivals),
+        "sent": len(sent),
+        "achieved_rate": round((len(sent) - 1) / span, 1) if span > 0 else None,
+        "received": len(arrivals),
         "missing": missing,
         "extra": extra,
         "p50_ms": percentile(latencies, 50),
@@ -1260,6 +1277,246 @@ def run_mqtt(n: int | None, workdir: Path, broker: MqttBroker) -> dict[str, Any]
     return result
 
 
+# ---- flood: one device floods new keys while a legitimate one keeps firing -------------------
+
+
+def flood_mqtt(port: int, messages: int, done: threading.Event, stats: dict[str, Any]) -> None:
+    """One adc-app board sending `messages` readings, each with FLOOD_KEYS_PER_MESSAGE new input_N keys."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(MQTT_PUBLISH_WINDOW)
+    client.connect(MQTT_HOST, port)
+    client.loop_start()
+    try:
+        last = None
+        for m in range(messages):
+            body: dict[str, Any] = {"uptime": 1.0, "device_id": "esp32_F100D", "input_location": "Flood"}
+            for k in range(FLOOD_KEYS_PER_MESSAGE):
+                n = m * FLOOD_KEYS_PER_MESSAGE + k + 1
+                body[f"input_{n}"] = {"input_label": f"In {n}", "active": k == 0, "sample_value": 1}
+            last = client.publish(
+                f"sensor/flood/{body['device_id']}", json.dumps(body).encode(), qos=MQTT_QOS
+            )
+        if last is not None:
+            last.wait_for_publish(ACK_TIMEOUT)
+        stats["mqtt_messages"] = messages
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        done.set()
+
+
+def flood_rabbit(exchange: str, messages: int, done: threading.Event, stats: dict[str, Any]) -> None:
+    """One ioboard heartbeating `messages` times, each with FLOOD_KEYS_PER_MESSAGE new inputs (one active)."""
+    conn = connect()
+    try:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, exchange_type="topic", durable=False, auto_delete=False)
+        for m in range(messages):
+            devices = [
+                {"name": f"F{n}", "type": "Motion", "location": "Flood", "device_key": f"Flood {n}"}
+                for n in range(m * FLOOD_KEYS_PER_MESSAGE, (m + 1) * FLOOD_KEYS_PER_MESSAGE)
+            ]
+            data = {"device_info": {"inputs": devices}, "active_devices": devices[:1]}
+            channel.basic_publish(exchange, "event.notify.ioboard.flooder", wire.make_payload(data))
+        stats["rabbitmq_messages"] = messages
+    finally:
+        if conn.is_open:
+            conn.close()
+        done.set()
+
+
+def run_flood(workdir: Path, mqtt_port: int) -> dict[str, Any]:
+    """A hub at its default caps; a legitimate ioboard fires at FLOOD_LEGIT_RATE through the flood."""
+    hub = Hub(workdir, mqtt_port=mqtt_port)
+
+    def legs(result: dict[str, Any]) -> None:
+        devices = make_devices(2)
+        result["setup"] = hub.set_up(devices)
+        result["rss_idle_mb"] = rss_mb(hub.pid)
+        per_transport = FLOOD_KEYS // 2 // FLOOD_KEYS_PER_MESSAGE
+        consumer = ControlConsumer(hub.exchange)
+        consumer.start_and_wait()
+        publisher = Publisher(hub.exchange, devices)
+        stats: dict[str, Any] = {}
+        done = [threading.Event(), threading.Event()]
+        flooders = [
+            threading.Thread(target=flood_mqtt, args=(mqtt_port, per_transport, done[0], stats), daemon=True),
+            threading.Thread(
+                target=flood_rabbit, args=(hub.exchange, per_transport, done[1], stats), daemon=True
+            ),
+        ]
+        sent: list[tuple[float, str]] = []
+        rss_samples: list[float] = []
+        started = time.perf_counter()
+        try:
+            for t in flooders:
+                t.start()
+            flood_end: float | None = None
+            i = 0
+            while flood_end is None or time.perf_counter() < flood_end + FLOOD_TAIL_SECONDS:
+                due = started + i / FLOOD_LEGIT_RATE
+                now = time.perf_counter()
+                if now < due:
+                    time.sleep(due - now)
+                sent.append((time.perf_counter(), publisher.activate(i)))
+                i += 1
+                if i % FLOOD_LEGIT_RATE == 0 and (rss := rss_mb(hub.pid)) is not None:
+                    rss_samples.append(rss)
+                if flood_end is None and all(d.is_set() for d in done):
+                    flood_end = time.perf_counter()
+                if time.perf_counter() - started > LEG_TIMEOUT * 5:
+                    raise BenchError("the flood did not finish within five minutes")
+            consumer.wait_for(len(sent), sent[-1][0])
+        finally:
+            publisher.close()
+            consumer.stop()
+            for t in flooders:
+                t.join(10)
+        result["flood"] = {
+            "keys": FLOOD_KEYS,
+            "keys_per_message": FLOOD_KEYS_PER_MESSAGE,
+            "messages": stats,
+            "flood_seconds": round((flood_end or time.perf_counter()) - started, 2),
+            "legit_rate": FLOOD_LEGIT_RATE,
+            "rss_max_sampled_mb": max(rss_samples, default=None),
+        } | latency_stats(sent, consumer.arrivals)
+        hub.settle(60)
+        listing = hub.get("/api/devices?limit=1")
+        result["registered"] = listing.get("total")
+
+    return with_hub(
+        hub, legs, ("limits.", "heartbeat_filter.", "mqtt.", "processor.", "rabbitmq_source.", "presence.")
+    )
+
+
+def flood_report(flood: dict[str, Any] | None) -> list[str]:
+    if flood is None:
+        return []
+    if "error" in flood:
+        return ["", f"flood case: could not run: {flood['error']}"]
+    f = flood["flood"]
+    refused = {
+        k.rsplit(".", 1)[-1]: v for k, v in flood.get("counters", {}).items() if k.startswith("limits.")
+    }
+    return [
+        "",
+        f"flood: one device sends {f['keys']:,} new keys ({f['keys_per_message']} a message, half over MQTT,"
+        f" half over RabbitMQ) in {f['flood_seconds']:.1f} s while a legitimate ioboard fires"
+        f" {f['legit_rate']}/s",
+        f"  legitimate activations: {f['sent']} sent, {f['received']} control messages,"
+        f" {f['missing']} missing, {f['extra']} extra",
+        f"  latency p50 / p95 / p99 / max: {_fmt(f['p50_ms'], ' ms', 2)} / {_fmt(f['p95_ms'], ' ms', 2)}"
+        f" / {_fmt(f['p99_ms'], ' ms', 2)} / {_fmt(f['max_ms'], ' ms', 2)}",
+        f"  hub peak RSS (VmHWM) {_fmt(flood.get('peak_rss_mb'), ' MB')},"
+        f" after {_fmt(flood.get('rss_mb'), ' MB')}",
+        f"  registered after the flood: {flood.get('registered')}; refused by cap: {refused}",
+    ]
+
+
+def flood_targets(flood: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if flood is None or "error" in flood:
+        return {}
+    f = flood["flood"]
+    rss, p99 = flood.get("peak_rss_mb"), f.get("p99_ms")
+    return {
+        "flood_peak_rss_mb": {
+            "value": rss,
+            "target": f"<= {TARGET_FLOOD_RSS_MB}",
+            "met": None if rss is None else rss <= TARGET_FLOOD_RSS_MB,
+        },
+        "flood_p99_ms": {
+            "value": p99,
+            "target": f"<= {TARGET_FLOOD_P99_MS}",
+            "met": None if p99 is None else p99 <= TARGET_FLOOD_P99_MS,
+        },
+        "flood_all_delivered": {
+            "value": f["missing"] == 0,
+            "target": "every activation",
+            "met": f["missing"] == 0 and f["received"] >= f["sent"],
+        },
+    }
+
+
+# ---- pages at scale -------------------------------------------------------------------------
+
+SCALE_PAGES = (
+    "/",
+    "/events",
+    "/charts",
+    "/config/inputs",
+    "/config/inputs?page=20",
+    "/config/inputs?q=sensor+1",
+    "/config/outputs",
+    "/config/links",
+    "/config/links?id={open_id}",
+    "/config/schedule",
+    "/api/devices",
+    "/api/devices?limit=100&offset=1000",
+    "/api/events",
+    "/api/schedules",
+    "/metrics",
+)
+
+
+def run_pages(workdir: Path) -> dict[str, Any]:
+    """Render every page and API list of a 2,000-input, 200-output house (Flask test client, no login)."""
+    from app import db, registry
+    from app.models import InputConfig
+    from app.presence import Presence
+    from app.settings import load
+    from app.web import create_app
+    from tests import scale
+
+    path = workdir / "house.db"
+    env = {"TABLESPACE_PATH": str(path), "APP_FLASK_HTTP_PORT": "0", "LOG_LEVEL": "WARNING"}
+    settings = load(env=env, dotenv_path=workdir / "no.env")
+    engine = db.make_engine(settings.database_url)
+    db.upgrade(engine)
+    sessions = db.session_factory(engine)
+    with sessions() as session:
+        registry.ensure_builtin(session, settings.device_name)
+        scale.build_house(session)
+        open_id = session.query(InputConfig.id).filter_by(device_key=scale.input_key(1000)).scalar()
+    presence = Presence()
+    presence.seen("ioboard", [scale.input_key(i) for i in range(0, scale.INPUTS, 2)])
+    app = create_app(settings, sessions, presence)
+    # Login is measured elsewhere; only the work of each page is timed here.
+    app.config.update(WTF_CSRF_ENABLED=False, LOGIN_DISABLED=True)
+    client = app.test_client()
+    timings: dict[str, Any] = {}
+    try:
+        for page in SCALE_PAGES:
+            url = page.format(open_id=open_id)
+            took = []
+            size = 0
+            for _ in range(PAGE_REPEATS):
+                start = time.perf_counter()
+                response = client.get(url)
+                took.append((time.perf_counter() - start) * 1000)
+                size = len(response.data)
+                if response.status_code != 200:
+                    raise BenchError(f"GET {url} answered {response.status_code}")
+            timings[page] = {"median_ms": round(sorted(took)[len(took) // 2], 1), "bytes": size}
+    finally:
+        engine.dispose()
+    return {"inputs": scale.INPUTS, "outputs": scale.OUTPUTS, "decisions": scale.DECISIONS, "pages": timings}
+
+
+def pages_report(pages: dict[str, Any] | None) -> list[str]:
+    if pages is None:
+        return []
+    if "error" in pages:
+        return ["", f"pages case: could not run: {pages['error']}"]
+    lines = [
+        "",
+        f"pages with {pages['inputs']:,} inputs, {pages['outputs']} outputs, {pages['decisions']:,} decisions"
+        f" (median of {PAGE_REPEATS}, server side):",
+    ]
+    for page, t in pages["pages"].items():
+        lines.append(f"  {page:40}{t['median_ms']:>10.1f} ms{t['bytes'] / 1024:>10.0f} KiB")
+    return lines
+
+
 def delete_exchanges(*exchanges: str) -> None:
     """Remove this run's exchanges (and their _control twins) from the broker; best effort."""
     with contextlib.suppress(*BROKER_FAILURES):
@@ -1406,11 +1663,16 @@ def report(results: dict[str, Any]) -> str:
         "p99_ms_at_200_per_s": f"hub p99 at {LATENCY_RATE}/s (ms)",
         "rss_mb": "hub RSS (MB)",
         "startup_s": "hub start-up (s)",
+        "flood_peak_rss_mb": "flood: hub peak RSS (MB)",
+        "flood_p99_ms": "flood: legitimate p99 (ms)",
+        "flood_all_delivered": "flood: all delivered",
     }
     for key, t in targets.items():
         value = _fmt(t["value"], "", 3 if key == "throughput_ratio" else 2)  # 0.497 must not read 0.50
         lines.append(f"  {names[key]:30}{value:>10}  {t['target']:>8}  {verdict(t['met'])}")
     lines += mqtt_report(results)
+    lines += flood_report(results.get("flood"))
+    lines += pages_report(results.get("pages"))
     lines += ["", results["summary"]]
     return "\n".join(lines)
 
@@ -1453,6 +1715,59 @@ def mqtt_summary(results: dict[str, Any]) -> str:
     )
 
 
+def guarded(name: str, run: Callable[[], dict[str, Any]], tmp: str) -> dict[str, Any]:
+    """Run one case in its own folder; a failure is recorded and printed, the other figures stand."""
+    print(f"{name} case ...", flush=True)
+    (Path(tmp) / name).mkdir(exist_ok=True)
+    try:
+        return run()
+    except BenchError as exc:
+        print(f"bench: the {name} case could not run: {exc}", file=sys.stderr)
+        return {"error": str(exc)}
+
+
+def run_single(case: str) -> int:
+    """`--case flood` or `--case pages`: that case alone, written to bench/results/<case>.json."""
+    if case == "flood":
+        try:
+            connect().close()
+        except pika.exceptions.AMQPError as exc:
+            print(f"bench: cannot reach RabbitMQ on {BROKER_HOST}:{BROKER_PORT}: {exc!r}", file=sys.stderr)
+            return 1
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cpus": os.cpu_count(),
+        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="ep-bench-") as tmp:
+            if case == "pages":
+                results["pages"] = guarded("pages", lambda: run_pages(Path(tmp) / "pages"), tmp)
+            else:
+                broker = MqttBroker(Path(tmp))
+                try:
+                    broker.start()
+                    results["flood"] = guarded(
+                        "flood", lambda: run_flood(Path(tmp) / "flood", broker.port), tmp
+                    )
+                finally:
+                    broker.stop()
+    finally:
+        delete_exchanges(*CREATED_EXCHANGES)
+    lines = flood_report(results.get("flood")) + pages_report(results.get("pages"))
+    targets = flood_targets(results.get("flood"))
+    for key, t in targets.items():
+        lines.append(f"  {key:30}{_fmt(t['value'], '', 2):>10}  {t['target']:>16}  {verdict(t['met'])}")
+    results["targets"] = targets
+    print("\n".join(lines))
+    out = RESULTS.parent / f"{case}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"(figures in {out.relative_to(REPO)})")
+    failed = any("error" in v for v in results.values() if isinstance(v, dict))
+    return 1 if failed or any(t["met"] is False for t in targets.values()) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -1466,6 +1781,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"activations per MQTT throughput leg (default: from the hub's MQTT warm-up rate,"
         f" {MQTT_MIN_N}-{MAX_N})",
     )
+    parser.add_argument(
+        "--case",
+        choices=("all", "flood", "pages"),
+        default="all",
+        help="all (default): every leg, the flood and the pages; flood or pages: that case alone",
+    )
     parser.add_argument("--relay", metavar="EXCHANGE", help=argparse.SUPPRESS)
     parser.add_argument("--mqtt-relay", metavar="EXCHANGE", help=argparse.SUPPRESS)
     parser.add_argument("--mqtt-port", type=int, help=argparse.SUPPRESS)
@@ -1474,6 +1795,8 @@ def main(argv: list[str] | None = None) -> int:
         return relay_main(args.relay)
     if args.mqtt_relay:
         return mqtt_relay_main(args.mqtt_relay, args.mqtt_port)
+    if args.case != "all":
+        return run_single(args.case)
     started = time.perf_counter()
     try:
         connect().close()
@@ -1508,6 +1831,8 @@ def main(argv: list[str] | None = None) -> int:
                     tail = broker.log_tail()
                     results["mqtt"] = {"error": str(exc) + (f"; mosquitto log: {tail}" if tail else "")}
                     print(f"bench: the MQTT legs could not run: {results['mqtt']['error']}", file=sys.stderr)
+                results["flood"] = guarded("flood", lambda: run_flood(Path(tmp) / "flood", broker.port), tmp)
+                results["pages"] = guarded("pages", lambda: run_pages(Path(tmp) / "pages"), tmp)
             finally:
                 broker.stop()
     except BenchError as exc:
@@ -1515,7 +1840,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         delete_exchanges(*CREATED_EXCHANGES)
-    results["targets"] = evaluate(results["hub"], results["baseline"])
+    results["targets"] = evaluate(results["hub"], results["baseline"]) | flood_targets(results.get("flood"))
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["summary"] = summary(results) + mqtt_summary(results)
     print(report(results))
