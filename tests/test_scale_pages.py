@@ -101,6 +101,19 @@ def test_config_pages_show_one_page_of_cards_with_filter_and_page_links(big: Pag
     assert row.id in cards(html, "input") and f'id="input-{row.id}" open' in html
 
 
+def test_dashboard_and_schedule_show_one_page_of_devices(big: Pages) -> None:
+    html = big.client.get("/").get_data(as_text=True)
+    # Groups of ten collapse to one row, so the first page holds 50 rows of inputs and 50 of outputs.
+    assert html.count('<li class="list-group-item device-row"') == 100
+    assert "page 1 of" in html and 'name="q"' in html
+    second = big.client.get("/?page=2&opage=3").get_data(as_text=True)
+    assert second.count('<li class="list-group-item device-row"') == 100 and second != html
+    found = big.client.get("/?q=sensor+0042").get_data(as_text=True)
+    assert found.count('data-label="Sensor 0042"') == 1
+    schedule = big.client.get("/config/schedule").get_data(as_text=True)
+    assert schedule.count('<details class="card mb-2 config-card"') == 50
+
+
 def test_links_page_is_not_quadratic(big: Pages) -> None:
     html = big.client.get("/config/links").get_data(as_text=True)
     # A large house: no editor until one input is opened, only what each input links to.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -25,7 +25,7 @@ from app import (
 )
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
-from app.web import auth
+from app.web import auth, paging
 from app.web.api import _seen
 from app.web.context import ctx
 
@@ -34,6 +34,7 @@ bp = Blueprint("dashboard", __name__)
 # The hub's own buttons: the panic button has its own big button, the dash button is for scripts.
 BUILTIN_KEYS = frozenset({registry.PANIC_BUTTON, registry.DASH_BUTTON})
 BUILTIN_TYPES = frozenset({"Panic Button", "Dash Button"})
+MAX_METERS = 50  # meter cards shown; a house has a handful
 MAX_METER_VALUE = 2**31 - 1  # the register is a signed 32-bit number on the meter device
 ON_OFF = {"1": True, "0": False}
 
@@ -68,21 +69,24 @@ def label_of(row: InputConfig | OutputConfig) -> str:
     return row.device_label or row.device_key
 
 
-def _input_enabled(row: InputConfig) -> bool:
+def _input_enabled(row: Any) -> bool:
     return bool(row.device_enabled)  # the original treats a NULL input flag as off
 
 
-def _output_enabled(row: OutputConfig) -> bool:
+def _output_enabled(row: Any) -> bool:
     return row.device_enabled is not False  # outputs predate their flag, so NULL means on
 
 
-def is_builtin(row: InputConfig) -> bool:
+def is_builtin(row: Any) -> bool:
     return row.device_key in BUILTIN_KEYS or row.device_type in BUILTIN_TYPES
 
 
-def _device_row(row: InputConfig | OutputConfig, now: float) -> Row:
+def _device_row(row: Any, now: float, is_input: bool | None = None) -> Row:
+    """A table row from a device row (a model instance, or the light columns _LIST_COLUMNS reads)."""
     last, online = _seen(ctx(), row, now)
-    enabled = _input_enabled(row) if isinstance(row, InputConfig) else _output_enabled(row)
+    if is_input is None:
+        is_input = isinstance(row, InputConfig)
+    enabled = _input_enabled(row) if is_input else _output_enabled(row)
     out = Row(label_of(row), row.device_type, enabled, online, last, device_id=row.id)
     offset = clocks.offsets.offset(row.device_key)
     if offset is not None and abs(offset) >= clocks.SHOWN_SECONDS:
@@ -91,14 +95,34 @@ def _device_row(row: InputConfig | OutputConfig, now: float) -> Row:
     return out
 
 
-def input_rows(inputs: list[InputConfig], now: float) -> list[Row]:
+def _light(session: Session, model: type[InputConfig] | type[OutputConfig]) -> list[Any]:
+    """Only the columns the tables show, for every device: no model objects for 2,000 rows."""
+    columns = [model.id, model.device_key, model.device_label, model.device_type, model.device_enabled]
+    columns += [model.origin, model.last_seen]
+    if model is InputConfig:
+        columns.append(InputConfig.group_name)
+    rows = list(session.execute(select(*columns)))
+    rows.sort(key=lambda r: (label_of(r).lower(), r.device_key))
+    return rows
+
+
+def _paged_rows(rows: list[Row], param: str) -> tuple[list[Row], paging.Page]:
+    """One page of table rows (a group counts as one), filtered by ?q= on the label and members."""
+    text = {i: " ".join([r.label, *(m.label for m in r.members)]) for i, r in enumerate(rows)}
+    page = paging.paginate(
+        [(i, r.label) for i, r in enumerate(rows)], lambda t: text[t[0]], keep_order=True, param=param
+    )
+    return [rows[i] for i in page.ids], page
+
+
+def input_rows(inputs: list[Any], now: float) -> list[Row]:
     """Inputs with each group collapsed to one row, in the order of the first member (sorted by label)."""
     rows: list[Row] = []
     groups: dict[str, Row] = {}
     for inp in inputs:
         if is_builtin(inp):
             continue
-        device = _device_row(inp, now)
+        device = _device_row(inp, now, is_input=True)
         name = (inp.group_name or "").strip()
         if not name:
             rows.append(device)
@@ -192,33 +216,40 @@ def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[st
     """Render the dashboard; errors and form (keyed by meter id) put messages and typed values back."""
     now = time.time()
     with ctx().session_factory() as session:
-        inputs = list(
-            session.scalars(
-                select(InputConfig)
-                .options(selectinload(InputConfig.meter), selectinload(InputConfig.output_links))
-                .order_by(InputConfig.device_key)
-            )
+        inputs = _light(session, InputConfig)
+        outputs = _light(session, OutputConfig)
+        meter_rows = session.scalars(
+            select(InputConfig).join(InputConfig.meter).options(selectinload(InputConfig.meter))
         )
-        outputs = list(session.scalars(select(OutputConfig).order_by(OutputConfig.device_key)))
-        inputs.sort(key=lambda r: label_of(r).lower())
-        outputs.sort(key=lambda r: label_of(r).lower())
-        meters = [
-            Meter(
-                inp.id,
-                label_of(inp),
-                inp.meter.meter_reading if inp.meter else "",
-                inp.meter.meter_reset_value if inp.meter else None,
-                bool(inp.meter and inp.meter.meter_reset_additive),
-            )
-            for inp in inputs
-            if registry.is_meter(inp.device_type)
-        ]
-        panic = _panic(session, inputs)
+        meters = sorted(
+            (
+                Meter(
+                    inp.id,
+                    label_of(inp),
+                    inp.meter.meter_reading if inp.meter else "",
+                    inp.meter.meter_reset_value if inp.meter else None,
+                    bool(inp.meter and inp.meter.meter_reset_additive),
+                )
+                for inp in meter_rows
+                if registry.is_meter(inp.device_type)
+            ),
+            key=lambda m: m.label.lower(),
+        )[:MAX_METERS]
+        input_page_rows, input_page = _paged_rows(input_rows(inputs, now), "page")
+        output_page_rows, output_page = _paged_rows(
+            [_device_row(out, now, is_input=False) for out in outputs], "opage"
+        )
+        # each list's page links keep the other list's page
+        input_page = replace(input_page, others=(("opage", output_page.number),))
+        output_page = replace(output_page, others=(("page", input_page.number),))
+        panic = _panic(session)
         html = render_template(
             "dashboard.html",
             panic=panic,
-            inputs=input_rows(inputs, now),
-            outputs=[_device_row(out, now) for out in outputs],
+            inputs=input_page_rows,
+            outputs=output_page_rows,
+            input_page=input_page,
+            output_page=output_page,
             meters=meters,
             outputs_enabled=config_changes.outputs_enabled(session),
             health=_components(),
@@ -238,8 +269,12 @@ class Panic:
     outputs: list[str]
 
 
-def _panic(session: Session, inputs: list[InputConfig]) -> Panic | None:
-    row = next((i for i in inputs if i.device_key == registry.PANIC_BUTTON), None)
+def _panic(session: Session) -> Panic | None:
+    row = session.scalar(
+        select(InputConfig)
+        .options(selectinload(InputConfig.output_links))
+        .where(InputConfig.device_key == registry.PANIC_BUTTON)
+    )
     if row is None:
         return None
     ids = [link.output_device_id for link in row.output_links]

@@ -24,22 +24,29 @@ class Page:
     total: int  # rows matching the filter
     query: str
     ids: list[int]  # row ids on this page, in order
+    param: str = "page"  # the query argument holding the page number
+    others: tuple[tuple[str, int], ...] = ()  # other lists' page numbers on the same page, kept in links
 
     def args(self, **extra: Any) -> dict[str, Any]:
         """Query arguments for a link that keeps the filter (and page unless given)."""
-        out: dict[str, Any] = {"page": self.number}
+        out: dict[str, Any] = dict(self.others)
+        out[self.param] = self.number
         if self.query:
             out["q"] = self.query
         out.update(extra)
         return out
+
+    def link(self, number: int) -> dict[str, Any]:
+        """Query arguments for page `number` of this list."""
+        return self.args(**{self.param: number})
 
 
 def query_text() -> str:
     return request.args.get("q", "").strip()[:MAX_QUERY]
 
 
-def page_number() -> int:
-    raw = request.args.get("page", "").strip()
+def page_number(param: str = "page") -> int:
+    raw = request.args.get(param, "").strip()
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         return 1
     return int(raw)
@@ -50,15 +57,17 @@ def paginate(
     text_of: Callable[[tuple[int, str]], str] | None = None,
     open_id: int | None = None,
     size: int = PAGE_SIZE,
+    keep_order: bool = False,
+    param: str = "page",
 ) -> Page:
     """rows are (id, sort name) pairs, light to load for every row; returns the page to show.
 
-    The filter matches the name (or text_of(row)) case-insensitively. With open_id, the page holding
-    that row is shown (the filter is kept only if the row matches it), so a link to one row works
-    from anywhere.
+    Sorted by name unless keep_order. The filter matches the name (or text_of(row)) case-insensitively.
+    With open_id, the page holding that row is shown (the filter is kept only if the row matches
+    it), so a link to one row works from anywhere.
     """
     query = query_text()
-    ordered = sorted(rows, key=lambda r: (r[1].lower(), r[0]))
+    ordered = list(rows) if keep_order else sorted(rows, key=lambda r: (r[1].lower(), r[0]))
     if query:
         needle = query.lower()
         matched = [r for r in ordered if needle in (text_of(r) if text_of else r[1]).lower()]
@@ -66,11 +75,11 @@ def paginate(
             query, matched = "", ordered
         ordered = matched
     pages = max(1, -(-len(ordered) // size))
-    number = min(page_number(), pages)
+    number = min(page_number(param), pages)
     if open_id is not None:
         for index, row in enumerate(ordered):
             if row[0] == open_id:
                 number = index // size + 1
                 break
     start = (number - 1) * size
-    return Page(number, pages, len(ordered), query, [r[0] for r in ordered[start : start + size]])
+    return Page(number, pages, len(ordered), query, [r[0] for r in ordered[start : start + size]], param)

@@ -15,7 +15,7 @@ from app import commands, config_changes, rules
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.scheduler import KINDS, convert_time, next_transition, zone_of
-from app.web import api, auth
+from app.web import api, auth, paging
 from app.web.api import ApiError
 from app.web.context import ctx
 
@@ -179,7 +179,16 @@ def _render(
     quiet_errors: Errors | None = None,
 ) -> tuple[str, int]:
     with ctx().session_factory() as session:
-        enabled, devices = _all(session)
+        rows = [(kind, row) for kind in KINDS for row in _rows(session, kind)]
+        keys = {f"{kind}-{row.id}": i for i, (kind, row) in enumerate(rows)}
+        names = [
+            (i, f"{row.device_label or ''} {row.device_key} {kind}") for i, (kind, row) in enumerate(rows)
+        ]
+        # One page of devices (inputs, then outputs); the open one's page when a form was refused.
+        listing = paging.paginate(names, open_id=keys.get(open_key or ""), keep_order=True)
+        now = datetime.now(_tz())
+        devices = [_describe(rows[i][0], rows[i][1], now) for i in listing.ids]
+        enabled = config_changes.scheduler_enabled(session)
         # A refused form shows what was typed, so the person can correct it instead of retyping.
         quiet = quiet_typed if quiet_typed is not None else _quiet_view(_quiet_window(session))
     if typed is not None and open_key is not None:
@@ -195,13 +204,15 @@ def _render(
         tz_name=ctx().settings.user_tz,
         quiet=quiet,
         quiet_errors=quiet_errors or {},
+        page=listing,
     )
     return page, status
 
 
 @bp.get("/schedule")
 def page() -> tuple[str, int]:
-    return _render()
+    # ?open=input-5 shows the page holding that device, its card open (where a save lands)
+    return _render(open_key=request.args.get("open", "")[:40] or None)
 
 
 @bp.post("/schedule")
@@ -237,7 +248,7 @@ def save() -> Response | tuple[str, int]:
         reply = commands.request("set_schedule", {"kind": kind, "id": device_id, **args}, actor=auth.actor())
         if reply.ok:
             flash(f"Saved the schedule of {name}.", "success")
-            return redirect(url_for(".page", _anchor=f"{kind}-{device_id}"))
+            return redirect(url_for(".page", open=f"{kind}-{device_id}", _anchor=f"{kind}-{device_id}"))
         if reply.status == 404:
             abort(404)
         errors[reply.field or "_form"] = reply.error or "The change was refused"
