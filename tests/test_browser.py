@@ -322,3 +322,60 @@ def test_convert_a_migrated_utc_schedule_to_local_time(
         page.close()
     finally:
         hub.stop()
+
+
+def test_long_lists_page_and_filter_in_the_browser(rig: tuple[Any, str], browser: Any) -> None:
+    """A house of 120 more inputs: the inputs and links pages go page by page, the filter finds one."""
+    hub, base = rig
+    with hub.sessions() as s:
+        s.add_all(
+            InputConfig(device_key=f"Extra {i:03d}", device_label=f"Extra {i:03d}", device_type="Motion")
+            for i in range(120)
+        )
+        s.commit()
+    extra_42 = row_id(hub, InputConfig, "Extra 042")
+    buzzer = row_id(hub, OutputConfig, "Hallway Buzzer")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    log_in(page, base)
+
+    page.goto(f"{base}/config/inputs")
+    assert "page 1 of 3" in page.inner_text(".list-count")
+    first = page.locator("details.config-card").first.get_attribute("id")
+    assert page.locator("details.config-card").count() == 50
+    page.click(".list-pages a[rel=next]")
+    page.wait_for_url(f"{base}/config/inputs?page=2")
+    assert "page 2 of 3" in page.inner_text(".list-count")
+    assert page.locator("details.config-card").first.get_attribute("id") != first
+
+    page.fill("#filter-q", "extra 04")
+    page.click(".list-filter button[type=submit]")
+    page.wait_for_load_state()
+    assert "10 inputs matching" in page.inner_text(".list-count")
+    assert page.locator("details.config-card").count() == 10
+
+    # The links page of a large house: a summary per input, the editor once it is opened.
+    page.goto(f"{base}/config/links")
+    assert page.locator("input[type=checkbox]").count() == 0
+    card = page.locator(f"#links-{extra_42}")
+    card.locator("summary").click()
+    card.locator("a.edit-links").click()
+    page.wait_for_load_state()
+    editor = page.locator(f"#links-{extra_42}")
+    assert editor.get_attribute("open") is not None
+    editor.locator(f"#links-{extra_42}-out-{buzzer}").check()
+    editor.locator("button[type=submit]").click()
+    page.wait_for_load_state()
+    assert "Saved Extra 042: triggers Hallway Buzzer" in page.inner_text(".alert")
+    with hub.sessions() as s:
+        from app.models import OutputLink
+
+        assert s.query(OutputLink).filter_by(input_device_id=extra_42, output_device_id=buzzer).count() == 1
+
+    # The dashboard goes page by page as well.
+    page.goto(f"{base}/")
+    assert page.locator("li.device-row").count() == 50 + 2  # 50 inputs, the buzzer and the SMS output
+    page.locator(".list-pages a[rel=next]").first.click()
+    page.wait_for_load_state()
+    assert "page=2" in page.url and page.locator("li.device-row").count() > 1
+    context.close()
