@@ -50,9 +50,9 @@ class Caps:
         return self.inputs if kind == "input" else self.outputs
 
 
-@dataclass(frozen=True)
+@dataclass
 class Refusal:
-    """A device that tried to register past a cap: how many keys, first and last time."""
+    """A device that tried to register past a cap: how many keys, first and last time (updated in place)."""
 
     device: str
     cap: str
@@ -80,14 +80,14 @@ class Refusals:
         health.count(CAP_COUNTER + cap, len(keys))
         device = device[:200]
         with self._lock:
-            old = self._entries.pop((device, cap), None)
-            if old is None:
-                entry = Refusal(device, cap, limit, len(keys), now, now, keys[0][:100])
+            entry = self._entries.get((device, cap))
+            if entry is None:
+                entry = self._entries[(device, cap)] = Refusal(device, cap, limit, 0, now, now, keys[0][:100])
+                while len(self._entries) > MAX_ENTRIES:
+                    self._entries.popitem(last=False)
             else:
-                entry = replace(old, limit=limit, count=old.count + len(keys), last=now)
-            self._entries[(device, cap)] = entry
-            while len(self._entries) > MAX_ENTRIES:
-                self._entries.popitem(last=False)
+                self._entries.move_to_end((device, cap))
+            entry.limit, entry.count, entry.last = limit, entry.count + len(keys), now
             last_logged = self._logged.get(device)
             should_log = last_logged is None or now - last_logged >= LOG_SECONDS
             if should_log:
@@ -110,7 +110,7 @@ class Refusals:
         """Refusals whose last attempt is within `within` seconds, newest first."""
         now = time.time() if now is None else now
         with self._lock:
-            entries = list(self._entries.values())
+            entries = [replace(e) for e in self._entries.values()]  # copies: the page reads them later
         return sorted((e for e in entries if now - e.last <= within), key=lambda e: e.last, reverse=True)
 
     def clear(self) -> None:
