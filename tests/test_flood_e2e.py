@@ -109,6 +109,8 @@ def test_a_flood_over_mqtt_and_rabbitmq_is_capped_while_the_house_keeps_firing(f
     # Each flooding device got exactly its share; nothing else was registered.
     assert inputs_from(hub, "Flood In ") == PER_DEVICE  # MQTT: '<input_location> <input_label>'
     assert inputs_from(hub, "Flood ") - PER_DEVICE == PER_DEVICE  # RabbitMQ
+    # The refused active inputs were skipped by name, never looked up as unregistered ones.
+    assert health.counters().get("processor.unregistered", 0) == 0
     # Memory stays bounded: presence tracks only registered keys, the MQTT source a capped list.
     assert len(presence.timings()) <= 4 + 2 * PER_DEVICE
     mqtt_source = next(t for t in __import__("pylib").threads.tracked() if t.name == "MqttSource")

@@ -108,11 +108,13 @@ def test_per_device_cap_registers_the_first_keys_and_refuses_the_rest(
         5,
         3 * 495,
     )
-    # The known input still reaches the processor; the refused active ones are stripped.
+    # The known input still reaches the processor; the refused active ones are named, so it skips them.
     forwarded = sink.take()
     assert forwarded, "nothing was forwarded"
-    keys = [d["device_key"] for d in forwarded[-1].payload["data"]["active_devices"]]
-    assert keys == ["Flood 0"]
+    assert set(forwarded[-1].refused_keys) == {f"Flood {i}" for i in range(5, 500)}
+    # A message whose every active key was refused is not forwarded at all.
+    hb._handle(envelope("ioboard.flooder", flood, active=flood[-2:]), b"", sink.push)
+    assert sink.take() == []
     # Presence only tracks what was registered.
     assert set(presence.timings()) == {f"Flood {i}" for i in range(5)}
     # Another device still gets its own share.
