@@ -9,6 +9,7 @@ handler; SQS bodies through their decoder; API JSON and form fields through the 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator
 @given(body=st.one_of(st.binary(max_size=600), bodies.map(lambda b: msgpack.packb(b, use_bin_type=True))))
 def test_rabbitmq_bodies(pipeline: tuple[Any, ...], body: bytes) -> None:
     source, to_filter, hb, to_processor, processor, outs = pipeline
-    source._handle("event.notify.ioboard.fuzz", body)
+    source._handle("event.notify.ioboard.fuzz", body, time.time())
     for frame in to_filter.frames():
         hb._handle(inproc.decode(frame), frame, to_processor.push)
     for frame in to_processor.frames():
