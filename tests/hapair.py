@@ -116,6 +116,18 @@ def decisions(url: str, input_key: str = INPUT["device_key"]) -> list[tuple[str 
         engine.dispose()
 
 
+def read_token(url: str, username: str = "admin") -> str:
+    """A read-only API token for the pair's admin: /api/health shows its components only after login."""
+    from app.web import auth  # the web package only for the tests that ask for a token
+
+    engine = db.make_engine(url)
+    try:
+        with db.session_factory(engine)() as session:
+            return auth.create_token(session, username, f"ha-test-{uuid.uuid4().hex[:6]}", role="read")
+    finally:
+        engine.dispose()
+
+
 def delete_queue(name: str) -> None:
     with contextlib.suppress(pika.exceptions.AMQPError, OSError):
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
@@ -192,9 +204,12 @@ class HubProcess:
             self.proc.kill()
             return self.proc.wait(5)
 
-    def health(self, timeout: float = 1.0) -> dict[str, Any] | None:
+    def health(self, timeout: float = 1.0, token: str | None = None) -> dict[str, Any] | None:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/health")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/health", timeout=timeout) as r:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as err:
             return json.loads(err.read() or b"null")

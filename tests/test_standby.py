@@ -202,7 +202,7 @@ def test_sigkill_of_the_active_hub_mid_burst_loses_nothing_and_the_old_hub_retur
             b.start()
             b.wait_role("standby")
             # the standby runs no Telegram poller, no scheduler, no pinger: only the active does
-            standby_health = b.health()
+            standby_health = b.health(token=hapair.read_token(url))
             assert standby_health is not None
             assert "telegram" not in standby_health["components"]
             assert "health_pinger" not in standby_health["components"]
