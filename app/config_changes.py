@@ -161,6 +161,17 @@ _SECRET_FIELDS = frozenset({"device_params"})
 HIDDEN = "(hidden)"
 
 
+def shown_value(value: Any) -> str:
+    """A before/after value of a configuration change as a person reads it (pages and Telegram)."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 def _validate(spec: dict[str, Validator], fields: Any) -> dict[str, Any]:
     if not isinstance(fields, dict):
         raise ChangeError("fields", "fields must be an object of field names and values")

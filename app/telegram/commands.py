@@ -45,7 +45,7 @@ from app import (
     rule_state,
 )
 from app.channels import Reply
-from app.config_changes import ChangeError, outputs_enabled
+from app.config_changes import ChangeError, outputs_enabled, shown_value
 from app.models import Decision, InputConfig, OutputConfig
 from app.presence import Presence
 from app.presence import presence as default_presence
@@ -218,16 +218,6 @@ def _names(targets: list[Target]) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _shown(value: Any) -> str:
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "(none)"
-    return str(value)
 
 
 def _terms_text(terms: list[str]) -> str:
@@ -703,7 +693,7 @@ class CommandBot:
             when = change.timestamp.replace(tzinfo=UTC).astimezone(tz).strftime("%d %b %H:%M:%S")
             before, after = history.values(change.before), history.values(change.after)
             fields = "; ".join(
-                f"{name} {_shown(before.get(name))} → {_shown(value)}"
+                f"{name} {shown_value(before.get(name))} → {shown_value(value)}"
                 for name, value in sorted(after.items())
             )
             lines.append(f"<b>{when}</b> by {html.escape(change.actor)}: {html.escape(fields)}")

@@ -11,6 +11,7 @@ import pytz
 from flask import Flask, current_app, g, url_for
 from markupsafe import Markup
 
+from app import config_changes
 from app.web.context import ctx
 
 
@@ -28,17 +29,6 @@ def local_time(value: datetime | float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -
 def blank(value: Any) -> Any:
     """For form values: None becomes '' so a page never shows (or saves back) the text 'None'."""
     return "" if value is None else value
-
-
-def change_value(value: Any) -> str:
-    """A before/after value of a configuration change as a person reads it."""
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "(none)"
-    return str(value)
 
 
 # Navigation bar entries: (endpoint, label, icon in static/icons.svg); only registered endpoints are shown.
@@ -99,7 +89,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.globals["icon"] = icon
     app.jinja_env.filters["localtime"] = local_time
     app.jinja_env.filters["blank"] = blank
-    app.jinja_env.filters["change_value"] = change_value
+    app.jinja_env.filters["change_value"] = config_changes.shown_value
     app.jinja_env.globals["user_tz"] = lambda: ctx().settings.user_tz
     app.jinja_env.globals["device_name"] = lambda: ctx().settings.device_name
     app.jinja_env.globals["now"] = lambda: datetime.now(UTC)
