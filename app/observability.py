@@ -223,8 +223,11 @@ def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler
         log.info("logging to syslog at %s too", settings.syslog_address)
     root.setLevel(settings.log_level)
     # pika and waitress narrate every connection step at INFO; the hub logs the state changes itself.
-    for noisy in ("pika", "waitress", "alembic"):
+    for noisy in ("waitress", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika also logs each failed connection attempt at ERROR, several lines a try (44 lines for a 7 s
+    # broker restart, each a Sentry event); pylib.rabbit logs one WARNING per failure instead.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     return handler
 
 

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pika
 import pytest
 
 from app import db, health, observability
@@ -405,3 +406,16 @@ def test_syslog_address_forms() -> None:
     assert syslog_target("logs.lan") == ("logs.lan", 514)
     assert syslog_target("unix:///dev/log") == "/dev/log"
     assert syslog_target("/dev/log") == "/dev/log"
+
+
+def test_a_refused_broker_connection_logs_no_pika_error_lines(make_settings: Any) -> None:
+    """A broker restart must not flood the log (and Sentry) with pika's own ERROR lines per attempt."""
+    out = io.StringIO()
+    observability.configure_logging(make_settings(), out)
+    params = pika.ConnectionParameters("127.0.0.1", free_port(), connection_attempts=1)
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params)
+    logging.getLogger("pylib.rabbit").warning("RabbitSource cannot connect to RabbitMQ (attempt 1)")
+    lines = out.getvalue().splitlines()
+    assert [line for line in lines if " pika." in line] == []
+    assert any("pylib.rabbit: RabbitSource cannot connect" in line for line in lines)
