@@ -160,6 +160,28 @@ def test_signal_path_exits_zero() -> None:
     assert result == [0]
 
 
+_CONNECTION = re.compile(r'^(<[^>\t]+>)\t.*\{"connection_name","([^"]*)"\}', re.MULTILINE)
+
+
+def close_connections_of(exchange: str) -> list[str]:
+    """Close the broker connections a hub named for this exchange (app.rabbit_source.broker_spec)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    ).stdout
+    closed = []
+    for pid, name in _CONNECTION.findall(listing):
+        if name.endswith((f" {exchange}", f" {exchange}_control")):
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid, "test reconnect"], check=True, timeout=60
+            )
+            closed.append(name)
+    return closed
+
+
 def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> None:
     settings = make_settings()
     hub = start_hub(settings)
@@ -174,9 +196,10 @@ def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> No
         consumer.wait(1)
         device.close()
         consumer.close()
-        subprocess.run(
-            ["rabbitmqctl", "-q", "close_all_connections", "test reconnect"], check=True, timeout=60
-        )
+        # Only this hub's connections: the broker is shared, and close_all_connections would also cut
+        # every other test's (and any running hub's) connections.
+        closed = close_connections_of(settings.rabbitmq_exchange)
+        assert len(closed) == 2, closed  # RabbitSource and ControlPublisher
         device = Device(settings)
         consumer = ControlConsumer(settings)
 
