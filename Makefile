@@ -15,8 +15,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# ./data private from the start, as the hub makes it (else its first start warns about the mode).
 run: install
-	mkdir -p data
+	mkdir -p -m 700 data
 	$(BIN)/python -m app
 
 test: install

@@ -31,6 +31,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from dotenv import dotenv_values
 
+from app import file_modes
 from app import settings as settings_module
 from tests.mosquitto import MOSQUITTO, port_open
 from tests.support import free_port, wait_for
@@ -1138,3 +1139,17 @@ def test_task_user_refuses_ids_that_belong_to_another_account(tmp_path: Path, cl
     )
     assert expected in done.stderr
     assert not (tmp_path / "data").exists()  # nothing made, no permissions widened
+
+
+def test_make_run_makes_a_private_data_directory(tmp_path: Path, make_settings: Any, caplog: Any) -> None:
+    """The quick start's first start must not warn that the data directory it just made is readable."""
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe is not None
+    mkdir = next(line.strip() for line in recipe.group(1).splitlines() if "mkdir" in line)
+    subprocess.run(mkdir, shell=True, cwd=tmp_path, check=True)
+    data = tmp_path / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    settings = make_settings(DATABASE_URL=f"sqlite:///{data / 'event_processor.db'}")
+    with caplog.at_level("WARNING", logger="app.file_modes"):
+        assert file_modes.secure_data(settings) == []
+    assert caplog.records == []
