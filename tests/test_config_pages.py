@@ -707,6 +707,7 @@ def test_saving_links(pages: Pages) -> None:
         assert json.loads(change.after) == {"outputs": ["SMS", "cam"], "inputs": ["hall"]}
     page = text(pages.client.get(response.headers["Location"]))
     assert "Saved Door: triggers Camera, SMS; fires only with hall." in page
+    assert '>2 outputs</span><span class="badge text-bg-secondary">1 input</span>' in page
     assert "checked" in input_tag(page, f"links-{door}-out-{cam}")
     assert "checked" not in input_tag(page, f"links-{door}-out-{pages.ids['buzzer']}")
     # The panic button can be linked too.

@@ -31,6 +31,11 @@ def blank(value: Any) -> Any:
     return "" if value is None else value
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 output', '2 outputs', '0 outputs': a count with its noun (regular plurals only)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 # Navigation bar entries: (endpoint, label, icon in static/icons.svg); only registered endpoints are shown.
 NAV = [
     ("dashboard.index", "Home", "fa-house"),
@@ -90,6 +95,7 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["localtime"] = local_time
     app.jinja_env.filters["blank"] = blank
     app.jinja_env.filters["change_value"] = config_changes.shown_value
+    app.jinja_env.filters["counted"] = counted
     app.jinja_env.globals["user_tz"] = lambda: ctx().settings.user_tz
     app.jinja_env.globals["device_name"] = lambda: ctx().settings.device_name
     app.jinja_env.globals["now"] = lambda: datetime.now(UTC)
