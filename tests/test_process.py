@@ -21,6 +21,7 @@ from pylib import threads
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import wait_for
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, arm, notify
+from tests.test_rabbit_source import close_connection_named
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,28 +161,6 @@ def test_signal_path_exits_zero() -> None:
     assert result == [0]
 
 
-_CONNECTION = re.compile(r'^(<[^>\t]+>)\t.*\{"connection_name","([^"]*)"\}', re.MULTILINE)
-
-
-def close_connections_of(exchange: str) -> list[str]:
-    """Close the broker connections a hub named for this exchange (app.rabbit_source.broker_spec)."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-        check=True,
-        timeout=60,
-        capture_output=True,
-        text=True,
-    ).stdout
-    closed = []
-    for pid, name in _CONNECTION.findall(listing):
-        if name.endswith((f" {exchange}", f" {exchange}_control")):
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_connection", pid, "test reconnect"], check=True, timeout=60
-            )
-            closed.append(name)
-    return closed
-
-
 def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> None:
     settings = make_settings()
     hub = start_hub(settings)
@@ -198,8 +177,9 @@ def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> No
         consumer.close()
         # Only this hub's connections: the broker is shared, and close_all_connections would also cut
         # every other test's (and any running hub's) connections.
-        closed = close_connections_of(settings.rabbitmq_exchange)
-        assert len(closed) == 2, closed  # RabbitSource and ControlPublisher
+        exchange = settings.rabbitmq_exchange
+        close_connection_named(f"{settings.app_name} RabbitSource {exchange}")
+        close_connection_named(f"{settings.app_name} ControlPublisher {exchange}_control")
         device = Device(settings)
         consumer = ControlConsumer(settings)
 
