@@ -87,7 +87,9 @@ def unpack(body: bytes, max_bin_len: int) -> Any:
     except DecodeError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for garbage and for its limits
-        raise DecodeError(f"not msgpack: {exc.__class__.__name__}: {str(exc)[:80]}") from None
+        # FormatError (a byte no msgpack value starts with) has no message of its own.
+        why = str(exc)[:80] or "a byte no msgpack value starts with"
+        raise DecodeError(f"not msgpack: {exc.__class__.__name__}: {why}") from None
     if depth(value) > MAX_DEPTH:
         raise DecodeError(f"nested more than {MAX_DEPTH} levels deep")
     return value

@@ -56,6 +56,19 @@ def test_refusals(body: bytes) -> None:
         wire.decode_body(body, 1024)
 
 
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"\xc1not msgpack", "FormatError: a byte no msgpack value starts with"),
+        (b"\x93\x01\x02", "ValueError: Unpack failed: incomplete input"),
+    ],
+)
+def test_a_refusal_says_why(body: bytes, says: str) -> None:
+    with pytest.raises(wire.WireError) as caught:
+        wire.decode_body(body, 1024)
+    assert str(caught.value) == f"not msgpack: {says}"
+
+
 def test_preview_is_truncated() -> None:
     text = wire.preview(b"x" * 10_000)
     assert len(text) < 200 and "10000 bytes" in text
