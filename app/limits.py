@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 from app import health
 from app.settings import Settings
+from pylib import ratelog
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class Refusals:
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str], Refusal] = OrderedDict()
         self._logged: OrderedDict[str, float] = OrderedDict()
+        # Once per device per hour is not enough when every flood message names a new device (an
+        # MQTT board per message): across devices, at most ratelog.BURST lines a minute.
+        self._log = ratelog.RateLimitedLog(log)
 
     def refuse(self, device: str, cap: str, limit: int, keys: list[str], now: float | None = None) -> None:
         """Count, remember and (once per device per LOG_SECONDS) log keys refused by one cap."""
@@ -96,7 +100,7 @@ class Refusals:
                 while len(self._logged) > MAX_LOGGED:
                     self._logged.popitem(last=False)
         if should_log:
-            log.warning(
+            self._log.warning(
                 "device %r reached %s (%d): %d new key(s) not registered, e.g. %r; "
                 "its known devices still work (further refusals are counted, logged again in an hour)",
                 device,

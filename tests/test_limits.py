@@ -162,8 +162,19 @@ def test_refusal_record_is_bounded_and_logs_once_per_device_per_hour(
     recent = refusals.recent(now=1000.0 + 200)
     assert len(recent) == limits.MAX_ENTRIES
     assert recent[0].device == "device 99" and recent[0].count == 3
-    assert len(caplog.records) == limits.MAX_ENTRIES * 5 + 1
+    # Thousands of devices, one refusal each: a few lines a minute, not a line per device.
+    assert len(caplog.records) == ratelog.BURST
     assert refusals.recent(now=1000.0 + 200 + 2 * limits.BANNER_SECONDS) == []
+
+
+def test_a_refusing_device_is_logged_again_after_an_hour(caplog: pytest.LogCaptureFixture) -> None:
+    refusals = limits.Refusals()
+    with caplog.at_level(logging.WARNING, logger="app.limits"):
+        refusals.refuse("device 1", "MAX_INPUTS", 10, ["k"], now=1000.0)
+        refusals.refuse("device 1", "MAX_INPUTS", 10, ["k"], now=1000.0 + 120)  # within the hour
+        refusals.refuse("device 1", "MAX_INPUTS", 10, ["k"], now=1000.0 + limits.LOG_SECONDS)
+    assert len(caplog.records) == 2
+    assert all("device 'device 1' reached MAX_INPUTS (10)" in r.getMessage() for r in caplog.records)
 
 
 def test_presence_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
