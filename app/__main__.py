@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -30,6 +31,25 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
+
+
+# Generation 0 is collected after this many new container objects (CPython's default is 700).
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """After start-up: freeze what start-up built and collect the young generation less often.
+
+    Start-up leaves a few hundred thousand objects that live as long as the process (SQLAlchemy's
+    mappers, Flask's app and templates, the imported modules); gc.freeze() moves them out of the
+    collector's generations, so a full collection no longer walks them all while an event waits.
+    The hot path makes little cyclic garbage (reference counting frees the rest), so a larger
+    generation-0 threshold means fewer collections for the same memory.
+    """
+    gc.collect()  # garbage made during start-up is freed, not frozen
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def run(hub: object, nanny_interval: float = 0.5) -> int:
@@ -120,6 +140,7 @@ def main() -> int:
         log.exception("start-up failed")
         hub.stop()
         return 1
+    tune_gc()
     return run(hub)
 
 
