@@ -762,7 +762,7 @@ class Hub:
             RABBITMQ_EXCHANGE=self.exchange,
             TABLESPACE_PATH=str(self.database),
             APP_FLASK_HTTP_PORT=str(self.port),
-            LOG_LEVEL="WARNING",
+            LOG_LEVEL="INFO",  # the default, as its owner runs it: a line per activation would show here
         )
         if self.mqtt_port is not None:
             env["MQTT_SERVER_ADDRESS"] = f"{MQTT_HOST}:{self.mqtt_port}"
