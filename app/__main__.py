@@ -40,9 +40,9 @@ GC_GEN0_THRESHOLD = 10_000
 def tune_gc() -> None:
     """After start-up: freeze what start-up built and collect the young generation less often.
 
-    Start-up leaves a few hundred thousand objects that live as long as the process (SQLAlchemy's
-    mappers, Flask's app and templates, the imported modules); gc.freeze() moves them out of the
-    collector's generations, so a full collection no longer walks them all while an event waits.
+    Start-up leaves about 100,000 objects that live as long as the process (SQLAlchemy's mappers,
+    Flask's app and templates, the imported modules); gc.freeze() moves them out of the collector's
+    generations, so a full collection no longer walks them all while an event waits.
     The hot path makes little cyclic garbage (reference counting frees the rest), so a larger
     generation-0 threshold means fewer collections for the same memory.
     """
