@@ -209,6 +209,15 @@ def _render(
     return page, status
 
 
+def _posted_device() -> tuple[str, int]:
+    """The form's device kind and id; anything else is a 400, as no page of ours posts it."""
+    kind = request.form.get("kind", "")
+    raw_id = request.form.get("id", "").strip()
+    if kind not in KINDS or not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 19:
+        abort(400)
+    return kind, int(raw_id)
+
+
 @bp.get("/schedule")
 def page() -> tuple[str, int]:
     # ?open=input-5 shows the page holding that device, its card open (where a save lands)
@@ -218,11 +227,7 @@ def page() -> tuple[str, int]:
 @bp.post("/schedule")
 def save() -> Response | tuple[str, int]:
     form = request.form
-    kind = form.get("kind", "")
-    raw_id = form.get("id", "").strip()
-    if kind not in KINDS or not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 19:
-        abort(400)
-    device_id = int(raw_id)
+    kind, device_id = _posted_device()
     body = {
         "auto_schedule": "auto_schedule" in form,  # an unticked checkbox is absent
         "enable": form.get("enable", ""),
@@ -282,12 +287,7 @@ def local_times(row: InputConfig | OutputConfig, now: datetime) -> dict[str, str
 @bp.post("/schedule/convert")
 def convert_to_local() -> Response | tuple[str, int]:
     """One click: a schedule kept in its own zone (the original's UTC) moved to USER_TZ, same instants."""
-    form = request.form
-    kind = form.get("kind", "")
-    raw_id = form.get("id", "").strip()
-    if kind not in KINDS or not raw_id.isascii() or not raw_id.isdigit() or len(raw_id) > 19:
-        abort(400)
-    device_id = int(raw_id)
+    kind, device_id = _posted_device()
     with ctx().session_factory() as session:
         row = _load(session, kind, device_id)
         name = row.device_label or row.device_key
