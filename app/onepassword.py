@@ -19,7 +19,7 @@ from onepasswordconnectsdk.errors import FailedToRetrieveItemException, OnePassw
 from onepasswordconnectsdk.models import Item, Vault
 from onepasswordconnectsdk.utils import is_valid_uuid
 
-from app.settings import OP_CONNECT_NAMES, SettingsError, config_defaults
+from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import configparser
 import datetime as dt
 import ipaddress
 import os
@@ -19,9 +18,11 @@ from dotenv import dotenv_values
 
 from app import rules
 
+# Callers know these as settings.SettingsError and the like too.
+from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
+
 # INFLUXDB_LAYOUT: the original's measurements, the hub's "meter" measurement, or both
 INFLUXDB_LAYOUTS = ("auto", "original", "new", "both")
-CONFIG_FILE = Path(__file__).resolve().parent.parent / "config" / "app.conf"
 # handler category -> the variable listing the device types it serves
 OUTPUT_TYPE_VARS = {
     "ioboard": "OUTPUT_TYPE_SWITCH",
@@ -46,16 +47,6 @@ SECRET_NAMES = frozenset(
         "BACKUP_ENCRYPTION_KEY",
     }
 )
-# 1Password Connect: these three together switch it on; they are read only from the environment/.env.
-OP_CONNECT_NAMES = ("OP_CONNECT_SERVER", "OP_CONNECT_TOKEN", "OP_VAULT")
-
-
-class SettingsError(ValueError):
-    """A setting with a bad value; the message names the variable."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        super().__init__(f"setting {name}: {problem}")
-        self.name = name
 
 
 @dataclass(frozen=True)
@@ -259,17 +250,6 @@ def syslog_target(address: str) -> tuple[str, int] | str:
     if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"{address!r} is not udp://host[:port]")
     return host, int(port_text)
-
-
-def config_defaults() -> dict[str, str]:
-    """Every setting name in config/app.conf with its default, sections flattened."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(CONFIG_FILE)
-    defaults: dict[str, str] = {}
-    for section in parser.sections():
-        defaults.update(parser.items(section))
-    return defaults
 
 
 def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] | None) -> dict[str, str]:

@@ -9,11 +9,12 @@ receiving device's parser would reject before it is handed out (checks.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from app.protocols import checks, g1, g2, g3
 from app.protocols.checks import Refused, Trigger, check_routing_key
+from app.protocols.inbound import Inbound
 
 G1, G2, G3 = "g1", "g2", "g3"
 GENERATIONS = (G1, G2, G3)
@@ -23,23 +24,6 @@ LABELS = {G1: "G1 (2023, nested data)", G2: "G2 (Dec 2023, flat)", G3: "G3 (2024
 DEFAULT = G1
 
 __all__ = ["DEFAULT", "G1", "G2", "G3", "GENERATIONS", "Inbound", "Outbound", "Refused", "Trigger"]
-
-
-@dataclass
-class Inbound:
-    """What one device message says, whatever its generation.
-
-    inputs and outputs are the devices it describes (maps as sent), active the input activations
-    it reports (maps with device_key, device_label and optionally event_detail, sample_value,
-    image, storage_url); problems are the parts that could not be read.
-    """
-
-    generation: str | None
-    device: str
-    inputs: list[Any] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)
-    active: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

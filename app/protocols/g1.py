@@ -8,13 +8,11 @@ which G2 devices parse the same way.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.protocols import checks
+from app.protocols.inbound import Inbound
 from pylib import wire
-
-if TYPE_CHECKING:
-    from app.protocols import Inbound
 
 
 def device_list(value: Any, what: str, problems: list[str]) -> list[Any]:

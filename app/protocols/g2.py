@@ -7,12 +7,10 @@ never read, so an activation never fires twice (wire-format-generations.md §3.2
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.protocols import g1
-
-if TYPE_CHECKING:
-    from app.protocols import Inbound
+from app.protocols.inbound import Inbound
 
 
 def read(data: dict[str, Any], inbound: Inbound) -> None:

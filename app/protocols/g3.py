@@ -9,14 +9,12 @@ active_input, output_triggered: {device_key, device_label, device_params}}`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from app.protocols import checks, g1
-
-if TYPE_CHECKING:
-    from app.protocols import Inbound
+from app.protocols.inbound import Inbound
 
 HANDLERS = ("ioboard", "snapshot")
 TRIGGERED = "triggered"
