@@ -11,7 +11,8 @@ stops at 1024 levels, JSON's at Python's recursion limit).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NoReturn, TypeVar
 
 import msgpack
 
@@ -27,36 +28,39 @@ class DecodeError(ValueError):
     """A body refused by a limit, or not msgpack / JSON at all."""
 
 
+_Container = TypeVar("_Container", dict[Any, Any], list[Any])
+
+
 class _Counter:
     """Counts the items of every map and array as the decoder finishes them; raises past the limit."""
 
     def __init__(self, limit: int) -> None:
         self.left = limit
 
-    def take(self, container: Any) -> Any:
+    def take(self, container: _Container) -> _Container:
         self.left -= 1 + len(container)
         if self.left < 0:
             raise DecodeError(f"more than {MAX_ITEMS} maps, arrays and members")
         return container
 
-    def pairs(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    def pairs(self, pairs: list[tuple[str, object]]) -> dict[str, object]:
         self.left -= 1 + len(pairs)
         if self.left < 0:
             raise DecodeError(f"more than {MAX_ITEMS} maps, arrays and members")
         return dict(pairs)
 
 
-def depth(value: Any, limit: int = MAX_DEPTH) -> int:
+def depth(value: object, limit: int = MAX_DEPTH) -> int:
     """Nesting depth of decoded maps and lists; stops counting (returns limit + 1) past the limit.
 
     Iterative, over at most MAX_ITEMS containers already counted, so it costs little.
     """
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
         if isinstance(item, dict):
-            children: Any = item.values()
+            children: Iterable[object] = item.values()
         elif isinstance(item, list):
             children = item
         else:
@@ -68,6 +72,8 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+# unpack and loads return Any: this is the wire boundary, where untrusted bytes become Python values
+# of unknown shape; callers check each value (isinstance) before it becomes a typed message.
 def unpack(body: bytes, max_bin_len: int) -> Any:
     """msgpack bytes -> Python values (str keys may be any type); raises DecodeError."""
     counter = _Counter(MAX_ITEMS)
@@ -95,7 +101,7 @@ def unpack(body: bytes, max_bin_len: int) -> Any:
     return value
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a number")
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, TypeVar
+from typing import TypeAlias, TypeVar
 
 import msgpack
 import zmq
 
-_context: zmq.Context | None = None
+# Socket[bytes]: these sockets send and receive plain frames (no send_string/recv_json).
+Socket: TypeAlias = "zmq.Socket[bytes]"
+
+_context: zmq.Context[Socket] | None = None
 _context_lock = threading.Lock()
 _registry: dict[str, type] = {}
 _field_names: dict[str, tuple[str, ...]] = {}  # per registered type, looked up once
@@ -17,7 +20,7 @@ _field_names: dict[str, tuple[str, ...]] = {}  # per registered type, looked up 
 T = TypeVar("T")
 
 
-def context() -> zmq.Context:
+def context() -> zmq.Context[Socket]:
     """The process-wide ZeroMQ context (inproc endpoints only work within one context)."""
     global _context
     with _context_lock:
@@ -49,15 +52,17 @@ class MessageError(ValueError):
     """A frame that does not decode to a registered message type."""
 
 
-def encode(msg: Any) -> bytes:
+def encode(msg: object) -> bytes:
     name = type(msg).__name__
     if _registry.get(name) is not type(msg):
         raise MessageError(f"{name} is not a registered message type")
     fields = {f: getattr(msg, f) for f in _field_names[name]}
-    return msgpack.packb([name, fields], use_bin_type=True)
+    frame: bytes = msgpack.packb([name, fields], use_bin_type=True)  # msgpack has no type hints
+    return frame
 
 
-def decode(frame: bytes) -> Any:
+def decode(frame: bytes) -> object:
+    """The registered message a frame carries; callers narrow it with isinstance (types share sockets)."""
     try:
         name, fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
         cls = _registry[name]
@@ -66,25 +71,25 @@ def decode(frame: bytes) -> Any:
         raise MessageError(f"undecodable inproc frame: {exc}") from exc
 
 
-def bind_pull(url: str) -> zmq.Socket:
+def bind_pull(url: str) -> Socket:
     sock = context().socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(url)
     return sock
 
 
-def connect_push(url: str) -> zmq.Socket:
+def connect_push(url: str) -> Socket:
     sock = context().socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(url)
     return sock
 
 
-def send(sock: zmq.Socket, msg: Any) -> None:
+def send(sock: Socket, msg: object) -> None:
     sock.send(encode(msg))
 
 
-def send_patiently(sock: zmq.Socket, frame: bytes, give_up: threading.Event, wait_ms: int = 100) -> bool:
+def send_patiently(sock: Socket, frame: bytes, give_up: threading.Event, wait_ms: int = 100) -> bool:
     """Send a frame, waiting while the peer's queue is full, but never past `give_up` (shutdown).
 
     A plain blocking send into a stalled peer would keep its thread from ever seeing shutdown.
@@ -100,7 +105,7 @@ def send_patiently(sock: zmq.Socket, frame: bytes, give_up: threading.Event, wai
             sock.poll(wait_ms, zmq.POLLOUT)
 
 
-def recv_frame(sock: zmq.Socket, timeout_ms: int | None = None) -> bytes | None:
+def recv_frame(sock: Socket, timeout_ms: int | None = None) -> bytes | None:
     """Receive one frame, or None when nothing arrives within timeout_ms.
 
     A frame already waiting is taken at once: polling first would cost every message of a busy
@@ -118,7 +123,7 @@ def recv_frame(sock: zmq.Socket, timeout_ms: int | None = None) -> bytes | None:
     return sock.recv()
 
 
-def recv(sock: zmq.Socket, timeout_ms: int | None = None) -> Any | None:
+def recv(sock: Socket, timeout_ms: int | None = None) -> object | None:
     """Receive one message, or None when nothing arrives within timeout_ms."""
     frame = recv_frame(sock, timeout_ms)
     return None if frame is None else decode(frame)

@@ -7,15 +7,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ParamSpec
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from pylib import threads
 from pylib.reconnect import Reconnects, StateCallback
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
 
 # The broker drops a silent client after 1.5 x keepalive and the client gives up on a silent broker
 # after about 2 x keepalive: a dead broker is noticed within a minute, as for RabbitMQ.
@@ -159,10 +162,10 @@ class Connection:
         if self._on_count is not None:
             self._on_count(name)
 
-    def _guard(self, name: str, callback: Callable[..., None]) -> Callable[..., None]:
-        def guarded(*args: Any) -> None:
+    def _guard(self, name: str, callback: Callable[_P, None]) -> Callable[_P, None]:
+        def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
             try:
-                callback(*args)
+                callback(*args, **kwargs)
             except Exception:
                 log.exception("%s: error in the MQTT %s callback", self.component, name)
 
@@ -250,7 +253,12 @@ class Connection:
             self._retry.failed(describe_error(exc))
 
     def _on_connect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
     ) -> None:
         if reason.is_failure:
             # the broker closes the connection next; on_disconnect schedules the retry
@@ -266,7 +274,12 @@ class Connection:
         self._client.subscribe([(topic, self.qos) for topic in self.subscriptions])
 
     def _on_subscribe(
-        self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _props: Properties | None,
     ) -> None:
         refused = [t for t, rc in zip(self.subscriptions, reasons, strict=False) if rc.is_failure]
         if refused:
@@ -284,7 +297,12 @@ class Connection:
         )
 
     def _on_disconnect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
     ) -> None:
         was_ready = self.connected.is_set()
         self.connected.clear()
@@ -302,9 +320,11 @@ class Connection:
 
     # --- messages ------------------------------------------------------------------------------
 
-    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+    def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         # A topic that is not UTF-8 raises here; brokers refuse such topics, and _guard logs it.
-        self._handler(message.topic, message.payload)
+        # paho types payload bytes | bytearray; a received one is always bytes (struct.unpack's), and
+        # bytes() of a bytes object is that object, not a copy.
+        self._handler(message.topic, bytes(message.payload))
 
     def _flush(self) -> None:
         """Hand waiting messages to paho while connected and the in-flight window has room.
@@ -336,7 +356,9 @@ class Connection:
             else:
                 self._inflight[info.mid] = message
 
-    def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+    def _on_publish(
+        self, _client: paho.Client, _userdata: object, mid: int, reason: ReasonCode, _props: Properties
+    ) -> None:
         message = self._inflight.pop(mid, None)
         if message is None:
             return

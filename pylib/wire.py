@@ -25,7 +25,7 @@ def format_timestamp(when: datetime | None = None) -> str:
     return when.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
 
 
-def parse_timestamp(value: Any) -> datetime | None:
+def parse_timestamp(value: object) -> datetime | None:
     """Parse an envelope timestamp (ISO string, or a unix number as the 2024 clients send)."""
     if value is None:
         return None
@@ -46,12 +46,13 @@ def parse_timestamp(value: Any) -> datetime | None:
     raise WireError(f"timestamp has wrong type {type(value).__name__}")
 
 
-def make_payload(data: Any = None, when: datetime | None = None) -> bytes:
+def make_payload(data: object = None, when: datetime | None = None) -> bytes:
     """Pack {'timestamp', 'data'} exactly as pylib 0.1.8 make_payload does ('data' left out when empty)."""
-    body: dict[str, Any] = {"timestamp": format_timestamp(when)}
+    body: dict[str, object] = {"timestamp": format_timestamp(when)}
     if data:
         body["data"] = data
-    return msgpack.packb(body)
+    packed: bytes = msgpack.packb(body)  # msgpack has no type hints
+    return packed
 
 
 def decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
