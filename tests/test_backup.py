@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from app import backup, backup_crypto, backup_status, db, health
+from app import backup, backup_crypto, backup_files, backup_status, db, health
 from app.presence import Presence
 from app.schema_head import HEAD_REVISION
 from app.settings import Settings
@@ -309,7 +309,7 @@ def test_a_corrupt_database_is_never_uploaded(rig: Rig) -> None:
     assert "integrity_check" in status["last_backup_attempt"]["error"]
     assert status["last_good_backup"]["ok"] is True
     assert backup_status.read_status(rig.settings).state == "failed"
-    assert not list(rig.db.parent.glob(f".*{backup.TEMP_SUFFIX}"))  # temp files cleaned up
+    assert not list(rig.db.parent.glob(f".*{backup_files.TEMP_SUFFIX}"))  # temp files cleaned up
 
 
 def test_postgresql_url_is_refused_with_the_pg_dump_route(rig: Rig) -> None:
@@ -444,7 +444,7 @@ def test_a_corrupt_download_is_refused_and_the_database_untouched(
     assert why in done.stderr
     assert rig.db.read_bytes() == before
     assert not list(rig.tmp.glob("*.before-restore-*"))
-    assert not list(rig.tmp.glob(f".*{backup.TEMP_SUFFIX}"))
+    assert not list(rig.tmp.glob(f".*{backup_files.TEMP_SUFFIX}"))
     assert rig.status()["last_restore"]["ok"] is False
     # at container start too: a missing database stays missing rather than becoming garbage
     rig.db.unlink()
