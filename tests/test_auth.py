@@ -21,7 +21,7 @@ from app import db
 from app.models import ApiToken, GeneralConfig, InputConfig, User, WebSession
 from app.presence import Presence
 from app.settings import Settings
-from app.web import auth, create_app
+from app.web import api_tokens, auth, create_app, login_check, login_throttle
 from tests.test_api import StandInProcessor
 
 PASSWORD = "correct horse battery"
@@ -283,10 +283,10 @@ def test_failures_grow_a_delay_instead_of_locking_the_account(
 
 
 def test_growing_delay() -> None:
-    assert [auth.growing_delay(n, 5, 300) for n in range(4, 16)] == [
+    assert [login_throttle.growing_delay(n, 5, 300) for n in range(4, 16)] == [
         0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300,
     ]  # fmt: skip
-    assert auth.growing_delay(10**6, 5, 300) == 300
+    assert login_throttle.growing_delay(10**6, 5, 300) == 300
 
 
 def test_lock_in_the_database_is_honoured(app: Flask, client: FlaskClient, clock: Clock) -> None:
@@ -355,7 +355,7 @@ def test_failure_window_delays_grow_and_old_failures_are_forgotten() -> None:
 
 
 def test_failure_window_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "MAX_TRACKED_ADDRESSES", 5)
+    monkeypatch.setattr(login_throttle, "MAX_TRACKED_ADDRESSES", 5)
     window = auth.FailureWindow(limit=1, window=100)
     for n in range(8):
         window.record(f"10.0.0.{n}", 1)
@@ -473,7 +473,7 @@ def test_tokens_page_creates_shows_once_and_revokes(app: Flask, client: FlaskCli
         # Only the SHA-256 is stored: nothing in the table equals or contains the token.
         stored = s.execute(sa.text("SELECT * FROM api_token")).one()
     assert all(new_token not in str(value) for value in stored)
-    assert row.token_hash == auth._token_hash(new_token)
+    assert row.token_hash == api_tokens.token_hash(new_token)
     assert client.post(f"/settings/tokens/{token_id}/revoke").status_code == 400  # no CSRF token
     assert client.get("/api/devices", headers=bearer(new_token)).status_code == 200
     response = client.post(f"/settings/tokens/{token_id}/revoke", data={"csrf_token": csrf})
@@ -679,7 +679,7 @@ def test_sessions_per_user_are_capped_and_the_oldest_ends(
 ) -> None:
     from app import health
 
-    monkeypatch.setattr(auth, "MAX_SESSIONS_PER_USER", 3)
+    monkeypatch.setattr(login_check, "MAX_SESSIONS_PER_USER", 3)
     browsers = [app.test_client() for _ in range(5)]
     for browser in browsers:
         assert login(browser).status_code == 302
