@@ -20,6 +20,7 @@ from app.config_changes import outputs_enabled
 from app.models import InputConfig, OutputConfig
 from app.presence import presence
 from app.settings import Settings
+from app.telegram import command_args
 from app.telegram import commands as tgc
 from tests.hubtools import Api, Device, start_hub
 from tests.serving import Serving
@@ -59,17 +60,17 @@ COMMANDS = [
 
 
 def test_parse_duration() -> None:
-    assert tgc.parse_duration("30m") == 1800
-    assert tgc.parse_duration("2h") == 7200
-    assert tgc.parse_duration("90s") == 90
-    assert tgc.parse_duration("1h30m") == 5400
-    assert tgc.parse_duration("1D") == 86400
+    assert command_args.parse_duration("30m") == 1800
+    assert command_args.parse_duration("2h") == 7200
+    assert command_args.parse_duration("90s") == 90
+    assert command_args.parse_duration("1h30m") == 5400
+    assert command_args.parse_duration("1D") == 86400
     for text in ("", "garage", "30", "m", "0s", "1m1h"):
-        assert tgc.parse_duration(text) is None, text
-    assert tgc.format_duration(5400) == "1h30m"
-    assert tgc.split_args(["garage", "30m"], True) == (["garage"], 1800)
-    assert tgc.split_args(["garage", "30m"], False) == (["garage", "30m"], None)
-    assert tgc.split_args(["2h"], True) == ([], 7200)
+        assert command_args.parse_duration(text) is None, text
+    assert command_args.format_duration(5400) == "1h30m"
+    assert command_args.split_args(["garage", "30m"], True) == (["garage"], 1800)
+    assert command_args.split_args(["garage", "30m"], False) == (["garage", "30m"], None)
+    assert command_args.split_args(["2h"], True) == ([], 7200)
 
 
 def _input(i: int, key: str, label: str | None = None, **kw: Any) -> InputConfig:
@@ -86,7 +87,7 @@ def test_match_inputs_terms_wildcard_and_builtins() -> None:
     ]
 
     def keys(terms: list[str]) -> list[str]:
-        return [t.key for t in tgc.match_inputs(rows, terms)]
+        return [t.key for t in command_args.match_inputs(rows, terms)]
 
     assert keys(["GARAGE"]) == ["Garage Door (Garage)"]
     assert keys(["door"]) == ["Back Door", "Garage Door (Garage)"]
@@ -96,9 +97,9 @@ def test_match_inputs_terms_wildcard_and_builtins() -> None:
     assert keys([]) == ["Back Door"]
     assert keys(["panic"]) == [registry.PANIC_BUTTON]
     assert keys(["button"]) == [registry.DASH_BUTTON, registry.PANIC_BUTTON]
-    garage = tgc.match_inputs(rows, ["garage"])[0]
+    garage = command_args.match_inputs(rows, ["garage"])[0]
     assert garage.enabled is True and garage.label == "Garage Door"
-    assert tgc.match_inputs(rows, ["back"])[0].enabled is False  # NULL flag is off for inputs
+    assert command_args.match_inputs(rows, ["back"])[0].enabled is False  # NULL flag is off for inputs
 
 
 def test_match_outputs() -> None:
@@ -106,10 +107,10 @@ def test_match_outputs() -> None:
         OutputConfig(id=1, device_key="Hallway Buzzer", device_type="Buzzer"),
         OutputConfig(id=2, device_key="SMS", device_type="sms", device_label="Text me", device_enabled=False),
     ]
-    found = tgc.match_outputs(rows, ["buzz"])
+    found = command_args.match_outputs(rows, ["buzz"])
     assert [(t.key, t.enabled) for t in found] == [("Hallway Buzzer", True)]  # NULL flag is on
-    assert [t.key for t in tgc.match_outputs(rows, ["text"])] == ["SMS"]
-    assert tgc.match_outputs(rows, []) == []
+    assert [t.key for t in command_args.match_outputs(rows, ["text"])] == ["SMS"]
+    assert command_args.match_outputs(rows, []) == []
 
 
 # ---- end to end -------------------------------------------------------------------------------------
@@ -425,7 +426,7 @@ def test_report_why_and_status(rig: Rig) -> None:
 
 
 def test_parse_schedule_args() -> None:
-    parse = tgc.parse_schedule_args
+    parse = command_args.parse_schedule_args
     assert parse(["garage", "door", "07:00", "22:00"]) == (["garage", "door"], "set", ["07:00", "22:00"])
     assert parse(["garage", "OFF"]) == (["garage"], "off", [])
     assert parse(["garage"]) == (["garage"], "show", [])
