@@ -1,8 +1,13 @@
-"""Start the database migration child before the hub's heavy imports, so the two overlap at start-up."""
+"""Start the database migration child before the hub's heavy imports, so the two overlap at start-up.
+
+A SQLite file that does not exist yet is instead made from app/schema_head.sql, the schema the
+migrations produce, so a first start runs no migration at all.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +18,10 @@ from app.settings import sqlite_file
 
 URL_VARIABLE = "EVENT_PROCESSOR_MIGRATE_URL"
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# The database the migrations leave at HEAD_REVISION, as sqlite3's iterdump() writes it;
+# `python -m app.early_migration` writes it again after a migration is added.
+SNAPSHOT = Path(__file__).with_name("schema_head.sql")
+_REVISION_ROW = re.compile(r"""^INSERT INTO "alembic_version" VALUES\('([^']+)'\);$""", re.MULTILINE)
 
 
 def sqlite_at_head(path: str) -> bool:
@@ -27,6 +36,44 @@ def sqlite_at_head(path: str) -> bool:
     return rows == [(HEAD_REVISION,)]
 
 
+def snapshot_revision(script: str) -> str | None:
+    """The revision a schema snapshot stamps (its alembic_version row), or None."""
+    rows = _REVISION_ROW.findall(script)
+    return rows[0] if len(rows) == 1 else None
+
+
+def create_from_snapshot(path: str) -> bool:
+    """Make the SQLite file `path`, which must not exist, at HEAD_REVISION; False when it cannot.
+
+    Running the migrations costs a child process about a second of CPU (SQLAlchemy, Alembic and every
+    revision), which on a first start competes with the hub's own imports on a Pi's few cores; the
+    snapshot is one sqlite3 script. It is used only when it stamps HEAD_REVISION (a migration added
+    without a new snapshot falls back to the child), and the file is built aside and linked into
+    place, so a crash or a concurrent start never leaves a half-made database under the real name.
+    """
+    try:
+        script = SNAPSHOT.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    if snapshot_revision(script) != HEAD_REVISION:
+        return False
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.{os.getpid()}.new")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(temp)
+        try:
+            conn.executescript(script)
+        finally:
+            conn.close()
+        os.link(temp, target)  # fails if the file appeared meanwhile: that one is kept and checked
+    except (OSError, sqlite3.Error):
+        return False
+    finally:
+        temp.unlink(missing_ok=True)
+    return True
+
+
 def child_env(url: str) -> dict[str, str]:
     # The URL travels in the environment, not on the command line, where `ps` would show a password;
     # the child must import this very package, wherever the hub was started from.
@@ -35,10 +82,17 @@ def child_env(url: str) -> dict[str, str]:
 
 
 def start(url: str) -> subprocess.Popen[str] | None:
-    """Start `python -m app.db` for url unless a SQLite file is already current (or in memory)."""
+    """Start `python -m app.db` for url unless a SQLite file is already current (or in memory).
+
+    A SQLite file that does not exist yet is made from the snapshot instead, with no child.
+    """
     path = sqlite_file(url)
     if path is not None:
-        if path == ":memory:" or sqlite_at_head(path):
+        if path == ":memory:":
+            return None
+        if not Path(path).exists() and create_from_snapshot(path):
+            return None
+        if sqlite_at_head(path):
             return None
     elif url.startswith("sqlite"):  # in memory, or a form this check does not read
         return None
@@ -49,3 +103,28 @@ def start(url: str) -> subprocess.Popen[str] | None:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def write_snapshot() -> str:
+    """Migrate a new SQLite file to head with Alembic and return its dump (the SNAPSHOT's text)."""
+    import tempfile
+
+    from app import db
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = db.make_engine(f"sqlite:///{tmp}/snapshot.db")
+        try:
+            db.upgrade(engine)
+        finally:
+            engine.dispose()
+        conn = sqlite3.connect(f"{tmp}/snapshot.db")
+        try:
+            return "\n".join(conn.iterdump()) + "\n"
+        finally:
+            conn.close()
+
+
+if __name__ == "__main__":
+    # After adding a migration (and HEAD_REVISION): python -m app.early_migration
+    SNAPSHOT.write_text(write_snapshot(), encoding="utf-8")
+    print(f"wrote {SNAPSHOT} at {HEAD_REVISION}")

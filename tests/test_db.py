@@ -640,6 +640,7 @@ def test_early_migration_child_runs_only_when_needed(tmp_path: Path, engines: Ca
 
     path = tmp_path / "early.db"
     url = sqlite_url(path)
+    path.touch()  # exists, so not made from the snapshot: an empty database the child migrates
     assert not early_migration.sqlite_at_head(str(path))
     child = early_migration.start(url)
     assert child is not None
@@ -649,6 +650,71 @@ def test_early_migration_child_runs_only_when_needed(tmp_path: Path, engines: Ca
     assert early_migration.sqlite_at_head(str(path))
     assert early_migration.start(url) is None  # current: no child at all
     assert early_migration.start("sqlite://") is None  # in memory: nothing to migrate ahead
+
+
+def _schema_and_rows(path: Path) -> tuple[list[tuple[Any, ...]], dict[str, list[tuple[Any, ...]]], list[Any]]:
+    conn = sqlite3.connect(path)
+    try:
+        schema = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        tables = [name for kind, name, _, _ in schema if kind == "table"]
+        rows = {t: sorted(conn.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in tables}
+        pragmas = [conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("user_version", "application_id")]
+    finally:
+        conn.close()
+    return schema, rows, pragmas
+
+
+def test_schema_snapshot_is_what_the_migrations_make(tmp_path: Path, engines: Callable[..., Engine]) -> None:
+    """app/schema_head.sql must be rewritten (python -m app.early_migration) whenever a migration is added."""
+    from app import early_migration
+
+    migrated = tmp_path / "migrated.db"
+    db.upgrade(engines(sqlite_url(migrated)))
+    made = tmp_path / "made.db"
+    assert early_migration.create_from_snapshot(str(made))
+    assert early_migration.snapshot_revision(early_migration.SNAPSHOT.read_text()) == HEAD
+    # same tables, columns, indexes and constraints (the very CREATE text), same rows, same pragmas
+    assert _schema_and_rows(made) == _schema_and_rows(migrated)
+    assert db.schema_differences(engines(sqlite_url(made))) == []
+
+
+def test_a_new_sqlite_file_is_made_from_the_snapshot_without_a_child(
+    tmp_path: Path, engines: Callable[..., Engine]
+) -> None:
+    from app import early_migration
+
+    path = tmp_path / "data" / "event_processor.db"  # its directory does not exist yet either
+    url = sqlite_url(path)
+    assert early_migration.start(url) is None  # no migration child
+    engine = engines(url)
+    assert db.current_revision(engine) == HEAD
+    db.upgrade_in_child(engine, url)  # current: nothing to do
+    assert db.schema_differences(engine) == []
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".new")]  # no temp file left
+    # an existing file is never replaced, even by a snapshot that could be made
+    assert not early_migration.create_from_snapshot(str(path))
+    assert db.current_revision(engine) == HEAD
+
+
+def test_a_stale_snapshot_falls_back_to_the_migration_child(
+    tmp_path: Path, engines: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import early_migration
+
+    stale = tmp_path / "schema_head.sql"
+    stale.write_text(early_migration.SNAPSHOT.read_text().replace(HEAD, "0001_an_older_one"))
+    monkeypatch.setattr(early_migration, "SNAPSHOT", stale)
+    path = tmp_path / "event_processor.db"
+    url = sqlite_url(path)
+    assert not early_migration.create_from_snapshot(str(path))
+    assert not path.exists()
+    child = early_migration.start(url)
+    assert child is not None
+    engine = engines(url)
+    db.upgrade_in_child(engine, url, started=child)
+    assert db.current_revision(engine) == HEAD and db.schema_differences(engine) == []
 
 
 def test_outputs_of_an_original_database_keep_getting_the_control_message(
