@@ -19,7 +19,7 @@ from app.settings import sqlite_file
 URL_VARIABLE = "EVENT_PROCESSOR_MIGRATE_URL"
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 # The database the migrations leave at HEAD_REVISION, as sqlite3's iterdump() writes it;
-# `python -m app.early_migration` writes it again after a migration is added.
+# `python -m app.schema_snapshot` writes it again after a migration is added.
 SNAPSHOT = Path(__file__).with_name("schema_head.sql")
 _REVISION_ROW = re.compile(r"""^INSERT INTO "alembic_version" VALUES\('([^']+)'\);$""", re.MULTILINE)
 
@@ -103,28 +103,3 @@ def start(url: str) -> subprocess.Popen[str] | None:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def write_snapshot() -> str:
-    """Migrate a new SQLite file to head with Alembic and return its dump (the SNAPSHOT's text)."""
-    import tempfile
-
-    from app import db
-
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = db.make_engine(f"sqlite:///{tmp}/snapshot.db")
-        try:
-            db.upgrade(engine)
-        finally:
-            engine.dispose()
-        conn = sqlite3.connect(f"{tmp}/snapshot.db")
-        try:
-            return "\n".join(conn.iterdump()) + "\n"
-        finally:
-            conn.close()
-
-
-if __name__ == "__main__":
-    # After adding a migration (and HEAD_REVISION): python -m app.early_migration
-    SNAPSHOT.write_text(write_snapshot(), encoding="utf-8")
-    print(f"wrote {SNAPSHOT} at {HEAD_REVISION}")

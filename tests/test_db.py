@@ -667,14 +667,15 @@ def _schema_and_rows(path: Path) -> tuple[list[tuple[Any, ...]], dict[str, list[
 
 
 def test_schema_snapshot_is_what_the_migrations_make(tmp_path: Path, engines: Callable[..., Engine]) -> None:
-    """app/schema_head.sql must be rewritten (python -m app.early_migration) whenever a migration is added."""
-    from app import early_migration
+    """app/schema_head.sql must be rewritten (python -m app.schema_snapshot) whenever a migration is added."""
+    from app import early_migration, schema_snapshot
 
     migrated = tmp_path / "migrated.db"
     db.upgrade(engines(sqlite_url(migrated)))
     made = tmp_path / "made.db"
     assert early_migration.create_from_snapshot(str(made))
     assert early_migration.snapshot_revision(early_migration.SNAPSHOT.read_text()) == HEAD
+    assert schema_snapshot.dump() == early_migration.SNAPSHOT.read_text()  # the very text it would write
     # same tables, columns, indexes and constraints (the very CREATE text), same rows, same pragmas
     assert _schema_and_rows(made) == _schema_and_rows(migrated)
     assert db.schema_differences(engines(sqlite_url(made))) == []
