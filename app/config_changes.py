@@ -11,12 +11,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import pytz
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import protocols, registry, rule_state, rules
+from app import protocols, registry, rule_state, rules, zones
 from app.channels import Command, Reply
 from app.models import ConfigChange, GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -275,7 +274,7 @@ def validate_zone(value: Any, field: str) -> str | None:
     """A schedule's time zone: null (USER_TZ) or a tz database name such as "UTC"; else ChangeError."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 64 or value not in pytz.all_timezones_set:
+    if not isinstance(value, str) or len(value) > 64 or not zones.is_name(value):
         raise ChangeError(field, f"{field} must be null or a time zone name such as UTC or Europe/London")
     return value
 

@@ -9,13 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import pytz
 import zmq
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db_writes, health, rule_state
+from app import db_writes, health, rule_state, zones
 from app import presence as presence_module
 from app.channels import NOTIFIER, Notification
 from app.models import InputConfig, OutputConfig
@@ -74,7 +73,7 @@ class OfflineMonitor(threads.AppThread):
         self._clock = clock
         self._check_seconds = check_seconds
         self._refresh_seconds = config_refresh_seconds
-        self._tz = pytz.timezone(settings.user_tz)
+        self._tz = zones.zone(settings.user_tz)
         self._watched: dict[str, Watched] = {}
         self._loaded_at: float | None = None
         self._lock = threading.Lock()

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pytz
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +41,7 @@ from app import (
     roles,
     rule_state,
     rules,
+    zones,
 )
 from app.channels import (
     AUDIT,
@@ -221,7 +221,7 @@ class EventProcessor(threads.AppThread):
         self._meter_zone: dict[int, str] = {}
         # input key -> (label, when it last fired), oldest first: the "recent triggers" of an alert
         self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._tz = pytz.timezone(settings.user_tz)
+        self._tz = zones.zone(settings.user_tz)
         self._quiet_default = rules.QuietHours(
             settings.quiet_hours_not_before, settings.quiet_hours_not_after
         )

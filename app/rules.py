@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 
-import pytz
+from app import zones
 
 # Reasons recorded in the audit trail, stable strings the API and dashboard show.
 STALE = "stale"
@@ -232,17 +232,9 @@ def parse_hhmm(text: str) -> dtime:
 
 def _local_instant(tz: tzinfo, day: date, at: dtime) -> datetime:
     """The instant the wall clock in tz shows `at` on `day`, resolving the daylight-saving edge cases."""
-    naive = datetime.combine(day, at)
-    localize = getattr(tz, "localize", None)
-    if localize is None:  # a zoneinfo/UTC tzinfo: fold=0 is the earlier of two readings
-        return naive.replace(tzinfo=tz)
-    try:
-        return localize(naive, is_dst=None)
-    except pytz.AmbiguousTimeError:
-        return localize(naive, is_dst=True)  # the clock shows it twice: open at the first
-    except pytz.NonExistentTimeError:
-        # Skipped by the spring-forward jump: open at the first real instant after it.
-        return tz.normalize(localize(naive, is_dst=False))  # type: ignore[attr-defined]
+    # A time the clock shows twice opens at its daylight-saving reading (in most zones the first);
+    # one the spring-forward jump skips opens at the first real instant after the jump.
+    return zones.localize(datetime.combine(day, at), tz, dst=True)
 
 
 def quiet_until(now: float, window: QuietHours, tz: tzinfo) -> float | None:

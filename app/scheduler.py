@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 
-import pytz
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -15,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import commands, config_changes
+from app import commands, config_changes, zones
 from app.models import InputConfig, OutputConfig
 from app.settings import Settings
 from pylib import threads
@@ -64,8 +63,8 @@ def _gap_end(tz: tzinfo, fire: datetime) -> datetime:
 class DailyTrigger(CronTrigger):
     """A CronTrigger at HH:MM every day that fires exactly once per local day across DST changes.
 
-    APScheduler 3.11 turns the pytz zone into a zoneinfo one (so the helpers above use PEP 495
-    folds, not pytz's localize). Unaided it fires a time in the autumn's repeated hour twice
+    The zone is a zoneinfo one (APScheduler 3.11 takes them as they are), so the helpers above use
+    PEP 495 folds. Unaided it fires a time in the autumn's repeated hour twice
     (01:30 BST, then 01:30 GMT) and a time in the spring's skipped hour an hour late (01:30 "GMT"
     = 02:30 BST, after a 02:15 job of the same day). Here the repeat is skipped and a skipped
     time fires when the clocks jump.
@@ -120,8 +119,8 @@ def zone_of(stored: str | None, default: tzinfo) -> tzinfo | None:
     if not stored:
         return default
     try:
-        return pytz.timezone(stored)
-    except pytz.UnknownTimeZoneError:
+        return zones.zone(stored)
+    except KeyError:
         return None
 
 
@@ -130,8 +129,7 @@ def convert_time(hhmm: str, source: tzinfo, target: tzinfo, now: datetime) -> st
     hour, minute = (int(part) for part in hhmm.split(":"))
     day = now.astimezone(source).date()
     naive = datetime(day.year, day.month, day.day, hour, minute)
-    # pytz: a plain tzinfo= would take the zone's first (LMT) offset, so localize() when it has one
-    instant = source.localize(naive) if hasattr(source, "localize") else naive.replace(tzinfo=source)
+    instant = zones.localize(naive, source)
     return instant.astimezone(target).strftime("%H:%M")
 
 
@@ -166,7 +164,7 @@ class AutoScheduler(threads.AppThread):
     ) -> None:
         super().__init__("AutoScheduler")
         self._sessions = session_factory
-        self.tz = pytz.timezone(settings.user_tz)
+        self.tz = zones.zone(settings.user_tz)
         self._clock = clock or (lambda: datetime.now(self.tz))
         self._poll = poll_seconds
         self.scheduler = BackgroundScheduler(

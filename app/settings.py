@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytz
 from dotenv import dotenv_values
 
-from app import rules
+from app import rules, zones
 
 # Callers know these as settings.SettingsError and the like too.
 from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
@@ -417,7 +416,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     """Build Settings; raises SettingsError naming the first bad variable."""
     v = _raw_values(env, dotenv_path)
     tz = _text(v, "USER_TZ")
-    if tz not in pytz.all_timezones_set:
+    if not zones.is_name(tz):
         raise SettingsError("USER_TZ", f"{tz!r} is not a timezone name such as Europe/London")
     level = _text(v, "LOG_LEVEL").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-import pytz
 import requests
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -112,7 +112,7 @@ def test_migrated_schedules_keep_firing_at_the_same_utc_instant(
     # The original's container ran "22:00" at 22:00 UTC. The hub does too, summer and winter in Sydney.
     for now in (datetime(2026, 12, 6, 12, 0, tzinfo=UTC), datetime(2026, 6, 6, 12, 0, tzinfo=UTC)):
         for hhmm, expected_hour in (("22:00", 22), ("06:30", 6)):
-            zone = zone_of(front[hhmm].zone, pytz.timezone(SYDNEY))
+            zone = zone_of(front[hhmm].zone, ZoneInfo(SYDNEY))
             assert zone is not None
             fire = DailyTrigger(hhmm, zone).get_next_fire_time(None, now)
             assert fire is not None
@@ -178,7 +178,7 @@ def test_the_schedule_page_shows_utc_and_converts_to_local_time_keeping_the_inst
     assert response.status_code == 302 and response.headers["Location"].endswith("/config/schedule#input-1")
     row = _front(sessions)
     assert row.auto_schedule_tz is None and row.auto_schedule
-    sydney = pytz.timezone(SYDNEY)
+    sydney = ZoneInfo(SYDNEY)
     # The same instants today: 22:00 UTC and 06:30 UTC read as Sydney's wall clock.
     for stored, utc_hhmm in ((row.auto_schedule_enable, "22:00"), (row.auto_schedule_disable, "06:30")):
         hour, minute = (int(p) for p in utc_hhmm.split(":"))

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
 import pytest
-import pytz
 
 from app import settings as settings_module
+from app import zones
 from app.rules import QuietHours, parse_hhmm, quiet_until
 
-LONDON = pytz.timezone("Europe/London")
+LONDON = ZoneInfo("Europe/London")
 DAY = QuietHours(dtime(7, 0), dtime(21, 0))
 
 
-def at(tz: pytz.BaseTzInfo, *args: int) -> float:
-    return tz.localize(datetime(*args)).timestamp()
+def at(tz: tzinfo, *args: int) -> float:
+    return zones.localize(datetime(*args), tz).timestamp()
 
 
 def test_inside_the_allowed_window_is_not_quiet() -> None:

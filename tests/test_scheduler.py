@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-import pytz
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,7 +24,7 @@ from app.web import create_app, formatting
 from tests.support import wait_for
 from tests.test_api import StandInProcessor
 
-LONDON = pytz.timezone("Europe/London")
+LONDON = ZoneInfo("Europe/London")
 
 
 def utc(*args: int) -> datetime:
@@ -78,7 +78,7 @@ def test_fall_back_repeated_time_fires_once() -> None:
 
 
 def test_next_transition_picks_the_earlier_edge() -> None:
-    noon = LONDON.localize(datetime(2026, 5, 1, 12))
+    noon = datetime(2026, 5, 1, 12, tzinfo=LONDON)
     found = next_transition("07:00", "22:00", LONDON, noon)
     assert found is not None
     assert found[1] is False and found[0].astimezone(UTC) == utc(2026, 5, 1, 21, 0)
@@ -241,7 +241,7 @@ def test_manual_change_holds_until_the_next_scheduled_transition(rig: Rig) -> No
         auto.sync()
         assert enabled_of(rig, InputConfig, door) is False
         # The next transition after noon is the 22:00 disable; the following 07:00 enable applies as usual.
-        noon = LONDON.localize(datetime(2026, 5, 1, 12))
+        noon = datetime(2026, 5, 1, 12, tzinfo=LONDON)
         found = next_transition("07:00", "22:00", LONDON, noon)
         assert found is not None and found[1] is False
         assert auto.transition("input", door, False)

@@ -8,11 +8,10 @@ import logging
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import pytz
 from telegram import Bot
 from telegram.request import HTTPXRequest
 
@@ -99,7 +98,7 @@ def test_text_has_detail_local_time_link_and_escaped_history(
     tg_settings: Callable[..., Settings], standin: TelegramStandIn
 ) -> None:
     settings = tg_settings()
-    ts = datetime(2026, 1, 15, 8, 5, tzinfo=pytz.utc).timestamp()  # 9:05 in Berlin (winter)
+    ts = datetime(2026, 1, 15, 8, 5, tzinfo=UTC).timestamp()  # 9:05 in Berlin (winter)
     n = event(
         "Front_Door *Motion* [x] <b>",
         ts=ts,
@@ -125,7 +124,7 @@ def test_text_has_detail_local_time_link_and_escaped_history(
 
 
 def test_time_is_user_tz_hour_not_padded() -> None:
-    ts = datetime(2026, 7, 1, 23, 7, tzinfo=pytz.utc).timestamp()
+    ts = datetime(2026, 7, 1, 23, 7, tzinfo=UTC).timestamp()
     assert format_html(event("Gate", ts=ts), "America/New_York") == "Gate (19:07)"
     assert format_html(event("Gate", ts=ts), "Asia/Tokyo") == "Gate (8:07)"
 

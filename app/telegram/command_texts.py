@@ -8,7 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import pytz
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -18,6 +17,7 @@ from app import (
     health,
     history,
     roles,
+    zones,
 )
 from app.channels import Reply
 from app.config_changes import outputs_enabled, shown_value
@@ -104,7 +104,7 @@ def status_text(settings: Settings, sessions: SessionFactory, presence: Presence
     if saved.state != "not configured":
         lines.append(f"Restore drill: {backup_status.drill_text(saved)}")
     if settings.ha_enabled:  # a standby pair: both hubs, which is active and since when
-        tz = pytz.timezone(settings.user_tz)
+        tz = zones.zone(settings.user_tz)
         fmt = lambda ts: datetime.fromtimestamp(ts, tz).strftime("%d %b %H:%M")  # noqa: E731
         lines.append("<b>Hubs</b>")
         lines += [html.escape(line) for line in roles.status_lines(sessions, settings, fmt)]
@@ -139,7 +139,7 @@ def why_text(settings: Settings, sessions: SessionFactory, terms: list[str]) -> 
             )
         )
         label = html.escape(row.device_label or row.device_key)
-        tz = pytz.timezone(settings.user_tz)
+        tz = zones.zone(settings.user_tz)
         changes = changes_text(session, row.id, tz)
         if not decisions:
             return f"<b>{label}</b>: no decisions recorded.{changes}"
@@ -183,7 +183,7 @@ def changes_text(session: Session, input_id: int, tz: Any) -> str:
 
 def schedule_text(settings: Settings, sessions: SessionFactory, targets: list[Target], heading: str) -> str:
     """Each target's stored schedule and next transition, read fresh after any change."""
-    tz = pytz.timezone(settings.user_tz)
+    tz = zones.zone(settings.user_tz)
     now = datetime.now(tz)
     lines = [heading]
     with sessions() as session:

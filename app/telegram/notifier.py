@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import pytz
 from telegram import Bot, InputMediaPhoto
 from telegram.constants import MediaGroupLimit, ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
-from app import health
+from app import health, zones
 from app.channels import Notification
 from app.settings import Settings
 from app.telegram.sms import SMS_MAX, SmsSender
@@ -50,7 +49,7 @@ def _label(n: Notification) -> str:
 
 
 def _local_time(n: Notification, tz: str) -> str:
-    when = datetime.fromtimestamp(n.timestamp or time.time(), pytz.timezone(tz))
+    when = datetime.fromtimestamp(n.timestamp or time.time(), zones.zone(tz))
     return f"{when.hour}:{when.minute:02d}"  # the original: hour not padded, minute padded
 
 

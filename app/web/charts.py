@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytz
 from flask import Blueprint, render_template, request
 from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from app import registry
+from app import registry, zones
 from app.models import Decision, InputConfig, MeterHistory
 from app.web import svg
 from app.web.context import ctx
@@ -47,7 +46,7 @@ def event_counts(now: datetime, tz: Any) -> tuple[dict[str, Counts], list[dateti
     hour_start = hour_end - timedelta(hours=HOURS)
     today = now.astimezone(tz).date()
     first_day = today - timedelta(days=DAYS - 1)
-    day_start = tz.localize(datetime.combine(first_day, datetime.min.time())).astimezone(UTC)
+    day_start = zones.localize(datetime.combine(first_day, datetime.min.time()), tz).astimezone(UTC)
     since = min(hour_start, day_start).replace(tzinfo=None)
     counts: dict[str, Counts] = {}
     stmt = (
@@ -115,7 +114,7 @@ def _meter_charts(tz: Any, now: datetime) -> list[Markup]:
 
 @bp.get("/charts")
 def index() -> Any:
-    tz = pytz.timezone(ctx().settings.user_tz)
+    tz = zones.zone(ctx().settings.user_tz)
     now = datetime.now(UTC)
     counts, hours, days = event_counts(now, tz)
     hour_labels = [h.astimezone(tz).strftime("%H") for h in hours]

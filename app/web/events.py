@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytz
 from flask import Blueprint, render_template, request
 from sqlalchemy import select
 
-from app import config_changes, history
+from app import config_changes, history, zones
 from app.models import InputConfig, OutputConfig
 from app.web.context import ctx
 
@@ -39,7 +38,7 @@ def parse_local(raw: str, tz_name: str) -> datetime:
         except ValueError:
             continue
         # is_dst=None would raise on the hour a clock change skips or repeats; either reading will do.
-        local = pytz.timezone(tz_name).localize(naive, is_dst=False)
+        local = zones.localize(naive, zones.zone(tz_name))
         return local.astimezone(UTC).replace(tzinfo=None)
     raise ValueError(raw)
 

@@ -7,11 +7,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import pytz
 from flask import Flask, current_app, g, url_for
 from markupsafe import Markup
 
-from app import config_changes
+from app import config_changes, zones
 from app.web.context import ctx
 
 
@@ -23,7 +22,7 @@ def local_time(value: datetime | float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -
         value = datetime.fromtimestamp(value, UTC)
     elif value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(pytz.timezone(ctx().settings.user_tz)).strftime(fmt)
+    return value.astimezone(zones.zone(ctx().settings.user_tz)).strftime(fmt)
 
 
 def blank(value: Any) -> Any:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import pytz
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, rules
+from app import commands, config_changes, rules, zones
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.scheduler import KINDS, convert_time, next_transition, zone_of
@@ -29,7 +28,7 @@ Errors = dict[str, str]
 
 
 def _tz() -> Any:
-    return pytz.timezone(ctx().settings.user_tz)
+    return zones.zone(ctx().settings.user_tz)
 
 
 def _rows(session: Session, kind: str) -> list[InputConfig] | list[OutputConfig]:
@@ -276,7 +275,7 @@ def local_times(row: InputConfig | OutputConfig, now: datetime) -> dict[str, str
     """The row's stored times moved to USER_TZ, each naming the same instant today as now."""
     zone = zone_of(row.auto_schedule_tz, _tz())
     if zone is None:
-        zone = pytz.UTC  # an unknown zone name: read the times as the original did
+        zone = UTC  # an unknown zone name: read the times as the original did
     converted: dict[str, str | None] = {}
     for name, stored in (("enable", row.auto_schedule_enable), ("disable", row.auto_schedule_disable)):
         hhmm = config_changes.parse_hhmm(stored)
