@@ -1,4 +1,9 @@
-"""Telegram bot commands: authorization, device switches with confirmation and timed re-enable, reports."""
+"""Telegram bot commands: authorization, device switches with confirmation and timed re-enable, reports.
+
+Over ~400 lines as one cohesive thing: the CommandBot's handlers share its state (confirmations
+waiting) and plumbing (the gate, blocking calls, processor requests). What the words mean is in
+command_args, the read-only answers in command_texts, the timed re-enables in reenables.
+"""
 
 from __future__ import annotations
 
