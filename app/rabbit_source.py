@@ -25,12 +25,16 @@ BINDING_KEY = "event.#"
 # limit and only TCP backpressure slows it; with a window at most PREFETCH_COUNT messages are in
 # flight to this process, and a backlog (a burst, a slow HeartbeatFilter) waits in the broker as
 # ready messages, where it is visible and the broker's own memory limits apply. Acking every
-# ACK_EVERY messages (and at the end of each I/O slice) with multiple=True costs one small frame
-# per batch: measured at the same ~6k msg/s as auto_ack on the development machine.
+# ACK_EVERY messages, or ACK_INTERVAL after the last ack, with multiple=True costs one small frame
+# per batch. Not at the end of every I/O slice: a slice ends as soon as anything arrived, so a hub
+# that keeps up would ack (a frame, a socket flush, three epoll calls) nearly every message.
 # A standby pair (HA_ENABLED) is different: both hubs share one durable queue, a delivery the dead
 # hub had not acked goes to the other, so there acks wait until the work is published (app/delivery.py).
 PREFETCH_COUNT = 1000
 ACK_EVERY = 250
+# Well inside the broker's consumer_timeout (30 min by default), which closes a channel holding
+# an unacked delivery too long; and short enough that a quiet hub holds few unacked deliveries.
+ACK_INTERVAL = 0.5
 SLICE_SECONDS = 0.2  # broker I/O slice: how quickly shutdown is noticed while idle
 
 
@@ -60,9 +64,10 @@ class RabbitSource(AppThread):
             heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds / 2)))
         spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
-        self._push: zmq.Socket | None = None
+        self._push: zmq.Socket[bytes] | None = None
         self._last_tag = 0
         self._unacked = 0
+        self._acked_at = 0.0  # time.monotonic() of the last ack
         # HA mode only: the shared queue's deliveries, acked after their work is published
         self._window: delivery.AckWindow | None = delivery.AckWindow() if settings.ha_enabled else None
         self._bad_log = ratelog.RateLimitedLog(log)
@@ -120,7 +125,8 @@ class RabbitSource(AppThread):
         log.info("RabbitSource consuming %s on exchange %s", BINDING_KEY, exchange)
         while not threads.shutting_down.is_set():
             connection.process_data_events(time_limit=SLICE_SECONDS)
-            self._flush_acks(channel)
+            if self._window is not None or time.monotonic() - self._acked_at >= ACK_INTERVAL:
+                self._flush_acks(channel)
             if not roles.acting():
                 # fenced: closing the channel hands every unacked delivery back to the queue
                 log.warning("RabbitSource: this hub no longer holds the lease; stopped consuming")
@@ -163,6 +169,7 @@ class RabbitSource(AppThread):
         if self._unacked:
             channel.basic_ack(delivery_tag=self._last_tag, multiple=True)
             self._unacked = 0
+            self._acked_at = time.monotonic()
 
     def _on_message(
         self,
