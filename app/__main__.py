@@ -13,7 +13,7 @@ import time
 
 from app import early_migration, file_modes
 from app import settings as settings_module
-from app.settings import SettingsError
+from app.settings_defaults import SettingsError
 from pylib import threads
 
 log = logging.getLogger("app")
