@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from app import settings as settings_module
 from app.settings import Settings
 
 # logs as app.observability, whichever of its modules speaks
@@ -31,24 +32,8 @@ _STANDARD_ATTRS = frozenset(
 
 def secret_values(settings: Settings) -> list[str]:
     """The secret strings in the settings, longest first so a longer secret is replaced whole."""
-    values = [
-        settings.rabbitmq_password,
-        settings.mqtt_password,
-        settings.influxdb_token,
-        settings.telegram_bot_token,
-        settings.mdash_api_key,
-        settings.secret_key,
-        settings.cronitor_telemetry_key,
-        settings.aws_secret_access_key,
-        settings.backup_encryption_key,
-    ]
-    for url in (settings.database_url, settings.sentry_dsn):
-        parts = urlsplit(url) if url else None
-        if parts is not None:
-            values += [parts.password or "", parts.username if url == settings.sentry_dsn else ""]
-    if settings.hc_ping_url:
-        # Anyone with the ping URL's check id can ping; the last path segment is that id.
-        values.append(settings.hc_ping_url.rstrip("/").rsplit("/", 1)[-1])
+    # Which settings are secret, and which part of each, is the flag on their fields (app/settings.py).
+    values = settings_module.secret_strings(settings)
     wanted = {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
     return sorted(wanted, key=len, reverse=True)
 

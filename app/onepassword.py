@@ -42,6 +42,9 @@ SECRET_FIELDS: dict[str, tuple[str, str]] = {
 }
 """Setting -> (item title, "section.field") in the original's 1Password layout (its CredsConfig).
 
+Where the original kept these, secret or not (INFLUXDB_URL is here, RABBITMQ_PASSWORD is not): a map
+of places, not the list of secrets, which is the flag on the Settings fields (app/settings.py).
+
 `<app>` is APP_NAME and `<region>` is AWS_DEFAULT_REGION; ".field" is a field in no section. A missing
 item, field or empty value is skipped; a non-empty field of the same name in ENV.<app> wins.
 """

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,23 +29,21 @@ OUTPUT_TYPE_VARS = {
     "tts": "OUTPUT_TYPE_TTS",
     "bluetooth": "OUTPUT_TYPE_BLUETOOTH",
 }
-SECRET_NAMES = frozenset(
-    {
-        "RABBITMQ_PASSWORD",
-        "DATABASE_URL",
-        "MQTT_PASSWORD",
-        "INFLUXDB_TOKEN",
-        "MDASH_API_KEY",
-        "TELEGRAM_BOT_TOKEN",
-        "APP_SECRET_KEY",
-        "SENTRY_DSN",
-        "HC_PING_URL",
-        "CRONITOR_TELEMETRY_KEY",
-        "AWS_SECRET_ACCESS_KEY",
-        "OP_CONNECT_TOKEN",
-        "BACKUP_ENCRYPTION_KEY",
-    }
-)
+# The flag marking a secret setting: field metadata {SECRET: part}, the part of its value that is
+# secret. Everything that must keep secrets out (describe(), log redaction, SECRET_NAMES, the
+# pages' test) reads the flag, so a new secret is marked once, on its field.
+SECRET = "secret"
+WHOLE = "whole"  # the value itself
+URL_PASSWORD = "url-password"  # the password in a URL; the rest (host, database) may show
+URL_USERINFO = "url-userinfo"  # user and password in a URL (a Sentry DSN's user is its key)
+LAST_SEGMENT = "last-segment"  # a URL's last path segment (a ping URL's check id: anyone with it can ping)
+# Read before Settings exists (it only reaches 1Password) and kept nowhere after: not a field.
+OP_CONNECT_TOKEN = "OP_CONNECT_TOKEN"
+
+
+def _secret(env: str, part: str = WHOLE, default: Any = MISSING) -> Any:
+    """A secret setting's field, from environment variable `env`: out of repr and flagged SECRET."""
+    return field(default=default, repr=False, metadata={SECRET: part, "env": env})
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class Settings:
     rabbitmq_servers: tuple[tuple[str, int], ...]
     rabbitmq_exchange: str
     rabbitmq_user: str
-    rabbitmq_password: str = field(repr=False)
+    rabbitmq_password: str = _secret("RABBITMQ_PASSWORD")
     rabbitmq_vhost: str = "/"
     rabbitmq_max_message_bytes: int = 1024 * 1024
     control_message_ttl: int = 90
@@ -67,7 +65,7 @@ class Settings:
     default_activation_interval: int = 60
     default_multi_trigger_rate: int = 2
     default_trigger_window: int = 10
-    database_url: str = field(default="", repr=False)
+    database_url: str = _secret("DATABASE_URL", URL_PASSWORD, "")
     db_timeout: int = 30
     event_log_retention_days: int = 90
     event_log_max_rows: int = 200000
@@ -76,8 +74,8 @@ class Settings:
     http_port: int = 8080
     http_bind: str = "0.0.0.0"  # login guards every page, and the container needs it
     admin_user: str = "admin"
-    admin_password_hash: str = field(default="", repr=False)
-    secret_key: str = field(default="", repr=False)
+    admin_password_hash: str = _secret("APP_ADMIN_PASSWORD_HASH", default="")
+    secret_key: str = _secret("APP_SECRET_KEY", default="")
     login_max_failures: int = 5
     login_lockout_seconds: int = 300
     session_cookie_secure: str = "auto"  # auto: Secure when the request came over HTTPS
@@ -86,14 +84,14 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
     mqtt_username: str = ""
-    mqtt_password: str = field(default="", repr=False)
+    mqtt_password: str = _secret("MQTT_PASSWORD", default="")
     mqtt_tls: bool = False
     mqtt_ca_certs: str = ""
     mqtt_subscriptions: tuple[str, ...] = ("meter/electricity/#", "sensor/#", "+/heartbeat/+")
     mqtt_meter_reset_topic: str = "meter/electricity/control"
     mqtt_outbox_size: int = 1000
     influxdb_url: str = ""
-    influxdb_token: str = field(default="", repr=False)
+    influxdb_token: str = _secret("INFLUXDB_TOKEN", default="")
     influxdb_org: str = ""
     influxdb_bucket: str = ""
     influxdb_buffer_size: int = 10000
@@ -101,13 +99,13 @@ class Settings:
     influxdb_layout: str = "auto"
     # +CC put in front of SMS numbers written without one (the original's "name;0412..." entries)
     sms_country_code: str = ""
-    mdash_api_key: str = field(default="", repr=False)
+    mdash_api_key: str = _secret("MDASH_API_KEY", default="")
     mdash_api_base_url: str = "https://mdash.net/api/v2/devices"
     mdash_device_tags: tuple[str, ...] = ("meter", "sensor")
     mdash_app_config_mqtt_pub_topic: str = "app.mqtt_pub_topic"
     mdash_poll_seconds: int = 300
 
-    telegram_bot_token: str = field(default="", repr=False)
+    telegram_bot_token: str = _secret("TELEGRAM_BOT_TOKEN", default="")
     telegram_chat_room: int | None = None
     telegram_users: tuple[int, ...] = ()
     telegram_api_base_url: str = "https://api.telegram.org/bot"
@@ -122,23 +120,23 @@ class Settings:
     quiet_hours_not_before: dt.time = dt.time(7, 0)
     quiet_hours_not_after: dt.time = dt.time(21, 0)
     log_format: str = "text"
-    sentry_dsn: str = field(default="", repr=False)
+    sentry_dsn: str = _secret("SENTRY_DSN", URL_USERINFO, "")
     sentry_environment: str = ""
-    hc_ping_url: str = field(default="", repr=False)
+    hc_ping_url: str = _secret("HC_PING_URL", LAST_SEGMENT, "")
     cronitor_monitor_key: str = ""
-    cronitor_telemetry_key: str = field(default="", repr=False)
+    cronitor_telemetry_key: str = _secret("CRONITOR_TELEMETRY_KEY", default="")
     cronitor_ping_url: str = "https://cronitor.link/p"
     health_ping_seconds: float = 300.0
     health_down_grace_seconds: float = 120.0
     heartbeat_row_seconds: float = 60.0
     aws_access_key_id: str = ""
-    aws_secret_access_key: str = field(default="", repr=False)
+    aws_secret_access_key: str = _secret("AWS_SECRET_ACCESS_KEY", default="")
     aws_endpoint_url: str = ""
     backup_s3_bucket: str = ""
     backup_retention_days: int = 30
     backup_status_path: str = "./data/backup_status.json"
     backup_max_age_hours: int = 26
-    backup_encryption_key: str = field(default="", repr=False)
+    backup_encryption_key: str = _secret("BACKUP_ENCRYPTION_KEY", default="")
     sqs_control_enabled: bool = False
     sqs_queue: str = "automation-control"
     sqs_wait_seconds: int = 10
@@ -218,6 +216,32 @@ class Settings:
             if wanted in types:
                 return handler
         return None
+
+
+SECRET_FIELDS = tuple(f for f in fields(Settings) if SECRET in f.metadata)
+SECRET_ATTRIBUTES = frozenset(f.name for f in SECRET_FIELDS)
+# The environment variables holding secrets: the flagged fields' and the 1Password token.
+SECRET_NAMES = frozenset(f.metadata["env"] for f in SECRET_FIELDS) | {OP_CONNECT_TOKEN}
+
+
+def secret_strings(settings: Settings) -> list[str]:
+    """The secret strings the settings hold: of each flagged field, the part its flag names."""
+    found: list[str] = []
+    for secret_field in SECRET_FIELDS:
+        value = getattr(settings, secret_field.name)
+        part = secret_field.metadata[SECRET]
+        if not value:
+            continue
+        if part == WHOLE:
+            found.append(value)
+        elif part in (URL_PASSWORD, URL_USERINFO):
+            url = urlsplit(value)
+            found += [url.password or "", (url.username or "") if part == URL_USERINFO else ""]
+        elif part == LAST_SEGMENT:
+            found.append(value.rstrip("/").rsplit("/", 1)[-1])
+        else:
+            raise AssertionError(f"{secret_field.name}: unknown secret part {part!r}")
+    return [text for text in found if text]
 
 
 def sqlite_file(database_url: str) -> str | None:
@@ -707,22 +731,7 @@ def _ha(v: dict[str, str], database_url: str, exchange: str) -> dict[str, Any]:
 
 def describe(settings: Settings) -> dict[str, Any]:
     """Settings for a start-up log line, with secrets left out."""
-    hidden = (
-        "rabbitmq_password",
-        "database_url",
-        "mqtt_password",
-        "influxdb_token",
-        "mdash_api_key",
-        "admin_password_hash",
-        "secret_key",
-        "telegram_bot_token",
-        "sentry_dsn",
-        "hc_ping_url",
-        "cronitor_telemetry_key",
-        "aws_secret_access_key",
-        "backup_encryption_key",
-    )
-    out = {k: v for k, v in settings.__dict__.items() if k not in hidden}
+    out = {k: v for k, v in settings.__dict__.items() if k not in SECRET_ATTRIBUTES}
     url = settings.database_url
     out["database"] = url.split("@")[-1] if "@" in url else url
     return out
