@@ -11,7 +11,8 @@ from pylib.inproc import message
 HEARTBEAT_FILTER = "inproc://heartbeat-filter"  # sources -> HeartbeatFilter
 PROCESSOR = "inproc://event-processor"  # HeartbeatFilter, API -> EventProcessor
 CONTROL_PUBLISHER = "inproc://control-publisher"  # EventProcessor -> ControlPublisher
-AUDIT = "inproc://audit-writer"  # EventProcessor -> AuditWriter
+AUDIT = "inproc://audit-writer"  # EventProcessor, HeartbeatFilter -> AuditWriter (every store write)
+CONFIG = "inproc://config-applier"  # EventProcessor -> ConfigApplier (configuration changes)
 MQTT_PUBLISH = "inproc://mqtt-publish"  # EventProcessor -> MqttSource (meter resets)
 METER_WRITER = "inproc://meter-writer"  # EventProcessor -> MeterWriter (InfluxDB)
 NOTIFIER = "inproc://notifier"  # EventProcessor, OfflineMonitor -> Telegram notifier
@@ -27,6 +28,9 @@ class Envelope:
     refreshes its cached configuration for them. device names the sending device for the
     per-device registration caps (origin plus device name, or the MQTT board's id); empty: origin.
     refused_keys lists the input keys a registration cap refused, so the processor skips them.
+    adverts lists the devices registered or re-described by this message as [kind, key, label,
+    type, location], and generations the outputs whose wire generation changed as [key,
+    generation]: the processor learns both in memory at once, while the AuditWriter stores them.
     """
 
     origin: str
@@ -37,6 +41,8 @@ class Envelope:
     changed_keys: list[str] = field(default_factory=list)
     device: str = ""
     refused_keys: list[str] = field(default_factory=list)
+    adverts: list[list[Any]] = field(default_factory=list)
+    generations: list[list[Any]] = field(default_factory=list)
 
 
 @message
@@ -140,3 +146,60 @@ class StateWrite:
 
     values: dict[str, Any]
     version: float
+
+
+@message
+@dataclass
+class Registration:
+    """Devices the HeartbeatFilter registered or re-described, and outputs that changed generation.
+
+    new and refreshed hold [kind, key, label, type, location]; generations [key, generation,
+    device]. The AuditWriter stores them and answers the processor with Registered.
+    """
+
+    origin: str
+    new: list[list[Any]] = field(default_factory=list)
+    refreshed: list[list[Any]] = field(default_factory=list)
+    generations: list[list[Any]] = field(default_factory=list)
+
+
+@message
+@dataclass
+class Registered:
+    """The AuditWriter stored these device keys: the processor reads their rows (and real ids) again."""
+
+    keys: list[str]
+
+
+@message
+@dataclass
+class LastSeen:
+    """Last-seen times (device key -> unix time) for the AuditWriter to store."""
+
+    seen: dict[str, float]
+
+
+@message
+@dataclass
+class MeterReading:
+    """One meter reading to store: meter_config's current values and a meter_history row.
+
+    input_id is negative while the meter's registration is still on its way to the database; the
+    AuditWriter then finds the row by input_key.
+    """
+
+    input_id: int
+    input_key: str
+    timestamp: float
+    values: dict[str, Any]  # meter_reading, and register_value / meter_value when sent
+    reading: float | None
+
+
+@message
+@dataclass
+class Applied:
+    """A configuration change the ConfigApplier stored: the processor reloads, then answers the caller."""
+
+    reply_to: str | None
+    reply: dict[str, Any]  # the Reply's fields
+    reload: bool

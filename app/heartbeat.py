@@ -1,4 +1,9 @@
-"""HeartbeatFilter: records last-seen, registers devices on first sight, then forwards to the processor."""
+"""HeartbeatFilter: notes last-seen, registers devices on first sight, then forwards to the processor.
+
+It decides from memory and never waits on the database: registrations, generation changes and
+last-seen times go to the AuditWriter (which stores them beside the event path), and the envelope
+tells the processor what changed so it knows a new device at once.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+import zmq
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db_writes, health, limits, protocols, registry, roles
-from app.channels import HEARTBEAT_FILTER, PROCESSOR, Envelope
+from app import health, limits, protocols, registry, roles, store_writes
+from app.channels import AUDIT, HEARTBEAT_FILTER, PROCESSOR, Envelope, LastSeen, Registration
 from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
 from app.presence import Presence
@@ -76,6 +81,8 @@ class HeartbeatFilter(threads.AppThread):
         self._bad_log = ratelog.RateLimitedLog(log)
         self._change_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
+        # The AuditWriter stores registrations and last-seen; its loop never waits long on a lock.
+        self._store = inproc.connect_push(AUDIT)
 
     def work(self) -> None:
         push = inproc.connect_push(PROCESSOR)
@@ -102,6 +109,8 @@ class HeartbeatFilter(threads.AppThread):
             self._flush()
             self._pull.close()
             push.close()
+            self._store.setsockopt(zmq.LINGER, 1000)  # the last flush must reach the AuditWriter
+            self._store.close()
 
     def _learn_known(self, known: dict[tuple[str, str], Known]) -> None:
         self._known = known
@@ -130,21 +139,24 @@ class HeartbeatFilter(threads.AppThread):
             if described:
                 self._learn_clock(env, [ad.device_key for ad in described])
             return
-        refused: set[str] = set()
-        try:
-            device = env.device or env.origin
-            env.changed_keys, refused = self._register(device, env.origin, described, active)
-        except SQLAlchemyError as exc:
-            # The processor can still act on devices already known; registration retries next time.
-            health.count("heartbeat_filter.db_errors")
-            if db_writes.failed("registration", exc):
-                log.warning("could not register devices from %s; retrying with its next message", env.origin)
-        try:
-            env.changed_keys += self._note_generation(env.origin, inbound, described, env.received_at)
-        except SQLAlchemyError as exc:
-            health.count("heartbeat_filter.db_errors")
-            if db_writes.failed("registration", exc):
-                log.warning("could not store the wire generation of %s; retrying later", inbound.device)
+        device = env.device or env.origin
+        new, refreshed, refused = self._register(device, env.origin, described, active)
+        generations = self._note_generation(env.origin, inbound, described, env.received_at)
+        if new or refreshed or generations:
+            # Stored by the AuditWriter (sent first, so it is on its way before the processor
+            # decides anything about these devices); the processor learns them from the envelope.
+            inproc.send(
+                self._store,
+                Registration(
+                    origin=env.origin,
+                    new=[store_writes.advert_row(ad) for ad in new],
+                    refreshed=[store_writes.advert_row(ad) for ad in refreshed],
+                    generations=[[key, inbound.generation, inbound.device] for key in generations],
+                ),
+            )
+            env.adverts = [store_writes.advert_row(ad) for ad in new + refreshed]
+            env.generations = [[key, inbound.generation] for key in generations]
+            env.changed_keys = [ad.device_key for ad in new + refreshed] + generations
         # Only registered keys are tracked: a flood of keys that were refused grows nothing here.
         known = [ad.device_key for ad in described + active if (ad.kind, ad.device_key) in self._known]
         self._presence.seen(env.origin, known, env.received_at)
@@ -191,12 +203,11 @@ class HeartbeatFilter(threads.AppThread):
 
     def _register(
         self, device: str, origin: str, described: list[registry.Advert], active: list[registry.Advert]
-    ) -> tuple[list[str], set[str]]:
-        """Insert new devices (within the caps) and follow changed descriptions.
+    ) -> tuple[list[registry.Advert], list[registry.Advert], set[str]]:
+        """Admit new devices (within the caps) and follow changed descriptions, in memory.
 
-        Returns the keys inserted or changed, and the input keys refused by a cap.
+        Returns the new devices, the re-described ones, and the input keys refused by a cap.
         """
-        changed: list[str] = []
         new: dict[tuple[str, str], registry.Advert] = {}
         refused: set[tuple[str, str]] = set()
         by_cap: dict[str, list[str]] = {}
@@ -234,28 +245,8 @@ class HeartbeatFilter(threads.AppThread):
         refused_inputs = {key for kind, key in refused if kind == "input"}
         for cap, keys in by_cap.items():
             self._refusals.refuse(device, cap, self._cap_limit(cap), keys)
-        if not new and not refreshed:
-            return changed, refused_inputs
-        try:
-            with self._sessions() as session:
-                for ad in new.values():
-                    registry.insert(session, ad, origin)
-                for ad in refreshed:
-                    registry.refresh(session, ad)
-                session.commit()
-            db_writes.ok("registration")
-        except IntegrityError:
-            # Someone else registered one of these keys; learn the table again and move on.
-            with self._sessions() as session:
-                self._learn_known(registry.load_known(session))
-            return [ad.device_key for ad in new.values()], refused_inputs
-        except SQLAlchemyError:
-            for ad in new.values():  # not registered after all: give the caps their room back
-                self._totals[ad.kind] -= 1
-            raise
         for ad in new.values():
             self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
-            changed.append(ad.device_key)
             log.info(
                 "new %s %r (%s) from %s, registered %s",
                 ad.kind,
@@ -266,9 +257,8 @@ class HeartbeatFilter(threads.AppThread):
             )
         for ad in refreshed:
             self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
-            changed.append(ad.device_key)
             self._change_log.info("%s %r changed its description", ad.kind, ad.device_key)
-        return changed, refused_inputs
+        return list(new.values()), refreshed, refused_inputs
 
     def _cap_limit(self, cap: str) -> int:
         return {
@@ -284,7 +274,8 @@ class HeartbeatFilter(threads.AppThread):
         """Remember which generation the device speaks, for each output it advertised (§6.2).
 
         Only outputs registered to this origin are followed; a changed entry is written at once and
-        named in changed_keys, so the processor answers the device in kind from its next trigger.
+        handed to the AuditWriter and named in the envelope, so the processor answers the device in
+        kind from its next trigger.
         Two devices advertising the same output key would flip it at every heartbeat: while the
         recorded device keeps confirming it (GENERATION_HOLD_SECONDS), another one is refused and counted.
         """
@@ -314,12 +305,6 @@ class HeartbeatFilter(threads.AppThread):
                     )
                 continue
             keys.append(ad.device_key)
-        if not keys:
-            return []
-        with self._sessions() as session:
-            registry.set_generation(session, keys, *seen)
-            session.commit()
-        db_writes.ok("registration")
         for key in keys:
             if key in self._generations:
                 log.info("output %r now speaks %s (device %s)", key, inbound.generation, inbound.device)
@@ -333,16 +318,7 @@ class HeartbeatFilter(threads.AppThread):
         return known is not None and known[3] in (None, origin)
 
     def _flush(self) -> None:
+        """Hand the last-seen times heard since the last flush to the AuditWriter."""
         seen = self._presence.take_dirty()
-        if not seen:
-            return
-        try:
-            with self._sessions() as session:
-                registry.flush_last_seen(session, seen)
-        except SQLAlchemyError as exc:
-            # Kept in memory (the dashboard reads presence first) and written by a later flush.
-            self._presence.requeue_dirty(seen)
-            health.count("heartbeat_filter.db_errors")
-            db_writes.failed("last_seen", exc)
-            return
-        db_writes.ok("last_seen")
+        if seen:
+            inproc.send(self._store, LastSeen(seen=seen))

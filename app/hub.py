@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import clocks, db, db_writes, file_modes, health, limits, observability, original, registry, roles
 from app.audit_writer import AuditWriter
+from app.config_applier import ConfigApplier
 from app.control import ControlPublisher
 from app.heartbeat import HeartbeatFilter
 from app.mqtt_source import MqttSource
@@ -90,6 +91,7 @@ class Hub:
         audit_writer = AuditWriter(self.settings, self.sessions)
         publisher = ControlPublisher(self.settings)
         processor = EventProcessor(self.settings, self.sessions, self.clock)
+        applier = ConfigApplier(self.settings, self.sessions)
         heartbeat = HeartbeatFilter(self.sessions, presence, limits.Caps.from_settings(self.settings))
         rabbit = RabbitSource(self.settings)
         self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
@@ -97,6 +99,7 @@ class Hub:
             audit_writer,
             publisher,
             processor,
+            applier,
             heartbeat,
             rabbit,
             self.web,

@@ -4,35 +4,38 @@ What happens when a motion sensor fires, top to bottom: the HeartbeatFilter forw
 (`_on_envelope`); each active device is checked for staleness, counted, and run through the input
 rules (`_on_activation`); if it fires, each linked output goes through the output rules and, when
 it fires, a ControlMessage goes to the ControlPublisher. Every outcome becomes an AuditRecord for
-the AuditWriter. This thread is also the only one that changes configuration (`_on_command`).
+the AuditWriter. Nothing here waits on the database: it decides from the configuration in memory,
+learns a device the HeartbeatFilter just registered from the envelope (with a provisional negative
+id until the AuditWriter has stored the row and says Registered), and hands meter readings and rule
+state to the AuditWriter. Configuration changes are applied by the ConfigApplier beside it; this
+thread reloads after each one and answers the caller (`_on_command`, `_on_applied`).
 
 Informational inputs (info_notify) inside quiet hours do not notify: the alert goes into a pending
 digest, sent as one message when the window opens (`_check_digest`). Rule state (latches, trigger
 histories, output intervals, meter zones, recent triggers, the digest) is kept in rule_state and
-loaded at start. Changes only mark state dirty; `_flush` writes them at most every FLUSH_SECONDS and
-at shutdown, so a crash (not a stop) can lose up to FLUSH_SECONDS of latch/window changes. A
-deferred alert is written at once: losing it would lose the alert itself.
+loaded at start. Changes only mark state dirty; `_flush` hands them to the AuditWriter at most every
+FLUSH_SECONDS and at shutdown, so a crash (not a stop) can lose up to FLUSH_SECONDS of latch/window
+changes. A deferred alert is handed over at once: losing it would lose the alert itself.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+import zmq
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import (
     commands,
     config_changes,
-    db_writes,
     delivery,
     health,
     meters,
@@ -45,24 +48,26 @@ from app import (
 )
 from app.channels import (
     AUDIT,
+    CONFIG,
     CONTROL_PUBLISHER,
     METER_WRITER,
-    MQTT_PUBLISH,
     NOTIFIER,
     PROCESSOR,
+    Applied,
     AuditRecord,
     Command,
     ControlMessage,
     Envelope,
     MeterPoint,
-    MqttPublish,
+    MeterReading,
     Notification,
+    Registered,
     Reply,
     StateWrite,
 )
 from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
-from app.models import InputConfig, InputLink, MeterConfig, MeterHistory, OutputConfig, OutputLink
+from app.models import InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
 from app.settings import Settings
 from pylib import inproc, ratelog, threads, wire
 
@@ -97,6 +102,10 @@ class Snapshot:
     meters: dict[int, meters.MeterRule] = field(default_factory=dict)
     outputs_enabled: bool = True
     quiet: rules.QuietHours = field(default_factory=rules.QuietHours)
+    output_ids: dict[str, int] = field(default_factory=dict)  # output key -> id
+    # (kind, key) of devices whose label a person set: a device's own advert no longer changes it
+    custom_labels: set[tuple[str, str]] = field(default_factory=set)
+    overridden: set[int] = field(default_factory=set)  # outputs whose generation a person chose
 
 
 def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = None) -> Snapshot:
@@ -109,11 +118,9 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
         if linked_id != input_id:
             input_links.setdefault(input_id, []).append(linked_id)
     for row in session.scalars(select(InputConfig)):
-        rule = input_rule(row, input_links.get(row.id, ()))
-        snap.inputs_by_key[rule.device_key] = rule
-        snap.inputs_by_id[rule.id] = rule
-    for row in session.scalars(select(OutputConfig)):
-        snap.outputs_by_id[row.id] = output_rule(row)
+        add_input(snap, row, input_links.get(row.id, ()))
+    for out_row in session.scalars(select(OutputConfig)):
+        add_output(snap, out_row)
     for input_id, output_id in session.execute(
         select(OutputLink.input_device_id, OutputLink.output_device_id)
     ):
@@ -124,6 +131,27 @@ def load_snapshot(session: Session, quiet_default: rules.QuietHours | None = Non
     for m in session.scalars(select(MeterConfig)):
         snap.meters[m.input_device_id] = meters_rule(m)
     return snap
+
+
+def add_input(snap: Snapshot, row: InputConfig, linked: Iterable[int]) -> rules.InputRule:
+    rule = input_rule(row, linked)
+    snap.inputs_by_key[rule.device_key] = rule
+    snap.inputs_by_id[rule.id] = rule
+    if row.label_customized:
+        snap.custom_labels.add(("input", row.device_key))
+    return rule
+
+
+def add_output(snap: Snapshot, row: OutputConfig) -> rules.OutputRule:
+    rule = snap.outputs_by_id[row.id] = output_rule(row)
+    snap.output_ids[row.device_key] = row.id
+    if row.label_customized:
+        snap.custom_labels.add(("output", row.device_key))
+    if row.generation_override:
+        snap.overridden.add(row.id)
+    else:
+        snap.overridden.discard(row.id)
+    return rule
 
 
 def input_rule(row: InputConfig, linked: Iterable[int]) -> rules.InputRule:
@@ -169,13 +197,35 @@ def refresh_keys(session: Session, snap: Snapshot, keys: Iterable[str]) -> None:
         chunk = wanted[start : start + REFRESH_CHUNK]
         for row in session.scalars(select(InputConfig).where(InputConfig.device_key.in_(chunk))):
             old = snap.inputs_by_id.get(row.id)
-            rule = input_rule(row, old.linked_input_ids if old else ())
-            snap.inputs_by_key[rule.device_key] = rule
-            snap.inputs_by_id[rule.id] = rule
+            add_input(snap, row, old.linked_input_ids if old else ())
             if row.id not in snap.meters and registry.is_meter(row.device_type) and row.meter is not None:
                 snap.meters[row.id] = meters_rule(row.meter)
-        for row in session.scalars(select(OutputConfig).where(OutputConfig.device_key.in_(chunk))):
-            snap.outputs_by_id[row.id] = output_rule(row)
+        for out_row in session.scalars(select(OutputConfig).where(OutputConfig.device_key.in_(chunk))):
+            add_output(snap, out_row)
+
+
+Rule = rules.InputRule | rules.OutputRule
+
+
+def new_device(kind: str, key: str, label: str, device_type: str, ident: int) -> Rule:
+    """The rule of a device registered a moment ago, as registry.insert writes its row."""
+    if kind == "input":
+        return input_rule(
+            InputConfig(
+                id=ident, device_key=key, device_label=label, device_type=device_type, device_enabled=False
+            ),
+            (),
+        )
+    return output_rule(
+        OutputConfig(
+            id=ident,
+            device_key=key,
+            device_label=label,
+            device_type=device_type,
+            device_enabled=True,
+            pulse_seconds=rules.PULSE_INPUT_INTERVAL,
+        )
+    )
 
 
 def meters_rule(m: MeterConfig) -> meters.MeterRule:
@@ -212,8 +262,12 @@ class EventProcessor(threads.AppThread):
             message_validity=settings.max_message_validity,
         )
         self._snap = Snapshot()
-        # keys registered or re-described since the last refresh (bounded by the registration caps)
+        # keys the AuditWriter stored since the last refresh (bounded by the registration caps)
         self._pending: set[str] = set()
+        # (kind, key) -> rule of devices registered but not yet read back from the database, under a
+        # provisional negative id (bounded by the registration caps)
+        self._provisional: dict[tuple[str, str], rules.InputRule | rules.OutputRule] = {}
+        self._next_provisional = -1
         self._next_refresh = 0.0
         self._bad_log = ratelog.RateLimitedLog(log)
         self._input_state: dict[int, rules.InputState] = {}
@@ -238,7 +292,7 @@ class EventProcessor(threads.AppThread):
         self._pull = inproc.bind_pull(PROCESSOR)
         self._control: Any = None
         self._audit: Any = None
-        self._mqtt: Any = None
+        self._config: Any = None
         self._meter_writer: Any = None
         self._notifier: Any = None
 
@@ -247,7 +301,7 @@ class EventProcessor(threads.AppThread):
     def work(self) -> None:
         self._control = inproc.connect_push(CONTROL_PUBLISHER)
         self._audit = inproc.connect_push(AUDIT)
-        self._mqtt = inproc.connect_push(MQTT_PUBLISH)
+        self._config = inproc.connect_push(CONFIG)
         # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
         if self._settings.influxdb_enabled:
             self._meter_writer = inproc.connect_push(METER_WRITER)
@@ -269,7 +323,11 @@ class EventProcessor(threads.AppThread):
                 if self._acting != roles.acting():
                     self._role_changed()
                 try:
-                    if not self._acting:
+                    if isinstance(msg, Applied):
+                        self._on_applied(msg)  # applied already: answered on a standby too
+                    elif isinstance(msg, Registered):
+                        self._on_registered(msg)
+                    elif not self._acting:
                         if msg is not None:
                             self._refuse(msg)
                     elif isinstance(msg, Envelope):
@@ -293,12 +351,14 @@ class EventProcessor(threads.AppThread):
             # Not on a standby or a fenced hub: the state belongs to the active hub.
             if self._acting and roles.acting():
                 self._dirty |= self._all_state_keys()
-                self._flush(direct=True)
+                self._flush()
+            if self._audit is not None:
+                self._audit.setsockopt(zmq.LINGER, 1000)  # the last flush must reach the AuditWriter
             for sock in (
                 self._pull,
                 self._control,
                 self._audit,
-                self._mqtt,
+                self._config,
                 self._meter_writer,
                 self._notifier,
             ):
@@ -318,6 +378,7 @@ class EventProcessor(threads.AppThread):
         self._recent.clear()
         self._digest = {"items": [], "more": 0}
         self._dirty.clear()
+        self._provisional.clear()
         self._reload()
         self._load_state()
         log.info("event processor acting: configuration and rule state loaded from the database")
@@ -336,20 +397,100 @@ class EventProcessor(threads.AppThread):
         except SQLAlchemyError:
             health.count("processor.db_errors")
             log.exception("could not load the configuration; keeping the previous one")
+            return
+        self._adopt()
 
     # ---- configuration changes --------------------------------------------------------------
 
     def _on_command(self, cmd: Command) -> None:
         if cmd.action == "fire_input":
-            reply = self._fire_input(cmd)
-        elif cmd.action == "meter_reset":
-            reply = self._meter_reset(cmd)
+            commands.answer(cmd, self._fire_input(cmd))
         else:
-            with self._sessions() as session:
-                reply = config_changes.apply(session, cmd)
-            if reply.ok:
-                self._reload()
-        commands.answer(cmd, reply)
+            # Stored by the ConfigApplier, which may wait on the database while events go on here;
+            # it comes back as Applied, and the caller hears "saved" only after the reload.
+            inproc.send(self._config, cmd)
+
+    def _on_applied(self, msg: Applied) -> None:
+        if msg.reload:
+            self._reload()
+        commands.answer(Command(action="", args={}, reply_to=msg.reply_to), Reply(**msg.reply))
+
+    def _on_registered(self, msg: Registered) -> None:
+        """The AuditWriter stored these devices: read their rows (real ids, a person's labels) soon."""
+        self._pending.update(msg.keys)
+        if len(self._pending) > MAX_PENDING:
+            self._reload()
+
+    def _learn(self, adverts: list[list[Any]], generations: list[list[Any]]) -> None:
+        """Devices the HeartbeatFilter registered or re-described, and outputs' new generations:
+        known here at once, while the AuditWriter stores them."""
+        snap = self._snap
+        for kind, key, label, device_type, _location in adverts:
+            if kind == "input":
+                old_in = snap.inputs_by_key.get(key)
+                if old_in is None:
+                    rule: Rule = new_device(kind, key, label, device_type, self._temp_id())
+                else:
+                    keep = ("input", key) in snap.custom_labels
+                    rule = replace(old_in, device_type=device_type, label=old_in.label if keep else label)
+                snap.inputs_by_key[key] = snap.inputs_by_id[rule.id] = rule  # type: ignore[assignment]
+            else:
+                ident = snap.output_ids.get(key)
+                old_out = None if ident is None else snap.outputs_by_id.get(ident)
+                if old_out is None:
+                    rule = new_device(kind, key, label, device_type, self._temp_id())
+                else:
+                    keep = ("output", key) in snap.custom_labels
+                    rule = replace(old_out, device_type=device_type, label=old_out.label if keep else label)
+                snap.outputs_by_id[rule.id] = rule  # type: ignore[assignment]
+                snap.output_ids[key] = rule.id
+            if rule.id < 0:
+                self._provisional[(kind, key)] = rule
+        for key, generation in generations:
+            ident = snap.output_ids.get(key)
+            out = None if ident is None else snap.outputs_by_id.get(ident)
+            if out is not None and out.id not in snap.overridden:
+                snap.outputs_by_id[out.id] = replace(out, generation=generation)
+                if out.id < 0:
+                    self._provisional[("output", key)] = snap.outputs_by_id[out.id]
+
+    def _temp_id(self) -> int:
+        ident, self._next_provisional = self._next_provisional, self._next_provisional - 1
+        return ident
+
+    def _adopt(self) -> None:
+        """After reading the database: provisional devices now stored take their real ids (their rule
+        state moves along); those still on their way stay in the snapshot as they were."""
+        snap = self._snap
+        for (kind, key), temp in list(self._provisional.items()):
+            if kind == "input":
+                real_in = snap.inputs_by_key.get(key)
+                if real_in is None or real_in.id == temp.id:
+                    snap.inputs_by_key[key] = snap.inputs_by_id[temp.id] = temp  # type: ignore[assignment]
+                    continue
+                snap.inputs_by_id.pop(temp.id, None)
+                snap.meters.pop(temp.id, None)
+                self._move_state(("input", "meter_zone"), temp.id, real_in.id)
+            else:
+                real = snap.output_ids.get(key)
+                if real is None or real == temp.id:
+                    snap.outputs_by_id[temp.id] = temp  # type: ignore[assignment]
+                    snap.output_ids[key] = temp.id
+                    continue
+                snap.outputs_by_id.pop(temp.id, None)
+                self._move_state(("output",), temp.id, real)
+            del self._provisional[(kind, key)]
+
+    def _move_state(self, kinds: tuple[str, ...], old: int, new: int) -> None:
+        tables: dict[str, dict[int, Any]] = {
+            "input": self._input_state,
+            "meter_zone": self._meter_zone,
+            "output": self._output_state,
+        }
+        for kind in kinds:
+            if old in tables[kind]:
+                tables[kind][new] = tables[kind].pop(old)
+                self._dirty.add((kind, new))
 
     def _fire_input(self, cmd: Command) -> Reply:
         """Fire an input from the hub itself (panic button, /report): no heartbeat filter, no timestamp."""
@@ -369,10 +510,8 @@ class EventProcessor(threads.AppThread):
     # ---- events -----------------------------------------------------------------------------
 
     def _on_envelope(self, env: Envelope) -> None:
-        if env.changed_keys:
-            self._pending.update(env.changed_keys)
-            if len(self._pending) > MAX_PENDING:
-                self._reload()
+        if env.adverts or env.generations:
+            self._learn(env.adverts, env.generations)
         data = env.payload.get("data") or {}
         # The codec of the sender's generation reads the activations; the HeartbeatFilter already
         # logged and counted whatever in the body could not be read, and named the keys it refused.
@@ -384,10 +523,6 @@ class EventProcessor(threads.AppThread):
             return
         event_time = wire.parse_timestamp(env.payload.get("timestamp"))
         event_ts = event_time.timestamp() if event_time else None
-        if self._pending:
-            # Devices (re)described since the last refresh are brought up to date before anything
-            # fires: a refresh costs a query for just those keys, never a reload of everything.
-            self._refresh()
         for device in active:
             self._on_activation(env.origin, device, event_ts)
 
@@ -406,6 +541,7 @@ class EventProcessor(threads.AppThread):
             log.exception("could not refresh the configuration of %d device(s)", len(keys))
             return
         health.count("processor.refreshes")
+        self._adopt()
 
     def _on_activation(
         self, origin: str, device: dict[str, Any], event_ts: float | None, actor: str | None = None
@@ -510,27 +646,13 @@ class EventProcessor(threads.AppThread):
             stored["register_value"] = int(register)  # type: ignore[arg-type]
         if metered is not None:
             stored["meter_value"] = int(metered)
-        try:
-            with self._sessions() as session:
-                session.execute(
-                    update(MeterConfig).where(MeterConfig.input_device_id == rule.id).values(**stored)
-                )
-                session.add(
-                    MeterHistory(
-                        input_device_id=rule.id,
-                        timestamp=datetime.fromtimestamp(now, UTC).replace(tzinfo=None),
-                        register_value=stored.get("register_value"),
-                        meter_value=stored.get("meter_value"),
-                        reading=value,
-                    )
-                )
-                session.commit()
-        except SQLAlchemyError as exc:
-            # The limits below still apply (they decide from memory); the next reading is stored anew.
-            health.count("processor.db_errors")
-            db_writes.failed("meter_readings", exc)
-        else:
-            db_writes.ok("meter_readings")
+        # Stored by the AuditWriter; the limits below decide from memory.
+        inproc.send(
+            self._audit,
+            MeterReading(
+                input_id=rule.id, input_key=rule.device_key, timestamp=now, values=stored, reading=value
+            ),
+        )
         health.count("processor.meter_readings")
         if self._meter_writer is not None:
             location = device.get("location")
@@ -558,52 +680,12 @@ class EventProcessor(threads.AppThread):
         return detail
 
     def _create_meter(self, rule: rules.InputRule) -> meters.MeterRule:
-        """A meter input without a meter_config row (e.g. from an original database) gets one."""
+        """A meter input without a meter_config row (e.g. from an original database, or registered a
+        moment ago) decides with the default settings; the AuditWriter creates the row with its reading."""
         row = registry.new_meter_config()
         row.input_device_id = rule.id
-        try:
-            with self._sessions() as session:
-                session.add(row)
-                session.commit()
-        except SQLAlchemyError as exc:
-            # Decide with the default settings for now; the row is created with a later reading.
-            health.count("processor.db_errors")
-            db_writes.failed("meter_readings", exc)
-            return meters_rule(row)
-        meter = meters_rule(row)
-        self._snap.meters[rule.id] = meter
-        log.info("created meter settings for %r", rule.device_key)
+        meter = self._snap.meters[rule.id] = meters_rule(row)
         return meter
-
-    def _meter_reset(self, cmd: Command) -> Reply:
-        """Reset a meter's register: tell the device over MQTT and keep the local reading in step."""
-        input_id = cmd.args.get("input_id")
-        rule = self._snap.inputs_by_id.get(input_id) if isinstance(input_id, int) else None
-        if rule is None or not registry.is_meter(rule.device_type):
-            return Reply(ok=False, error=f"no meter with input id {input_id!r}", field="input_id", status=404)
-        value, mode = cmd.args.get("value"), cmd.args.get("mode")
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            return Reply(ok=False, error="value must be a whole number", field="value", status=400)
-        if mode not in (None, "set", "adjust"):
-            return Reply(ok=False, error="mode must be 'set' or 'adjust'", field="mode", status=400)
-        if not self._settings.mqtt_enabled:
-            # The meter hears its reset only over MQTT: changing the stored register alone would lie.
-            return Reply(ok=False, error="MQTT is off (MQTT_SERVER_ADDRESS is empty)", status=409)
-        meter = self._snap.meters.get(rule.id) or self._create_meter(rule)
-        with self._sessions() as session:
-            row = session.scalars(select(MeterConfig).where(MeterConfig.input_device_id == rule.id)).one()
-            mode, amount, register = meters.reset(meter, row.register_value, value, mode)
-            row.register_value = register
-            row.meter_reading = meters.reading_text(meters.normalise(register, meter), meter)
-            reading = row.meter_reading
-            session.commit()
-        topic = meter.iot_topic or self._settings.mqtt_meter_reset_topic
-        key = "adjust_register" if mode == "adjust" else "set_register"
-        inproc.send(self._mqtt, MqttPublish(topic=topic, payload=json.dumps({key: amount}).encode()))
-        log.info("meter %r reset by %s: %s %d on %s", rule.device_key, cmd.actor, key, amount, topic)
-        result = {"input_id": rule.id, "mode": mode, "value": amount, "topic": topic}
-        result.update(register_value=register, meter_reading=reading)
-        return Reply(ok=True, result=result)
 
     def _trigger(
         self,
@@ -758,7 +840,7 @@ class EventProcessor(threads.AppThread):
             self._digest["more"] += 1
         log.info("notification for %r deferred by quiet hours", rule.device_key)
         self._dirty.add(("digest", 0))
-        self._flush(direct=True)
+        self._flush()
 
     def _check_digest(self, now: float) -> None:
         """Send the pending digest as one message once quiet hours are over."""
@@ -771,7 +853,7 @@ class EventProcessor(threads.AppThread):
         log.info("sent the quiet-hours digest of %d notification(s)", len(self._digest["items"]))
         self._digest = {"items": [], "more": 0}
         self._dirty.add(("digest", 0))
-        self._flush(direct=True)
+        self._flush()
 
     def _digest_text(self, now: float) -> str:
         items, more = self._digest["items"], self._digest["more"]
@@ -824,33 +906,20 @@ class EventProcessor(threads.AppThread):
     def _state_key(kind: str, ident: int) -> str:
         return f"{STATE_PREFIX}{kind}" if kind in ("recent", "digest") else f"{STATE_PREFIX}{kind}:{ident}"
 
-    def _flush(self, direct: bool = False) -> None:
-        """Hand the changed rule state to the AuditWriter (or, when direct, write it here and now).
+    def _flush(self) -> None:
+        """Hand the changed rule state to the AuditWriter, which stores it beside the event path.
 
-        Periodic flushes go through the AuditWriter's queue so this thread never stalls on a write
-        (a flush of a few hundred rows took tens of milliseconds, straight into event latency).
-        Shutdown and digest changes write directly: they are rare and must not wait in a queue.
+        State of a device still under a provisional id waits until the device has its real id.
         """
         self._next_flush = time.monotonic() + self._flush_seconds
         if not self._dirty:
             return
-        dirty, self._dirty = self._dirty, set()
+        dirty = {(kind, ident) for kind, ident in self._dirty if ident >= 0}
+        self._dirty = set()
+        if not dirty:
+            return
         values = {self._state_key(kind, ident): self._state_value(kind, ident) for kind, ident in dirty}
-        version = time.time()
-        if not direct:
-            inproc.send(self._audit, StateWrite(values=values, version=version))
-            return
-        try:
-            with self._sessions() as session:
-                rule_state.save(session, values, version)
-                session.commit()
-        except SQLAlchemyError as exc:
-            self._dirty |= dirty
-            health.count("processor.state_errors")
-            db_writes.failed("rule_state", exc)
-            log.warning("could not save rule state; retrying in %.0f s", FLUSH_SECONDS)
-            return
-        db_writes.ok("rule_state")
+        inproc.send(self._audit, StateWrite(values=values, version=time.time()))
 
     def _all_state_keys(self) -> set[tuple[str, int]]:
         keys = {("input", i) for i in self._input_state} | {("output", i) for i in self._output_state}
