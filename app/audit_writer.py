@@ -269,12 +269,19 @@ class AuditWriter(threads.AppThread):
 
     def _write(self, batch: list[AuditRecord], stopping: bool) -> None:
         """Write everything that waits, registrations first; after a failure only once the retry is due."""
+        # (A decision may name a device registered a moment ago: its registration is written first.)
         if self._failing and not stopping and time.monotonic() < self._retry_at:
             if batch:
                 self._hold(batch)
             return
         was_failing = self._failing
-        if not self._write_registrations():
+        # Decisions last: a retry that clears the decisions' failure finds everything else written.
+        if not (
+            self._write_registrations()
+            and self._write_state()
+            and self._write_readings()
+            and self._write_seen()
+        ):
             if batch:
                 self._hold(batch)
             return
@@ -284,8 +291,6 @@ class AuditWriter(threads.AppThread):
             if not self._retry_decisions():
                 return
         elif batch and not self._store(batch):
-            return
-        if not (self._write_state() and self._write_readings() and self._write_seen()):
             return
         if was_failing:
             log.info("the database writes again: everything held is written")

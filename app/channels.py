@@ -24,8 +24,8 @@ class Envelope:
     """One inbound device message: where it came from, when it arrived, and its normalised body.
 
     payload is {'timestamp': str | None, 'data': {...}} as returned by pylib.wire.decode_body.
-    changed_keys lists device keys the HeartbeatFilter inserted or updated, so the processor
-    refreshes its cached configuration for them. device names the sending device for the
+    changed_keys lists device keys the HeartbeatFilter registered or re-described (or whose
+    generation changed) in this message. device names the sending device for the
     per-device registration caps (origin plus device name, or the MQTT board's id); empty: origin.
     refused_keys lists the input keys a registration cap refused, so the processor skips them.
     adverts lists the devices registered or re-described by this message as [kind, key, label,

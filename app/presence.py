@@ -1,4 +1,4 @@
-"""Last-seen times per device key and per origin, kept in memory and flushed to the database."""
+"""Last-seen times per device key and per origin, kept in memory; the HeartbeatFilter hands them on."""
 
 from __future__ import annotations
 
@@ -142,11 +142,6 @@ class Presence:
             self._gaps.clear()
             self._origins.clear()
             self._dirty.clear()
-
-    def requeue_dirty(self, seen: dict[str, float]) -> None:
-        """Mark keys from take_dirty() dirty again after their flush failed, so the next flush retries."""
-        with self._lock:
-            self._dirty.update(k for k in seen if k in self._devices)
 
     def take_dirty(self) -> dict[str, float]:
         """Keys seen since the last call, with their times (for the periodic database flush)."""

@@ -192,22 +192,27 @@ def test_last_seen_times_wait_in_memory_while_the_disk_is_full(rig) -> None:
     with r.sessions() as s:
         registry.insert(s, registry.Advert("input", "door", "Door", "Contact", None), "ioboard")
         s.commit()
+    r.start()
     presence = Presence()
     heartbeats = HeartbeatFilter(r.sessions, presence)
     diskfull.fill(r.where)
-    deadline = time.monotonic() + 30
-    while "last_seen" not in db_writes.failing():  # SQLite's WAL may take a few small writes first
-        assert time.monotonic() < deadline, "the last-seen flush never failed on a full disk"
-        last = time.time()
-        presence.seen("ioboard", ["door"], last)
-        heartbeats._flush()  # what the filter's loop does every FLUSH_SECONDS
+    last: list[float] = []
+
+    def heard_and_failed() -> bool:
+        last.append(time.time())
+        presence.seen("ioboard", ["door"], last[-1])
+        heartbeats._flush()  # what the filter's loop does every FLUSH_SECONDS: to the AuditWriter
+        return "last_seen" in db_writes.failing()
+
+    # SQLite's WAL may take a few small writes first
+    wait_for(heard_and_failed, timeout=30, what="the last-seen write to fail on a full disk")
     assert database_state()["state"] == "degraded"
     diskfull.free(r.where)
-    heartbeats._flush()  # nothing new was heard: the failed flush's times are written now
-    assert db_writes.failing() == []
+    # nothing new was heard: the times the database refused are written by the writer's retry
+    wait_for(lambda: db_writes.failing() == [], timeout=30, what="the held last-seen times to be written")
     with r.sessions() as s:
         stored = s.scalar(select(InputConfig.last_seen).where(InputConfig.device_key == "door"))
-    assert stored is not None and stored.replace(tzinfo=UTC).timestamp() == pytest.approx(last, abs=1e-3)
+    assert stored is not None and stored.replace(tzinfo=UTC).timestamp() == pytest.approx(last[-1], abs=1e-3)
 
 
 def exhaust(sessions: sessionmaker[Session]) -> None:

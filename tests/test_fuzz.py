@@ -132,11 +132,15 @@ def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator
         sessions, Presence(), limits.Caps(inputs_per_device=20, inputs=200), limits.Refusals()
     )
     hb._learn_known(registry.load_known(session=sessions()))
+    to_store = Sink("inproc://fuzz-to-store")  # the AuditWriter's end of registrations and last-seen
+    hb._store.close(linger=0)
+    hb._store = to_store.push
     to_processor = Sink("inproc://fuzz-to-processor")
     processor = EventProcessor(settings, sessions)
     outs = [Sink(f"inproc://fuzz-out-{i}") for i in range(3)]
     processor._control, processor._audit, processor._mqtt = (s.push for s in outs)
     processor._reload()
+    outs.append(to_store)  # drained with the processor's outputs
     yield source, to_filter, hb, to_processor, processor, outs
     for sock in (hb._pull, processor._pull):
         sock.close(linger=0)

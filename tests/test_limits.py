@@ -6,14 +6,15 @@ import logging
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db, health, limits, registry
-from app.channels import Envelope
+from app import db, health, limits, registry, store_writes
+from app.channels import AUDIT, Envelope, Registration
 from app.heartbeat import HeartbeatFilter
 from app.models import InputConfig, OutputConfig
 from app.presence import Presence
@@ -30,6 +31,28 @@ def sessions(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
         registry.ensure_builtin(session, "the-hub")  # two inputs and one output that count in the totals
     yield factory
     engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def audit_end() -> Iterator[None]:
+    """The AuditWriter's end of the filter's registrations: a real inproc PULL, read by count()."""
+    global _audit_pull
+    _audit_pull = inproc.bind_pull(AUDIT)
+    yield
+    _audit_pull.close(linger=0)
+    _audit_pull = None
+
+
+_audit_pull: Any = None
+
+
+def store_registrations(sessions: sessionmaker[Session]) -> None:
+    """Store what the filter handed to the AuditWriter, as the writer does."""
+    while (msg := inproc.recv(_audit_pull, 50)) is not None:
+        if isinstance(msg, Registration):
+            with sessions() as session:
+                store_writes.register(session, msg)
+                session.commit()
 
 
 class Sink:
@@ -70,6 +93,7 @@ def envelope(device: str, described: list[dict], active: list[dict] | None = Non
 
 
 def count(sessions: sessionmaker[Session], model: type) -> int:
+    store_registrations(sessions)
     with sessions() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
