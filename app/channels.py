@@ -48,7 +48,8 @@ class Envelope:
 @message
 @dataclass
 class Command:
-    """A request to change configuration or fire an input; only the EventProcessor applies it.
+    """A request to change configuration or fire an input, sent to the EventProcessor (which hands
+    changes to the ConfigApplier).
 
     reply_to, when set, is an inproc URL the caller has bound a PULL socket on for the Reply.
     """

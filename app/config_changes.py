@@ -1,4 +1,4 @@
-"""Configuration changes a person asks for, validated and applied inside the EventProcessor thread."""
+"""Configuration changes a person asks for, validated and applied in the ConfigApplier thread."""
 
 from __future__ import annotations
 

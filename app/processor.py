@@ -139,6 +139,8 @@ def add_input(snap: Snapshot, row: InputConfig, linked: Iterable[int]) -> rules.
     snap.inputs_by_id[rule.id] = rule
     if row.label_customized:
         snap.custom_labels.add(("input", row.device_key))
+    else:
+        snap.custom_labels.discard(("input", row.device_key))
     return rule
 
 
@@ -147,6 +149,8 @@ def add_output(snap: Snapshot, row: OutputConfig) -> rules.OutputRule:
     snap.output_ids[row.device_key] = row.id
     if row.label_customized:
         snap.custom_labels.add(("output", row.device_key))
+    else:
+        snap.custom_labels.discard(("output", row.device_key))
     if row.generation_override:
         snap.overridden.add(row.id)
     else:
