@@ -155,7 +155,7 @@ class AuditWriter(threads.AppThread):
         self._settings = settings
         self._sessions = session_factory
         self._pull = inproc.bind_pull(AUDIT)
-        self._to_processor: zmq.Socket | None = None
+        self._to_processor: zmq.Socket[bytes] | None = None
         self._next_prune = time.monotonic() + FIRST_PRUNE_SECONDS
         self._held: deque[AuditRecord] = deque()
         self._held_max = settings.audit_buffer_size
