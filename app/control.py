@@ -13,7 +13,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app import channels, health, roles
-from app.rabbit_source import broker_spec
+from app.brokers import broker_spec
 from app.settings import Settings
 from pylib import inproc, rabbit, threads
 from pylib.threads import AppThread

@@ -6,8 +6,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from app import health
+
+if TYPE_CHECKING:
+    from app.models import InputConfig, OutputConfig
+    from app.settings import Settings
 
 # Gaps shorter than this are one burst (a device reporting several inputs at once, a retry), not
 # its heartbeat rhythm; counting them would shrink the learned interval and cause false alarms.
@@ -149,6 +155,32 @@ class Presence:
             out = {k: self._devices[k] for k in self._dirty}
             self._dirty.clear()
             return out
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def seen_online(
+    presence: Presence, settings: Settings, row: InputConfig | OutputConfig, now: float
+) -> tuple[float | None, bool]:
+    """(last seen, online) of a device row: the newer of in-memory presence and the flushed column.
+
+    The dashboard, the API and the bot's /status all judge a device this way.
+    """
+    times = [t for t in (presence.last_seen(row.device_key), _epoch(row.last_seen)) if t is not None]
+    reported = presence.reported(row.origin) if row.origin else None
+    if reported is not None and reported[1] is not None:
+        times.append(reported[1])
+    last = max(times, default=None)
+    # Built-in devices (panic button and the like) live in this process, so they are always there.
+    builtin = row.origin is not None and row.origin == settings.device_name
+    online = builtin or (last is not None and now - last <= settings.max_heartbeat_delay)
+    if reported is not None and not reported[0]:
+        online = False  # the device directory (mDash) says it is offline, whatever we last heard
+    return last, online
 
 
 presence = Presence()

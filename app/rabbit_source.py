@@ -12,6 +12,7 @@ import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app import channels, delivery, health, roles
+from app.brokers import broker_spec
 from app.settings import Settings
 from pylib import inproc, rabbit, ratelog, threads, wire
 from pylib.threads import AppThread
@@ -36,18 +37,6 @@ ACK_EVERY = 250
 # an unacked delivery too long; and short enough that a quiet hub holds few unacked deliveries.
 ACK_INTERVAL = 0.5
 SLICE_SECONDS = 0.2  # broker I/O slice: how quickly shutdown is noticed while idle
-
-
-def broker_spec(settings: Settings, component: str, exchange: str, heartbeat: int) -> rabbit.BrokerSpec:
-    """The broker login from the settings; the connection is named for rabbitmqctl and the management UI."""
-    return rabbit.BrokerSpec(
-        servers=settings.rabbitmq_servers,
-        user=settings.rabbitmq_user,
-        password=settings.rabbitmq_password,
-        vhost=settings.rabbitmq_vhost,
-        heartbeat=heartbeat,
-        name=f"{settings.app_name} {component} {exchange}",
-    )
 
 
 class RabbitSource(AppThread):

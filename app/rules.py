@@ -217,19 +217,6 @@ class QuietHours:
     all_outputs: bool = False
 
 
-def parse_hhmm(text: str) -> dtime:
-    """'07:00' or '7:00' -> time(7, 0); ValueError for anything else."""
-    if not isinstance(text, str):
-        raise ValueError("must be a time as HH:MM")
-    hours, sep, minutes = text.strip().partition(":")
-    if not sep or not hours.isdigit() or len(minutes) != 2 or not minutes.isdigit() or len(hours) > 2:
-        raise ValueError(f"{text!r} is not a time as HH:MM")
-    h, m = int(hours), int(minutes)
-    if h > 23 or m > 59:
-        raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59)")
-    return dtime(h, m)
-
-
 def _local_instant(tz: tzinfo, day: date, at: dtime) -> datetime:
     """The instant the wall clock in tz shows `at` on `day`, resolving the daylight-saving edge cases."""
     # A time the clock shows twice opens at its daylight-saving reading (in most zones the first);

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from app import rules, zones
+from app import zones
 
 # Callers know these as settings.SettingsError and the like too.
 from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
@@ -329,6 +329,19 @@ def _text(values: dict[str, str], name: str) -> str:
     return text
 
 
+def parse_hhmm(text: str) -> dt.time:
+    """'07:00' or '7:00' -> time(7, 0); ValueError for anything else."""
+    if not isinstance(text, str):
+        raise ValueError("must be a time as HH:MM")
+    hours, sep, minutes = text.strip().partition(":")
+    if not sep or not hours.isdigit() or len(minutes) != 2 or not minutes.isdigit() or len(hours) > 2:
+        raise ValueError(f"{text!r} is not a time as HH:MM")
+    h, m = int(hours), int(minutes)
+    if h > 23 or m > 59:
+        raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59)")
+    return dt.time(h, m)
+
+
 def _servers(name: str, raw: str, default_port: int = 5672) -> tuple[tuple[str, int], ...]:
     servers = []
     for part in (p.strip() for p in raw.split(",")):
@@ -575,7 +588,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     quiet: dict[str, dt.time] = {}
     for name in ("QUIET_HOURS_NOT_BEFORE", "QUIET_HOURS_NOT_AFTER"):
         try:
-            quiet[name] = rules.parse_hhmm(_text(v, name))
+            quiet[name] = parse_hhmm(_text(v, name))
         except ValueError as exc:
             raise SettingsError(name, str(exc)) from None
     ha = _ha(v, database_url, exchange)

@@ -10,7 +10,8 @@ import pytest
 
 from app import settings as settings_module
 from app import zones
-from app.rules import QuietHours, parse_hhmm, quiet_until
+from app.rules import QuietHours, quiet_until
+from app.settings import parse_hhmm
 
 LONDON = ZoneInfo("Europe/London")
 DAY = QuietHours(dtime(7, 0), dtime(21, 0))

@@ -22,12 +22,10 @@ from app import (
 from app.channels import Reply
 from app.config_changes import outputs_enabled, shown_value
 from app.models import Decision, InputConfig, OutputConfig
-from app.presence import Presence
+from app.presence import Presence, seen_online
 from app.scheduler import next_transition, zone_of
 from app.settings import Settings
 from app.telegram.command_args import Target, matches, plural, terms_text
-from app.web.api import _seen
-from app.web.context import WebContext
 
 SessionFactory = Callable[[], Session]
 BROKERS = ("rabbitmq_source", "control_publisher", "mqtt")
@@ -78,14 +76,13 @@ def status_text(settings: Settings, sessions: SessionFactory, presence: Presence
             state = "off (no MQTT_SERVER_ADDRESS)"
         detail = f" ({comp['detail']})" if comp and comp.get("detail") else ""
         lines.append(f"{html.escape(name)}: {html.escape(state + detail)}")
-    ctx = WebContext(settings, sessions, presence)
     now = time.time()
     with sessions() as session:
         inputs = list(session.scalars(select(InputConfig)))
         outputs = list(session.scalars(select(OutputConfig)))
         switch = outputs_enabled(session)
         offline = [
-            row.device_label or row.device_key for row in [*inputs, *outputs] if not _seen(ctx, row, now)[1]
+            row.device_label or row.device_key for row in [*inputs, *outputs] if not seen_online(presence, settings, row, now)[1]
         ]
         inputs_on = sum(1 for row in inputs if row.device_enabled)
         outputs_on = sum(1 for row in outputs if row.device_enabled is not False)

@@ -20,6 +20,7 @@ from app import backup_status, clocks, commands, config_changes, health, history
 from app.channels import Reply
 from app.config_changes import ChangeError
 from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
+from app.presence import seen_online
 from app.web import auth, masking
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
@@ -119,27 +120,6 @@ def _iso_dt(value: datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
-def _epoch(value: datetime | None) -> float | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
-def _seen(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> tuple[float | None, bool]:
-    """(last seen, online): the newer of in-memory presence and the flushed column."""
-    times = [t for t in (ctx.presence.last_seen(row.device_key), _epoch(row.last_seen)) if t is not None]
-    reported = ctx.presence.reported(row.origin) if row.origin else None
-    if reported is not None and reported[1] is not None:
-        times.append(reported[1])
-    last = max(times, default=None)
-    # Built-in devices (panic button and the like) live in this process, so they are always there.
-    builtin = row.origin is not None and row.origin == ctx.settings.device_name
-    online = builtin or (last is not None and now - last <= ctx.settings.max_heartbeat_delay)
-    if reported is not None and not reported[0]:
-        online = False  # the device directory (mDash) says it is offline, whatever we last heard
-    return last, online
-
-
 def _columns(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for attr in inspect(row).mapper.column_attrs:
@@ -149,7 +129,7 @@ def _columns(row: Any) -> dict[str, Any]:
 
 
 def _summary(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dict[str, Any]:
-    last, online = _seen(ctx, row, now)
+    last, online = seen_online(ctx.presence, ctx.settings, row, now)
     # Outputs predate their flag, so NULL means on; the original treats a NULL input flag as off.
     is_output = isinstance(row, OutputConfig)
     enabled = row.device_enabled is not False if is_output else bool(row.device_enabled)
@@ -175,7 +155,7 @@ def _detail(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dic
     if isinstance(row, OutputConfig):
         # Write-only: a camera's password and the SMS numbers never leave the hub in an answer.
         out["device_params"] = masking.mask_params(row.device_params) or None
-    last, online = _seen(ctx, row, now)
+    last, online = seen_online(ctx.presence, ctx.settings, row, now)
     out["online"] = online
     out["last_seen"] = _iso(last)
     out["clock_offset"] = _offset(row.device_key)

@@ -25,8 +25,8 @@ from app import (
 )
 from app.channels import Reply
 from app.models import InputConfig, OutputConfig
+from app.presence import seen_online
 from app.web import auth, paging
-from app.web.api import _seen
 from app.web.context import ctx
 
 bp = Blueprint("dashboard", __name__)
@@ -83,7 +83,7 @@ def is_builtin(row: Any) -> bool:
 
 def _device_row(row: Any, now: float, is_input: bool | None = None) -> Row:
     """A table row from a device row (a model instance, or the light columns _LIST_COLUMNS reads)."""
-    last, online = _seen(ctx(), row, now)
+    last, online = seen_online(ctx().presence, ctx().settings, row, now)
     if is_input is None:
         is_input = isinstance(row, InputConfig)
     enabled = _input_enabled(row) if is_input else _output_enabled(row)

@@ -14,6 +14,7 @@ from app import commands, config_changes, rules, zones
 from app.config_changes import ChangeError
 from app.models import InputConfig, OutputConfig
 from app.scheduler import KINDS, convert_time, next_transition, zone_of
+from app.settings import parse_hhmm
 from app.web import api, auth, paging
 from app.web.api import ApiError
 from app.web.context import ctx
@@ -325,7 +326,7 @@ def save_quiet_hours() -> Response | tuple[str, int]:
     # Both times are checked before anything is sent, so one bad field never saves the other.
     for name in ("not_before", "not_after"):
         try:
-            rules.parse_hhmm(typed[name])
+            parse_hhmm(typed[name])
         except ValueError:
             errors[name] = f"{_QUIET_LABELS[name]} must be a time as HH:MM (00:00 to 23:59)."
     if not errors:
