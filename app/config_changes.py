@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import protocols, registry, rule_state, rules, zones
+from app import protocols, registry, rule_state, rules, settings, zones
 from app.channels import Command, Reply
 from app.models import ConfigChange, GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
@@ -644,7 +644,7 @@ def quiet_hours(session: Session, default: rules.QuietHours) -> rules.QuietHours
         row = _general_row(session, key)
         if row is not None:
             try:
-                window = replace(window, **{name: rules.parse_hhmm(row.config_value)})
+                window = replace(window, **{name: settings.parse_hhmm(row.config_value)})
             except ValueError:
                 # A bad stored time must not stop the processor; the setting's value holds instead.
                 log.warning("general_config %s=%r is not HH:MM; using the default", key, row.config_value)
@@ -659,7 +659,7 @@ def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
     for field_name, key in (("not_before", QUIET_NOT_BEFORE_KEY), ("not_after", QUIET_NOT_AFTER_KEY)):
         if field_name in args:
             try:
-                changes[key] = rules.parse_hhmm(args[field_name]).strftime("%H:%M")
+                changes[key] = settings.parse_hhmm(args[field_name]).strftime("%H:%M")
             except ValueError as exc:
                 raise ChangeError(field_name, f"{field_name} {exc}") from None
     if "all_outputs" in args:

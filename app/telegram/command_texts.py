@@ -82,7 +82,9 @@ def status_text(settings: Settings, sessions: SessionFactory, presence: Presence
         outputs = list(session.scalars(select(OutputConfig)))
         switch = outputs_enabled(session)
         offline = [
-            row.device_label or row.device_key for row in [*inputs, *outputs] if not seen_online(presence, settings, row, now)[1]
+            row.device_label or row.device_key
+            for row in [*inputs, *outputs]
+            if not seen_online(presence, settings, row, now)[1]
         ]
         inputs_on = sum(1 for row in inputs if row.device_enabled)
         outputs_on = sum(1 for row in outputs if row.device_enabled is not False)
