@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, false, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from app.models import ConfigChange, Decision, DecisionOutput, EventLog, InputConfig, OutputConfig
@@ -20,6 +34,12 @@ KIND_NAMES = {"decision": "Decisions", "history": "Migrated history", "change": 
 INPUT_CHANGE_KINDS = ("input", "meter", "links")
 OUTPUT_CHANGE_KINDS = ("output",)
 MAX_SEARCH = 100
+# Entries with the same time and id (from different tables) go change, decision, history.
+RANK = {"change": 2, "decision": 1, "history": 0}
+COUNT_CAP = 1_000
+OUTPUT_LOOKUP_MIN = 1_000  # an output's decisions up to this many are always found through its rows
+CURSOR_TIME = "%Y%m%dT%H%M%S.%f"
+CURSOR_RE = re.compile(r"(\d{8}T\d{6}\.\d{6}|none)-(\d{1,18})-(" + "|".join(KINDS) + r")")
 
 
 @dataclass
@@ -71,23 +91,101 @@ def _any_like(pattern: str, *columns: Any) -> ColumnElement[bool]:
     return or_(*(col.ilike(pattern, escape="\\") for col in columns))
 
 
-def _decisions(f: Filters) -> Select[Any]:
-    stmt = select(literal("decision").label("kind"), Decision.id.label("id"), Decision.timestamp.label("ts"))
-    if f.input is not None:
-        match = Decision.input_key == f.input.key
-        stmt = stmt.where(or_(Decision.input_device_id == f.input.row_id, match) if f.input.row_id else match)
+@dataclass(frozen=True)
+class Cursor:
+    """A place in the timeline: an entry's time, id and kind (the timeline's order, newest first)."""
+
+    ts: datetime | None  # None: a migrated row without a time (they come last)
+    id: int
+    kind: str
+
+    def text(self) -> str:
+        when = self.ts.strftime(CURSOR_TIME) if self.ts is not None else "none"
+        return f"{when}-{self.id}-{self.kind}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """The cursor a text() made; ValueError for anything else."""
+        match = CURSOR_RE.fullmatch(raw)
+        if match is None:
+            raise ValueError(raw)
+        when, row_id, kind = match.groups()
+        ts = None if when == "none" else datetime.strptime(when, CURSOR_TIME)
+        return cls(ts, int(row_id), kind)
+
+
+@dataclass
+class Window:
+    """One page of the timeline and where the pages beside it start (None: there are none)."""
+
+    entries: list[Entry]
+    older: Cursor | None  # the last entry: pass as `before` for the next page
+    newer: Cursor | None  # the first entry: pass as `after` for the previous page
+
+
+@dataclass
+class _Leg:
+    """Rows of one table that one index reads in the timeline's order: a part of the union."""
+
+    kind: str
+    ts: Any  # the table's timestamp column
+    id: Any
+    where: list[ColumnElement[bool]]
+    timed: bool = True  # False: only rows without a time (ordered by id alone)
+
+
+def _product(
+    legs: list[list[ColumnElement[bool]]], alternatives: list[ColumnElement[bool]]
+) -> list[list[Any]]:
+    return [[*leg, alt] for leg in legs for alt in alternatives]
+
+
+def _output_match(dev: Device) -> ColumnElement[bool]:
+    match = DecisionOutput.output_key == dev.key
+    return or_(DecisionOutput.output_device_id == dev.row_id, match) if dev.row_id else match
+
+
+def _output_rows(session: Session, dev: Device, bound: int) -> int:
+    """The output's decision_output rows, counted no further than bound + 1 (from its indexes)."""
+    rows = select(DecisionOutput.id).where(_output_match(dev)).limit(bound + 1)
+    return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+
+
+def _few_outputs(session: Session, f: Filters, wanted: int) -> bool:
+    """Whether the output filter's decisions are better found through the output's own rows.
+
+    Through its rows (then sorted by time) costs its M decisions; reading decisions newest first
+    and keeping its own costs wanted x N / M of the N decisions. The first is cheaper while M is
+    under sqrt(wanted x N), so a page costs at most about that either way (7,000 rows at N = 1M).
+    """
+    if f.output is None:
+        return False
+    # Two subqueries: SQLite reads a lone max() or min() from the end of the key, both at once by a scan.
+    newest, oldest = session.execute(
+        select(
+            select(func.max(Decision.id)).scalar_subquery(), select(func.min(Decision.id)).scalar_subquery()
+        )
+    ).one()
+    stored = (newest - oldest + 1) if newest is not None and oldest is not None else 0
+    bound = max(OUTPUT_LOOKUP_MIN, math.isqrt(wanted * stored))
+    return _output_rows(session, f.output, bound) <= bound
+
+
+def _decisions(f: Filters, few_outputs: bool) -> list[_Leg]:
+    where: list[ColumnElement[bool]] = []
     if f.output is not None:
-        match = DecisionOutput.output_key == f.output.key
-        if f.output.row_id:
-            match = or_(DecisionOutput.output_device_id == f.output.row_id, match)
-        stmt = stmt.where(Decision.outputs.any(match))
+        match = _output_match(f.output)
+        if few_outputs:
+            where.append(Decision.id.in_(select(DecisionOutput.decision_id).where(match)))
+        else:
+            where.append(Decision.outputs.any(match))
     if f.since is not None:
-        stmt = stmt.where(Decision.timestamp >= f.since)
+        where.append(Decision.timestamp >= f.since)
     if f.until is not None:
-        stmt = stmt.where(Decision.timestamp <= f.until)
+        where.append(Decision.timestamp <= f.until)
     if f.search:
         pattern = _like(f.search)
-        stmt = stmt.where(
+        where.append(
             or_(
                 _any_like(
                     pattern,
@@ -102,83 +200,170 @@ def _decisions(f: Filters) -> Select[Any]:
                 ),
             )
         )
-    return stmt
+    legs = [where]
+    if f.input is not None:
+        # "row id or key" as two disjoint legs, each read in order from its own index (an OR reads neither).
+        by_key = Decision.input_key == f.input.key
+        if f.input.row_id:
+            other = or_(Decision.input_device_id.is_(None), Decision.input_device_id != f.input.row_id)
+            legs = _product(legs, [Decision.input_device_id == f.input.row_id, by_key & other])
+        else:
+            legs = _product(legs, [by_key])
+    return [_Leg("decision", Decision.timestamp, Decision.id, leg) for leg in legs]
 
 
-def _migrated(f: Filters) -> Select[Any]:
+def _migrated(f: Filters) -> list[_Leg]:
     # The hub links each event_log row it writes to its decision; the original's rows have none.
-    stmt = select(literal("history").label("kind"), EventLog.id.label("id"), EventLog.timestamp.label("ts"))
-    stmt = stmt.where(EventLog.decision_id.is_(None))
-    if f.input is not None:
-        stmt = stmt.where(EventLog.input_device.in_(f.input.names))
-    if f.output is not None:
-        stmt = stmt.where(EventLog.output_device.in_(f.output.names))
+    where: list[ColumnElement[bool]] = [EventLog.decision_id.is_(None)]
     if f.since is not None:
-        stmt = stmt.where(EventLog.timestamp >= f.since)
+        where.append(EventLog.timestamp >= f.since)
     if f.until is not None:
-        stmt = stmt.where(EventLog.timestamp <= f.until)
+        where.append(EventLog.timestamp <= f.until)
     if f.search:
-        stmt = stmt.where(_any_like(_like(f.search), EventLog.input_device, EventLog.output_device))
-    return stmt
-
-
-def _target(kinds: tuple[str, ...], dev: Device) -> ColumnElement[bool]:
-    match = ConfigChange.target_key == dev.key
-    if dev.row_id:
-        match = or_(ConfigChange.target_id == dev.row_id, match)
-    return ConfigChange.target_kind.in_(kinds) & match
-
-
-def _changes(f: Filters) -> Select[Any]:
-    stmt = select(
-        literal("change").label("kind"), ConfigChange.id.label("id"), ConfigChange.timestamp.label("ts")
-    )
+        where.append(_any_like(_like(f.search), EventLog.input_device, EventLog.output_device))
+    legs = [where]
+    # One leg per name: each reads its own range of the index on the original's rows, in order.
     if f.input is not None:
-        stmt = stmt.where(_target(INPUT_CHANGE_KINDS, f.input))
+        legs = _product(legs, [EventLog.input_device == name for name in f.input.names])
     if f.output is not None:
-        stmt = stmt.where(_target(OUTPUT_CHANGE_KINDS, f.output))
+        legs = _product(legs, [EventLog.output_device == name for name in f.output.names])
+    timed = [
+        _Leg("history", EventLog.timestamp, EventLog.id, [*leg, EventLog.timestamp.is_not(None)])
+        for leg in legs
+    ]
+    if f.since is not None or f.until is not None:
+        return timed  # a row without a time is in no time range
+    untimed = [
+        _Leg("history", EventLog.timestamp, EventLog.id, [*leg, EventLog.timestamp.is_(None)], timed=False)
+        for leg in legs
+    ]
+    return timed + untimed
+
+
+def _targets(kinds: tuple[str, ...], dev: Device) -> list[ColumnElement[bool]]:
+    """A device's changes as disjoint conditions, each one an index reads in order."""
+    by_key = (ConfigChange.target_key == dev.key) & ConfigChange.target_kind.in_(kinds)
+    if not dev.row_id:
+        return [by_key]
+    other = or_(ConfigChange.target_id.is_(None), ConfigChange.target_id != dev.row_id)
+    by_id = [(ConfigChange.target_kind == kind) & (ConfigChange.target_id == dev.row_id) for kind in kinds]
+    return [*by_id, by_key & other]
+
+
+def _changes(f: Filters) -> list[_Leg]:
+    where: list[ColumnElement[bool]] = []
     if f.since is not None:
-        stmt = stmt.where(ConfigChange.timestamp >= f.since)
+        where.append(ConfigChange.timestamp >= f.since)
     if f.until is not None:
-        stmt = stmt.where(ConfigChange.timestamp <= f.until)
+        where.append(ConfigChange.timestamp <= f.until)
     if f.search:
         pattern = _like(f.search)
-        stmt = stmt.where(
-            _any_like(pattern, ConfigChange.summary, ConfigChange.actor, ConfigChange.target_key)
+        where.append(_any_like(pattern, ConfigChange.summary, ConfigChange.actor, ConfigChange.target_key))
+    legs = [where]
+    if f.input is not None:
+        legs = _product(legs, _targets(INPUT_CHANGE_KINDS, f.input))
+    if f.output is not None:
+        legs = _product(legs, _targets(OUTPUT_CHANGE_KINDS, f.output))
+    return [_Leg("change", ConfigChange.timestamp, ConfigChange.id, leg) for leg in legs]
+
+
+def _legs(session: Session, f: Filters, wanted: int) -> list[_Leg]:
+    legs = []
+    if "decision" in f.kinds:
+        legs += _decisions(f, _few_outputs(session, f, wanted))
+    if "history" in f.kinds:
+        legs += _migrated(f)
+    if "change" in f.kinds:
+        legs += _changes(f)
+    return legs or [_Leg("decision", Decision.timestamp, Decision.id, [false()])]
+
+
+def _after_place(leg: _Leg, at: Cursor, older: bool) -> ColumnElement[bool] | None:
+    """The leg's rows on the far side of `at` (older or newer): None for all of them, false() for none.
+
+    Ties in time and id go by kind (RANK), so a row of a lower-ranked kind with the same time and id
+    as the cursor is still older. A row value compares (timestamp, id) in one index range.
+    """
+    rank = RANK[leg.kind]
+    inclusive = rank < RANK[at.kind] if older else rank > RANK[at.kind]
+    if not leg.timed:
+        if at.ts is not None:
+            return None if older else false()  # every row without a time is older than any with one
+        if older:
+            return leg.id <= at.id if inclusive else leg.id < at.id
+        return leg.id >= at.id if inclusive else leg.id > at.id
+    if at.ts is None:
+        return false() if older else None
+    here = tuple_(leg.ts, leg.id)
+    there = tuple_(literal(at.ts, DateTime()), literal(at.id, Integer()))
+    if older:
+        return here <= there if inclusive else here < there
+    return here >= there if inclusive else here > there
+
+
+def _leg_select(leg: _Leg, at: Cursor | None, older: bool, n: int) -> Select[Any]:
+    """The leg's first n rows in the timeline's order (newest first when older), past `at`."""
+    where = list(leg.where)
+    if at is not None:
+        place = _after_place(leg, at, older)
+        if place is not None:
+            where.append(place)
+    order = [leg.ts, leg.id] if leg.timed else [leg.id]
+    stmt = (
+        select(
+            literal(leg.kind).label("kind"),
+            literal(RANK[leg.kind]).label("rank"),
+            leg.id.label("id"),
+            leg.ts.label("ts"),
         )
-    return stmt
+        .where(*where)
+        .order_by(*(c.desc() if older else c.asc() for c in order))
+        .limit(n)
+        .subquery()
+    )
+    return select(stmt.c.kind, stmt.c.rank, stmt.c.id, stmt.c.ts)
 
 
-def _parts(f: Filters) -> list[Select[Any]]:
-    builders = {"decision": _decisions, "history": _migrated, "change": _changes}
-    parts = [builders[kind](f) for kind in KINDS if kind in f.kinds]
-    return parts or [_decisions(f).where(false())]
+def _keys(session: Session, f: Filters, at: Cursor | None, older: bool, offset: int, n: int) -> list[Cursor]:
+    """The timeline's next n entries from `at` (from the newest without it), in reading order.
 
-
-def count(session: Session, f: Filters) -> int:
-    union = union_all(*_parts(f)).subquery()
-    return session.scalar(select(func.count()).select_from(union)) or 0
-
-
-def _newest(part: Select[Any], n: int) -> Select[Any]:
-    """A part's own newest n rows: each table's timestamp index answers this, so the union sorts few rows."""
-    sub = part.order_by(part.selected_columns.ts.desc().nulls_last(), part.selected_columns.id.desc())
-    inner = sub.limit(n).subquery()
-    return select(inner.c.kind, inner.c.id, inner.c.ts)
-
-
-def page(session: Session, f: Filters, offset: int, limit: int) -> list[Entry]:
-    """The entries newest first (rows without a time, possible in the original's event_log, last)."""
-    union = union_all(*(_newest(part, offset + limit) for part in _parts(f))).subquery()
-    keys = session.execute(
-        select(union.c.kind, union.c.id)
-        .order_by(union.c.ts.desc().nulls_last(), union.c.id.desc(), union.c.kind)
-        .offset(offset)
-        .limit(limit)
+    Each leg takes its own first offset + n rows straight from an index, so the union sorts few rows.
+    """
+    legs = _legs(session, f, offset + n)
+    union = union_all(*(_leg_select(leg, at, older, offset + n) for leg in legs)).subquery()
+    if older:
+        order = [union.c.ts.desc().nulls_last(), union.c.id.desc(), union.c.rank.desc()]
+    else:
+        order = [union.c.ts.asc().nulls_first(), union.c.id.asc(), union.c.rank.asc()]
+    rows = session.execute(
+        select(union.c.kind, union.c.id, union.c.ts).order_by(*order).offset(offset).limit(n)
     ).all()
+    return [Cursor(ts, row_id, kind) for kind, row_id, ts in rows]
+
+
+def count(session: Session, f: Filters, cap: int = COUNT_CAP) -> int:
+    """How many entries match, counting no further than cap + 1 (more than cap: a number would cost
+    a scan of every row, and nobody pages through a thousand events)."""
+    quick = f.input is None and f.since is None and f.until is None and not f.search
+    # More than 2 x cap of the output's rows (at most two a decision): more than cap decisions,
+    # known from its index where counting its decisions may read most of the table.
+    if (
+        quick
+        and f.output is not None
+        and "decision" in f.kinds
+        and _output_rows(session, f.output, 2 * cap) > 2 * cap
+    ):
+        return cap + 1
+    legs = _legs(session, f, cap + 1)
+    union = union_all(*(_leg_select(leg, None, True, cap + 1) for leg in legs)).subquery()
+    found = session.scalar(select(func.count()).select_from(union)) or 0
+    return min(found, cap + 1)
+
+
+def _load(session: Session, keys: list[Cursor]) -> list[Entry]:
     wanted: dict[str, list[int]] = {kind: [] for kind in KINDS}
-    for kind, row_id in keys:
-        wanted[kind].append(row_id)
+    for key in keys:
+        wanted[key.kind].append(key.id)
     loaded: dict[tuple[str, int], Any] = {}
     if wanted["decision"]:
         stmt = (
@@ -193,9 +378,33 @@ def page(session: Session, f: Filters, offset: int, limit: int) -> list[Entry]:
             for r in session.scalars(select(EventLog).where(EventLog.id.in_(wanted["history"])))
         )
     if wanted["change"]:
-        stmt = select(ConfigChange).where(ConfigChange.id.in_(wanted["change"]))
-        loaded.update((("change", r.id), r) for r in session.scalars(stmt))
-    return [Entry(kind, loaded[(kind, row_id)]) for kind, row_id in keys if (kind, row_id) in loaded]
+        changes = select(ConfigChange).where(ConfigChange.id.in_(wanted["change"]))
+        loaded.update((("change", r.id), r) for r in session.scalars(changes))
+    return [Entry(k.kind, loaded[(k.kind, k.id)]) for k in keys if (k.kind, k.id) in loaded]
+
+
+def window(
+    session: Session,
+    f: Filters,
+    limit: int,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
+    offset: int = 0,
+) -> Window:
+    """A page of entries newest first: the newest, those older than `before`, or those newer than
+    `after` (rows without a time, possible in the original's event_log, last). offset skips entries
+    (the old page numbers); it costs a read of every skipped row, a cursor does not."""
+    if after is not None:
+        keys = _keys(session, f, after, False, 0, limit + 1)
+        if len(keys) <= limit:  # the newest page is reached: show it whole
+            return window(session, f, limit)
+        keys = keys[:limit][::-1]
+        return Window(_load(session, keys), keys[-1], keys[0])
+    keys = _keys(session, f, before, True, offset, limit + 1)
+    more = len(keys) > limit
+    keys = keys[:limit]
+    newer = keys[0] if keys and (before is not None or offset) else None
+    return Window(_load(session, keys), keys[-1] if more else None, newer)
 
 
 def values(text: str | None) -> dict[str, Any]:

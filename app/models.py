@@ -39,7 +39,29 @@ class EventLog(Base):
     input_device: Mapped[str | None] = mapped_column(String(100), index=True)
     output_device: Mapped[str | None] = mapped_column(String(100), index=True)
     timestamp: Mapped[datetime | None] = mapped_column(DateTime, index=True)
-    decision_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    decision_id: Mapped[int | None] = mapped_column(Integer)
+
+
+# The events timeline reads the original's rows (no decision_id) newest first, by device or not; by
+# device from indexes on those rows only, which the hub's own event_log writes never touch.
+_ORIGINAL_ROWS = EventLog.decision_id.is_(None)
+Index("ix_event_log_decision_time_id", EventLog.decision_id, EventLog.timestamp, EventLog.id)
+Index(
+    "ix_event_log_original_input",
+    EventLog.input_device,
+    EventLog.timestamp,
+    EventLog.id,
+    sqlite_where=_ORIGINAL_ROWS,
+    postgresql_where=_ORIGINAL_ROWS,
+)
+Index(
+    "ix_event_log_original_output",
+    EventLog.output_device,
+    EventLog.timestamp,
+    EventLog.id,
+    sqlite_where=_ORIGINAL_ROWS,
+    postgresql_where=_ORIGINAL_ROWS,
+)
 
 
 class InputConfig(Base):
@@ -162,7 +184,7 @@ class Decision(Base):
 
     __tablename__ = "decision"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     input_device_id: Mapped[int | None] = mapped_column(Integer, index=True)
     input_key: Mapped[str] = mapped_column(String(100), nullable=False)
     input_label: Mapped[str | None] = mapped_column(String(100))
@@ -186,7 +208,7 @@ class DecisionOutput(Base):
         ForeignKey("decision.id", ondelete="CASCADE"), nullable=False, index=True
     )
     output_device_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    output_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    output_key: Mapped[str] = mapped_column(String(100), nullable=False, index=True)
     output_label: Mapped[str | None] = mapped_column(String(100))
     fired: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     reason: Mapped[str | None] = mapped_column(String(50))
@@ -195,7 +217,11 @@ class DecisionOutput(Base):
     decision: Mapped[Decision] = relationship(back_populates="outputs")
 
 
-Index("ix_decision_input_time", Decision.input_device_id, Decision.timestamp)
+# The timeline's order is (timestamp, id): each index ends with it so a page of decisions, all or one
+# input's (by row id or by key), is read in order from the index and stops after its rows.
+Index("ix_decision_time_id", Decision.timestamp, Decision.id)
+Index("ix_decision_input_time_id", Decision.input_device_id, Decision.timestamp, Decision.id)
+Index("ix_decision_key_time_id", Decision.input_key, Decision.timestamp, Decision.id)
 
 
 class User(Base):
@@ -285,7 +311,7 @@ class ConfigChange(Base):
 
     __tablename__ = "config_change"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False, index=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime, nullable=False)
     # web:<user>, token:<user>/<token name>, telegram:<user id>, scheduler, sqs, …
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
     action: Mapped[str] = mapped_column(String(50), nullable=False)
@@ -299,6 +325,8 @@ class ConfigChange(Base):
 
 
 Index("ix_config_change_target", ConfigChange.target_kind, ConfigChange.target_id, ConfigChange.timestamp)
+Index("ix_config_change_time_id", ConfigChange.timestamp, ConfigChange.id)
+Index("ix_config_change_key_time_id", ConfigChange.target_key, ConfigChange.timestamp, ConfigChange.id)
 
 
 class HubNode(Base):

@@ -637,6 +637,32 @@ def test_events_limit_defaults_to_100(hub: Hub) -> None:
     assert len(events(hub, "?limit=1000")) == 120
 
 
+def test_events_next_cursor_pages_through_everything_once(hub: Hub) -> None:
+    with hub.sessions() as s:
+        # ten at each time: ties in time go by id
+        s.add_all(
+            Decision(timestamp=BASE + timedelta(seconds=i // 10), input_key="door", fired=False)
+            for i in range(45)
+        )
+        s.commit()
+    everything = events(hub, "?limit=1000")
+    pages, query = [], "?limit=10"
+    while True:
+        answer = hub.client.get(f"/api/events{query}").get_json()
+        pages.append([e["id"] for e in answer["events"]])
+        if answer["next"] is None:
+            break
+        query = f"?limit=10&before={answer['next']}"
+    assert [len(p) for p in pages] == [10, 10, 10, 10, 5]
+    assert [i for p in pages for i in p] == [e["id"] for e in everything]
+    # the old offset still pages, and its answer's next leads on from there
+    answer = hub.client.get("/api/events?limit=10&offset=10").get_json()
+    assert [e["id"] for e in answer["events"]] == pages[1]
+    assert [e["id"] for e in events(hub, f"?limit=10&before={answer['next']}")] == pages[2]
+    # filters hold across pages
+    assert hub.client.get("/api/events?limit=45&kind=change").get_json() == {"events": [], "next": None}
+
+
 @pytest.mark.parametrize(
     ("query", "param"),
     [
@@ -652,6 +678,11 @@ def test_events_limit_defaults_to_100(hub: Hub) -> None:
         ("?kind=decision,gossip", "kind"),
         ("?kind=,", "kind"),
         ("?q=" + "x" * 101, "q"),
+        ("?before=yesterday", "before"),
+        ("?before=20240101T000000.000000-1-gossip", "before"),
+        ("?before=20241301T000000.000000-1-decision", "before"),
+        ("?before=20240101T000000.000000-99999999999999999999-decision", "before"),
+        ("?before=20240101T000000.000000-1-decision&offset=5", "offset"),
     ],
 )
 def test_events_bad_query_values_are_400(hub: Hub, query: str, param: str) -> None:

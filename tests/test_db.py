@@ -219,7 +219,7 @@ def test_fresh_sqlite_migrates_to_head_and_matches_models(
     engine = engines(sqlite_url(tmp_path / "hub.db"))
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == HEAD == "0006_security"
+    assert db.current_revision(engine) == HEAD == "0011_event_keyset"
     assert db.schema_differences(engine) == []
 
 

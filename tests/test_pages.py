@@ -429,20 +429,52 @@ def test_events_newest_first_with_reason_outputs_and_local_time(pages: Pages) ->
     assert "fired" in text and "opened" in text and "Buzzer: triggered" in text
 
 
+def event_ids(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<li class="list-group-item event-row" data-decision="(\d+)"', html)]
+
+
+def page_link(html: str, name: str) -> str | None:
+    """The href of the Newer or Older link, None when it is disabled."""
+    found = re.search(rf'<a class="page-link" rel="(?:prev|next)" href="([^"]*)">{name}</a>', html)
+    assert found is not None, name
+    return None if found.group(1) == "#" else found.group(1).replace("&amp;", "&")
+
+
 def test_events_filters_and_paging_keep_filters(pages: Pages) -> None:
     t = datetime(2024, 1, 15, 12, 0, tzinfo=UTC)
     add_decisions(pages, 120, t, "door", output="buzzer")
     add_decisions(pages, 5, t, "hall")
     html = pages.client.get("/events").get_data(as_text=True)
-    assert "125 events · page 1 of 3" in html
+    assert "125 events" in html
     assert html.count('class="list-group-item event-row"') == 50
+    assert page_link(html, "Newer") is None
+    # Older and Newer walk the whole timeline in order, each entry once.
+    shown = [html]
+    while (older := page_link(shown[-1], "Older")) is not None:
+        assert older.startswith("/events?before=")
+        shown.append(pages.client.get(older).get_data(as_text=True))
+    seen = [i for h in shown for i in event_ids(h)]
+    everything = [e["id"] for e in pages.client.get("/api/events?limit=1000").get_json()["events"]]
+    assert len(shown) == 3 and seen == everything and len(set(seen)) == 125
+    back = page_link(shown[2], "Newer")
+    assert back is not None and event_ids(pages.client.get(back).get_data(as_text=True)) == event_ids(
+        shown[1]
+    )
+    # An old page-number link still opens that page.
     response = pages.client.get(f"/events?input={pages.ids['door']}&page=3")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    assert "120 events · page 3 of 3" in html
+    assert "120 events" in html
     assert html.count('class="list-group-item event-row"') == 20
     # Page links keep the filters.
-    assert f"/events?page=2&amp;input={pages.ids['door']}" in html
+    newer = page_link(html, "Newer")
+    assert (
+        newer is not None
+        and newer.endswith(f"&input={pages.ids['door']}")
+        and page_link(html, "Older") is None
+    )
+    door = [e["id"] for e in pages.client.get("/api/events?limit=1000&input=door").get_json()["events"]]
+    assert event_ids(pages.client.get(newer).get_data(as_text=True)) == door[50:100]
     assert f'<option value="{pages.ids["door"]}" selected>' in html
     html = pages.client.get(f"/events?output={pages.ids['buzzer']}").get_data(as_text=True)
     assert "120 events" in html
@@ -475,6 +507,19 @@ def test_bad_event_filters_are_messages_beside_the_field(
     assert response.status_code == 400
     html = response.get_data(as_text=True)
     assert message in html.split(f'id="f-{field}"')[1].split("</div>")[0]
+
+
+@pytest.mark.parametrize(
+    "cursor", ["x", "20240115T120000.000000-1-gossip", "20241315T120000.000000-1-decision"]
+)
+def test_a_bad_place_in_the_events_is_a_message_and_the_newest(pages: Pages, cursor: str) -> None:
+    add_decisions(pages, 3, datetime(2024, 1, 15, tzinfo=UTC))
+    for name in ("before", "after"):
+        response = pages.client.get(f"/events?{name}={cursor}")
+        assert response.status_code == 400
+        html = response.get_data(as_text=True)
+        assert "is not a place in the event log; showing the newest events." in html
+        assert html.count('class="list-group-item event-row"') == 3
 
 
 @pytest.mark.parametrize("page", ["0", "x", "99"])

@@ -525,10 +525,25 @@ def _kinds_param() -> tuple[str, ...]:
     return kinds
 
 
+def _cursor_param() -> history.Cursor | None:
+    raw = request.args.get("before", "").strip()
+    if not raw:
+        return None
+    try:
+        return history.Cursor.parse(raw)
+    except ValueError:
+        raise ApiError(400, "before must be a cursor from an answer's next", "before") from None
+
+
 @bp.get("/events")
 def get_events() -> dict[str, Any]:
-    """Decisions, the original's migrated event_log rows and configuration changes, newest first."""
+    """Decisions, the original's migrated event_log rows and configuration changes, newest first.
+
+    `next` is where the following page starts (pass it as `before`): a keyset page costs the same
+    however deep it is, where `offset` reads every row it skips.
+    """
     limit = _limit_param()
+    before = _cursor_param()
     since = _since_param()
     until = _since_param("until")
     kinds = _kinds_param()
@@ -536,6 +551,8 @@ def get_events() -> dict[str, Any]:
     if len(search) > history.MAX_SEARCH:
         raise ApiError(400, f"q must be at most {history.MAX_SEARCH} characters", "q")
     offset = _whole("offset", 0, MAX_EVENT_OFFSET)
+    if before is not None and offset:
+        raise ApiError(400, "give before or offset, not both", "offset")
     with web_ctx().session_factory() as session:
         input_value = request.args.get("input", "").strip()
         output_value = request.args.get("output", "").strip()
@@ -547,4 +564,8 @@ def get_events() -> dict[str, Any]:
             search=search,
             kinds=kinds,
         )
-        return {"events": [_entry(e) for e in history.page(session, filters, offset, limit)]}
+        shown = history.window(session, filters, limit, before=before, offset=offset)
+        return {
+            "events": [_entry(e) for e in shown.entries],
+            "next": shown.older.text() if shown.older else None,
+        }

@@ -1,4 +1,9 @@
-"""The event log page: decisions, migrated history and config changes newest first, filtered, 50 a page."""
+"""The event log page: decisions, migrated history and config changes newest first, filtered, 50 a page.
+
+Pages are keyset pages: "Older" and "Newer" carry the place (a history.Cursor) where the next page
+starts, so every page costs the same however deep it is. Old ?page=N links still work (read by
+offset, which costs a read of the skipped rows).
+"""
 
 from __future__ import annotations
 
@@ -64,6 +69,17 @@ def _page_number(errors: dict[str, str]) -> int:
     return int(raw)
 
 
+def _cursor(name: str, errors: dict[str, str]) -> history.Cursor | None:
+    raw = request.args.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return history.Cursor.parse(raw)
+    except ValueError:
+        errors["cursor"] = f"{raw[:60]!r} is not a place in the event log; showing the newest events."
+        return None
+
+
 def _kind(errors: dict[str, str]) -> tuple[str, ...]:
     raw = request.args.get("kind", "").strip()
     if not raw:
@@ -91,7 +107,9 @@ def index() -> Any:
     until = _time("to", errors)
     kinds = _kind(errors)
     search = _search(errors)
-    page = _page_number(errors)
+    before = _cursor("before", errors)
+    after = _cursor("after", errors) if before is None else None
+    page = _page_number(errors) if before is None and after is None and "cursor" not in errors else 1
     if since is not None and until is not None and since > until:
         errors["to"] = "The end is before the start."
     with ctx().session_factory() as session:
@@ -109,18 +127,23 @@ def index() -> Any:
             search=search,
             kinds=kinds,
         )
-        total = 0 if "to" in errors else history.count(session, filters_)
-        pages = max(1, -(-total // PAGE_SIZE))
-        if page > pages:
-            errors.setdefault("page", f"Page {page} does not exist; there are {pages}.")
-            page = pages
-        entries = [] if "to" in errors else history.page(session, filters_, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        if "to" in errors:
+            total, shown = 0, history.Window([], None, None)
+        else:
+            total = history.count(session, filters_)
+            offset = (page - 1) * PAGE_SIZE
+            shown = history.window(session, filters_, PAGE_SIZE, before, after, offset)
+            if offset and not shown.entries:
+                errors.setdefault("page", f"Page {page} does not exist; showing the newest events.")
+                shown = history.window(session, filters_, PAGE_SIZE)
         # Keep every valid filter in the page links; drop the bad ones so a link never repeats an error.
         kept = {k: request.args.get(k, "").strip() for k in ("input", "output", "from", "to", "kind", "q")}
         filters = {k: v for k, v in kept.items() if v and k not in errors}
         return render_template(
             "events.html",
-            entries=entries,
+            entries=shown.entries,
+            older=shown.older.text() if shown.older else None,
+            newer=shown.newer.text() if shown.newer else None,
             inputs=sorted(((i, lbl or key) for i, lbl, key in inputs), key=lambda t: t[1].lower()),
             outputs=sorted(((i, lbl or key) for i, lbl, key in outputs), key=lambda t: t[1].lower()),
             kinds=history.KIND_NAMES,
@@ -129,7 +152,6 @@ def index() -> Any:
             typed=kept,
             filters=filters,
             errors=errors,
-            page=page,
-            pages=pages,
             total=total,
+            total_cap=history.COUNT_CAP,
         ), (400 if set(errors) - {"page"} else 200)  # a page past the end is not bad input
