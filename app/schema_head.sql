@@ -3,7 +3,7 @@ CREATE TABLE alembic_version (
 	version_num VARCHAR(32) NOT NULL, 
 	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
 );
-INSERT INTO "alembic_version" VALUES('0006_security');
+INSERT INTO "alembic_version" VALUES('0011_event_keyset');
 CREATE TABLE api_token (
 	id INTEGER NOT NULL, 
 	user_id INTEGER NOT NULL, 
@@ -187,17 +187,22 @@ CREATE UNIQUE INDEX ix_input_config_device_key ON input_config (device_key);
 CREATE INDEX ix_input_config_group_name ON input_config (group_name);
 CREATE UNIQUE INDEX ix_output_config_device_key ON output_config (device_key);
 CREATE INDEX ix_input_link_input_device_id ON input_link (input_device_id);
-CREATE INDEX ix_event_log_decision_id ON event_log (decision_id);
-CREATE INDEX ix_decision_timestamp ON decision (timestamp);
 CREATE INDEX ix_decision_input_device_id ON decision (input_device_id);
-CREATE INDEX ix_decision_input_time ON decision (input_device_id, timestamp);
 CREATE INDEX ix_decision_output_decision_id ON decision_output (decision_id);
 CREATE INDEX ix_decision_output_output_device_id ON decision_output (output_device_id);
 CREATE INDEX ix_output_link_input_device_id ON output_link (input_device_id);
 CREATE INDEX ix_api_token_user_id ON api_token (user_id);
 CREATE INDEX ix_meter_history_input_time ON meter_history (input_device_id, timestamp);
-CREATE INDEX ix_config_change_timestamp ON config_change (timestamp);
 CREATE INDEX ix_config_change_target ON config_change (target_kind, target_id, timestamp);
 CREATE INDEX ix_meter_config_input_device_id ON meter_config (input_device_id);
 CREATE INDEX ix_web_session_user_id ON web_session (user_id);
+CREATE INDEX ix_decision_time_id ON decision (timestamp, id);
+CREATE INDEX ix_decision_input_time_id ON decision (input_device_id, timestamp, id);
+CREATE INDEX ix_decision_key_time_id ON decision (input_key, timestamp, id);
+CREATE INDEX ix_decision_output_output_key ON decision_output (output_key);
+CREATE INDEX ix_config_change_time_id ON config_change (timestamp, id);
+CREATE INDEX ix_config_change_key_time_id ON config_change (target_key, timestamp, id);
+CREATE INDEX ix_event_log_decision_time_id ON event_log (decision_id, timestamp, id);
+CREATE INDEX ix_event_log_original_input ON event_log (input_device, timestamp, id) WHERE decision_id IS NULL;
+CREATE INDEX ix_event_log_original_output ON event_log (output_device, timestamp, id) WHERE decision_id IS NULL;
 COMMIT;
