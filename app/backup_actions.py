@@ -80,7 +80,7 @@ def command_lock(settings: Settings, wait: float = LOCK_WAIT_SECONDS) -> Iterato
                     raise BackupError(
                         f"another backup, restore or verify held {lock_path} for {wait:g} s; gave up"
                     ) from None
-                time.sleep(0.2)
+                time.sleep(0.2)  # a lock held by another run, not a failure: a short steady poll
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -106,6 +106,8 @@ class BadgePoller(threads.AppThread):
             _store(badge_id, Badge(label, state, time.time()))
 
     def work(self) -> None:
+        # Not threads.Backoff: a failed badge shows "unknown" and is simply asked again at the next
+        # poll, which is already minutes apart; backing off would only keep the page stale longer.
         while not threads.shutting_down.is_set():
             self.poll_once()
             if threads.sleep(POLL_SECONDS):

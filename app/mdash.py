@@ -227,10 +227,10 @@ class MdashDiscovery(AppThread):
             while not threads.shutting_down.is_set():
                 if self.poll():
                     backoff.reset()
-                    delay = float(self.settings.mdash_poll_seconds)
+                    stopping = threads.sleep(float(self.settings.mdash_poll_seconds))
                 else:
-                    delay = backoff.next_delay()
-                if threads.sleep(delay):
+                    stopping = backoff.pause()
+                if stopping:
                     break
         finally:
             if self._own_session:

@@ -368,7 +368,7 @@ class MeterWriter(AppThread):
                     continue
                 if self._write(batch):
                     backoff.reset()
-                elif self._buffer.closed.wait(backoff.next_delay()):
+                elif backoff.pause(self._buffer.closed):  # closing ends the wait: the final flush follows
                     break
             self._final_flush()
         finally:

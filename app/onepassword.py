@@ -20,6 +20,7 @@ from onepasswordconnectsdk.models import Item, Vault
 from onepasswordconnectsdk.utils import is_valid_uuid
 
 from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
+from pylib import threads
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ def read(
     shown = display_server(server)
     config = ClientConfig(timeout=timeout, event_hooks={"response": [_check_response]})
     client = Client(server, token, config)
+    backoff = threads.Backoff(initial=1.0, maximum=_MAX_BACKOFF)
     try:
         for attempt in range(1, attempts + 1):
             try:
@@ -258,7 +260,7 @@ def read(
                     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
                     problem = f"1Password Connect at {shown} is unreachable after {tries}: {reason}"
                     raise SettingsError("OP_CONNECT_SERVER", problem) from None
-                delay = min(_MAX_BACKOFF, 2.0 ** (attempt - 1))
+                delay = backoff.next_delay()
                 # Logging is not configured yet at start-up; with no handler, logging.lastResort
                 # still prints WARNING lines to stderr as they are.
                 log.warning(
@@ -269,7 +271,7 @@ def read(
                     attempts,
                     delay,
                 )
-                time.sleep(delay)
+                time.sleep(delay)  # start-up, before any thread: nothing to stop it early
             except _Refused as exc:
                 raise SettingsError(
                     "OP_CONNECT_TOKEN",

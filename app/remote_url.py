@@ -110,5 +110,7 @@ class NgrokDiscovery(threads.AppThread):
                 set_discovered(url)
                 health.set_state(COMPONENT, "ok", url)
                 self._quiet.reset()
+            # Not threads.Backoff: ngrok's agent is local and cheap to ask, and a tunnel that appears
+            # should be found within SEARCH_SECONDS however long it was missing.
             if threads.sleep(RECHECK_SECONDS if url else SEARCH_SECONDS):
                 break

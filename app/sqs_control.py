@@ -274,9 +274,9 @@ class SqsControl(threads.AppThread):
                 try:
                     messages = self._receive()
                 except _QueueMissing:
-                    self._down(f"queue {queue!r} does not exist (SQS_QUEUE)", backoff.next_delay())
+                    self._down(f"queue {queue!r} does not exist (SQS_QUEUE)", backoff)
                 except (BotoCoreError, ClientError) as exc:
-                    self._down(f"SQS unreachable or refusing: {_describe(exc)}", backoff.next_delay())
+                    self._down(f"SQS unreachable or refusing: {_describe(exc)}", backoff)
                 else:
                     backoff.reset()
                     self._reachable()
@@ -291,12 +291,12 @@ class SqsControl(threads.AppThread):
             log.info("SQS control: listening on %s", self._queue_url)
             health.set_state(COMPONENT, "connected", self._settings.sqs_queue)
 
-    def _down(self, problem: str, delay: float) -> None:
+    def _down(self, problem: str, backoff: threads.Backoff) -> None:
         self._up = False
         health.set_state(COMPONENT, "down", problem)
         if self._quiet.should_log(problem):
             log.warning("SQS control: %s; retrying (every %.0f s at most)", problem, RETRY_MAX)
-        threads.sleep(delay)
+        backoff.pause()
 
     def _receive(self) -> list[dict[str, Any]]:
         if self._queue_url is None:

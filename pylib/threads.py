@@ -88,7 +88,11 @@ def sleep(seconds: float) -> bool:
 
 
 class Backoff:
-    """Exponential backoff with a cap, reset after a success."""
+    """Exponential backoff with a cap, reset after a success: the one retry pacing of the hub's loops.
+
+    A loop that retries a failing call calls next_delay() (or pause()) after each failure and
+    reset() after a success; the broker connectors use it through pylib.reconnect.Reconnects.
+    """
 
     def __init__(self, initial: float = 0.5, maximum: float = 30.0, factor: float = 2.0) -> None:
         self.initial = initial
@@ -103,6 +107,10 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.initial
+
+    def pause(self, stop: threading.Event | None = None) -> bool:
+        """Wait the next delay unless `stop` (default: shutdown) is set first; True when it was."""
+        return (shutting_down if stop is None else stop).wait(self.next_delay())
 
 
 def monotonic() -> float:

@@ -22,6 +22,7 @@ from app import health, zones
 from app.channels import Notification
 from app.settings import Settings
 from app.telegram.sms import SMS_MAX, SmsSender
+from pylib import threads
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,7 @@ class Notifier:
         retries = self._settings.telegram_send_retries
         failures = 0
         waits_429 = 0
-        backoff = self._backoff_initial
+        backoff = threads.Backoff(initial=self._backoff_initial, maximum=self._backoff_max)
         while True:
             await self._pace()
             try:
@@ -293,6 +294,7 @@ class Notifier:
                 health.count("telegram.retries")
                 health.set_state("telegram", "retrying", f"rate limited: retry after {seconds:g} s")
                 log.warning("Telegram rate limit: waiting %g s before resending %s", seconds, what)
+                # Telegram names the wait: it is taken as told, not paced by the backoff.
                 await asyncio.sleep(seconds)
                 continue
             except BadRequest as exc:  # a NetworkError subclass in PTB: must come before it
@@ -309,11 +311,11 @@ class Notifier:
                 health.set_state(
                     "telegram", "retrying", f"{type(exc).__name__}, attempt {failures}/{retries}"
                 )
+                delay = backoff.next_delay()
                 log.warning(
-                    "sending %s failed (%s); retry %d/%d in %g s", what, exc, failures, retries, backoff
+                    "sending %s failed (%s); retry %d/%d in %g s", what, exc, failures, retries, delay
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._backoff_max)
+                await asyncio.sleep(delay)
                 continue
             except TelegramError as exc:
                 # Forbidden, InvalidToken, ...: retrying will not help.

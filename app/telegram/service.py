@@ -174,6 +174,7 @@ class TelegramService(threads.AppThread):
                 delay = backoff.next_delay()
                 health.set_state("telegram", "retrying", f"getMe: {type(exc).__name__}")
                 log.warning("Telegram unreachable (%s); retrying in %g s", type(exc).__name__, delay)
+                # Backoff.pause() would block the event loop: the same wait, in a worker thread.
                 await asyncio.to_thread(threads.shutting_down.wait, delay)
         return False
 
