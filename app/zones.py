@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import zoneinfo
 from datetime import UTC, datetime, tzinfo
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
+
+# The zone data is the pinned tzdata package's, not the host's: pytz carried its own, so a stored
+# schedule read the same on every host, and the Pi's (or the image's) OS tz database may be years old.
+# PYTHONTZPATH, when an operator sets it, still points zoneinfo at a folder of their choice.
+if not os.environ.get("PYTHONTZPATH"):
+    zoneinfo.reset_tzpath(to=())
 
 # In the tz database folder but not zones a person picks: the host's own zone link and tzdata's
 # placeholder. pytz listed neither, so USER_TZ and schedule zones accept neither.

@@ -79,3 +79,15 @@ def test_a_reading_the_spring_change_skips_takes_the_offset_before_the_jump() ->
     # 31 Mar 2024: London jumps from 01:00 GMT to 02:00 BST; 01:30 read in GMT is 02:30 BST
     for dst in (False, True):
         assert instant(datetime(2024, 3, 31, 1, 30), LONDON, dst=dst) == utc(2024, 3, 31, 1, 30)
+
+
+def test_zone_data_comes_from_the_pinned_tzdata_package_not_the_host() -> None:
+    import importlib.metadata
+    import zoneinfo
+
+    # The host's tz folder is off the search path, so every host reads a schedule the same way.
+    assert zoneinfo.TZPATH == ()
+    assert zones.names(), "tzdata's zone list is empty"
+    london = zones.zone("Europe/London")
+    assert london.key == "Europe/London"
+    assert importlib.metadata.version("tzdata")
