@@ -10,9 +10,11 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
-from app import early_migration, file_modes
+from app import admin_password, early_migration, file_modes
 from app import settings as settings_module
+from app.settings import sqlite_file
 from app.settings_defaults import SettingsError
 from pylib import threads
 
@@ -108,6 +110,10 @@ def main() -> int:
     except SettingsError as exc:
         print(f"event-processor: {exc}", file=sys.stderr)
         return wait_before_failing(2)
+    database_file = sqlite_file(settings.database_url)
+    if not settings.admin_password_hash and database_file is not None and not Path(database_file).exists():
+        # A new database gets an admin user with a generated password: hashed beside the imports.
+        admin_password.prepare()
     # The migration child (if the schema is not current) runs while this process imports the rest.
     migration = early_migration.start(settings.database_url)
     from app import observability  # heavy (SQLAlchemy, Prometheus): after the child has started

@@ -11,8 +11,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app import accounts
-from app.accounts import hash_password
+from app import accounts, admin_password
 from app.models import GeneralConfig, User
 from app.settings import Settings
 
@@ -46,8 +45,8 @@ def bootstrap_admin(session: Session, settings: Settings) -> None:
         return
     if row is not None:
         return  # the password set (or generated) earlier stays
-    password = secrets.token_urlsafe(12)
-    session.add(User(username=settings.admin_user, password_hash=hash_password(password), created_at=now))
+    password, password_hash = admin_password.take()  # prepared during start-up's imports
+    session.add(User(username=settings.admin_user, password_hash=password_hash, created_at=now))
     session.commit()
     # Straight to the console, never through logging: a log record travels to handlers, log shippers
     # and Sentry breadcrumbs. Printed once; later starts find the row and print nothing.
