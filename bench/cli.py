@@ -41,7 +41,7 @@ from bench.config import (
     RESULTS,
     BenchError,
 )
-from bench.processes import MqttBroker, delete_exchanges
+from bench.processes import MqttBroker, compile_bytecode, delete_exchanges
 from bench.relay import mqtt_relay_main, relay_main, run_baseline
 from bench.report import TABLE, delivery, fmt, table, verdict
 
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mqtt_relay:
         return mqtt_relay_main(args.mqtt_relay, args.mqtt_port)
     FLOOD_RATE[0] = max(0.0, args.flood_rate)
+    compile_bytecode()  # the hubs start as the image starts them
     if args.case != "all":
         return run_single(args.case)
     started = time.perf_counter()

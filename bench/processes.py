@@ -7,11 +7,23 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench.clients import connect
-from bench.config import BROKER_FAILURES, MOSQUITTO, MQTT_HOST, STOP_TIMEOUT, BenchError
+from bench.config import BROKER_FAILURES, MOSQUITTO, MQTT_HOST, REPO, STOP_TIMEOUT, BenchError
+
+
+def compile_bytecode() -> None:
+    """Compile app/ and pylib/ as the container image does at build time (Dockerfile: compileall).
+
+    A hub started from a checkout writes its byte code on the first start and reads it afterwards;
+    where PYTHONDONTWRITEBYTECODE is set (this machine sets it), every start would instead compile
+    the hub's own modules from source, which costs each measured start-up ~0.2 s of CPU and its RSS
+    ~1.8 MB of compiler leftovers that no deployed hub carries.
+    """
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "app", "pylib"], cwd=REPO, check=True)
 
 
 def free_port() -> int:
