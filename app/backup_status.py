@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import Settings
+from pylib.decoding import json_object
 
 log = logging.getLogger("app.backup")
 
@@ -53,7 +54,7 @@ def load(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return json_object(data)
 
 
 def record(settings: Settings, fields: tuple[str, ...], entry: dict[str, Any]) -> None:
@@ -168,10 +169,7 @@ def read_status(settings: Settings, now: float | None = None) -> BackupStatus:
     if not settings.backup_enabled or settings.sqlite_path is None:
         return BackupStatus("not configured")
     data = _read_cached(settings.backup_status_path)
-    entries = {
-        name: data.get(name) if isinstance(data.get(name), dict) else {}
-        for name in (ATTEMPT, GOOD, VERIFY, RESTORE)
-    }
+    entries = {name: json_object(data.get(name)) for name in (ATTEMPT, GOOD, VERIFY, RESTORE)}
     attempt, good, verify, restore = (entries[n] for n in (ATTEMPT, GOOD, VERIFY, RESTORE))
     good_time = _parse_time(good)
     current = time.time() if now is None else now

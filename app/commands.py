@@ -14,7 +14,7 @@ from pylib import inproc
 _local = threading.local()
 
 
-def _push() -> zmq.Socket:
+def _push() -> inproc.Socket:
     # One long-lived PUSH per calling thread: closing a socket right after send could lose the message.
     sock = getattr(_local, "push", None)
     if sock is None or sock.closed or sock.context is not inproc.context():
@@ -39,6 +39,9 @@ def request(action: str, args: dict[str, Any], actor: str = "api", timeout: floa
         pull.close(linger=0)
     if reply is None:
         return Reply(ok=False, error="the event processor did not answer in time", status=503)
+    if not isinstance(reply, Reply):  # only the processor knows this private reply address
+        what = type(reply).__name__
+        return Reply(ok=False, error=f"the event processor answered with a {what}", status=500)
     return reply
 
 

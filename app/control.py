@@ -141,7 +141,7 @@ class ControlPublisher(AppThread):
 
     # --- messages ----------------------------------------------------------------------------
 
-    def _receive(self, pull: zmq.Socket[bytes]) -> None:
+    def _receive(self, pull: inproc.Socket) -> None:
         if self._pending and self._channel is not None:
             timeout = 0
         elif self._channel is None:

@@ -27,7 +27,8 @@ class LeaseLost(RuntimeError):
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a lease name (one per APP_NAME)."""
-    return struct.unpack(">q", hashlib.sha256(f"event-processor lease {name}".encode()).digest()[:8])[0]
+    key: int = struct.unpack(">q", hashlib.sha256(f"event-processor lease {name}".encode()).digest()[:8])[0]
+    return key
 
 
 def conninfo(database_url: str) -> str:

@@ -19,6 +19,7 @@ from app.presence import Presence
 from app.presence import presence as shared_presence
 from app.settings import Settings
 from pylib import threads
+from pylib.decoding import json_object
 from pylib.threads import AppThread, Backoff
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,8 @@ def origin_of(topic: str) -> str:
 
 
 def _topic(device: dict[str, Any], key: str) -> str | None:
-    shadow = device.get("shadow") if isinstance(device.get("shadow"), dict) else {}
-    state = shadow.get("state") if isinstance(shadow.get("state"), dict) else {}
-    reported = state.get("reported") if isinstance(state.get("reported"), dict) else {}
+    shadow = json_object(device.get("shadow"))
+    reported = json_object(json_object(shadow.get("state")).get("reported"))
     for config in (reported.get("config"), device.get("config")):
         value = lookup(config, key)
         if isinstance(value, str):
@@ -160,7 +160,7 @@ def parse_devices(data: Any, wanted: Iterable[str], config_key: str) -> list[Mda
     for item in data:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
             continue
-        shadow = item.get("shadow") if isinstance(item.get("shadow"), dict) else {}
+        shadow = json_object(item.get("shadow"))
         tags = tag_names(item.get("tags")) | tag_names(shadow.get("tags"))
         if not tags & wanted_tags:
             continue

@@ -24,8 +24,10 @@ import time
 from collections import deque
 
 import zmq
-from influxdb_client import InfluxDBClient, Point, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
+from influxdb_client.client.write.point import Point
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
 from app import channels, health
@@ -78,7 +80,8 @@ def to_line(point: channels.MeterPoint) -> str | None:
     for name, number in fields.items():
         p.field(name, number)
     p.time(_millis(point.timestamp), WritePrecision.MS)
-    return p.to_line_protocol()
+    line: str = p.to_line_protocol()  # influxdb-client leaves Point untyped
+    return line
 
 
 # ---- the original's layout (original-behaviour.md §6.4), so existing dashboards keep working ---------
@@ -417,7 +420,8 @@ class MeterWriter(AppThread):
             bucket=self.settings.influxdb_bucket,
             org=self.settings.influxdb_org,
             record=lines,
-            write_precision=WritePrecision.MS,
+            # WritePrecision.MS is the str "ms", which write() takes, though its hint names the class.
+            write_precision=WritePrecision.MS,  # type: ignore[arg-type]
             **kwargs,
         )
 

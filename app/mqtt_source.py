@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -205,7 +205,7 @@ class MqttSource(AppThread):
         self.connected = self._connection.connected
         # device_id -> (origin, descriptions) from its last reading, so a heartbeat refreshes them
         self._devices: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
-        self._push: zmq.Socket | None = None
+        self._push: inproc.Socket | None = None
         self._bad_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(channels.MQTT_PUBLISH)
 
@@ -247,7 +247,8 @@ class MqttSource(AppThread):
     def _take_publish_requests(self) -> None:
         for _ in range(MAX_REQUESTS_PER_LOOP):
             # EVENTS is a cheap flag read; recv(NOBLOCK) on an empty socket raises, every loop
-            if not self._pull.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            # (EVENTS is an int option; pyzmq types every option int | bytes)
+            if not cast(int, self._pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             try:
                 frame = self._pull.recv(zmq.NOBLOCK)

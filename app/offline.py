@@ -81,7 +81,7 @@ class OfflineMonitor(threads.AppThread):
         self._alerted: set[str] = set()  # offline keys whose outage was announced
         self._resumed: set[str] | None = None  # offline keys loaded from rule_state; None: not loaded yet
         self._unsaved: dict[str, object] | None = None  # the newest state the database did not take
-        self._push: zmq.Socket | None = None
+        self._push: inproc.Socket | None = None
 
     # ---- the thread --------------------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class OfflineMonitor(threads.AppThread):
             count = len(self._offline)
             changed = before != (self._offline, self._alerted)
             if changed:
-                state = {"offline": dict(self._offline), "alerted": sorted(self._alerted)}
+                state: dict[str, object] = {"offline": dict(self._offline), "alerted": sorted(self._alerted)}
         if changed:
             self._unsaved = state
         if self._unsaved is not None:

@@ -8,7 +8,6 @@ import time
 
 import pika
 import pika.spec
-import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app import channels, delivery, health, roles
@@ -53,7 +52,7 @@ class RabbitSource(AppThread):
             heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds / 2)))
         spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
-        self._push: zmq.Socket[bytes] | None = None
+        self._push: inproc.Socket | None = None
         self._last_tag = 0
         self._unacked = 0
         self._acked_at = 0.0  # time.monotonic() of the last ack

@@ -137,7 +137,7 @@ def refresh(session: Session, ad: Advert) -> None:
 
 
 def is_meter(device_type: str | None) -> bool:
-    return bool(device_type) and "meter" in device_type.lower()
+    return device_type is not None and "meter" in device_type.lower()
 
 
 def new_meter_config() -> MeterConfig:

@@ -120,3 +120,11 @@ def loads(text: str | bytes) -> Any:
     if depth(value) > MAX_DEPTH:
         raise DecodeError(f"nested more than {MAX_DEPTH} levels deep")
     return value
+
+
+def json_object(value: object) -> dict[str, Any]:
+    """`value` when it is a decoded JSON object, else an empty one: for reading optional nested maps.
+
+    Its values stay Any: they are untrusted decoded data that each reader checks before use.
+    """
+    return value if isinstance(value, dict) else {}

@@ -76,7 +76,7 @@ def bar_chart(
     bar_w = max(slot * 0.75, 1.0)
     for i, (label, f, b) in enumerate(zip(labels, fired, blocked, strict=True)):
         x = LEFT + i * slot + (slot - bar_w) / 2
-        base = TOP + plot_h
+        base: float = TOP + plot_h
         tip = escape(f"{label}: {f + b} events ({f} fired, {b} blocked)")
         parts.append(f'<g class="bar" data-label="{escape(label)}" data-count="{f + b}" data-fired="{f}">')
         parts.append(f"<title>{tip}</title>")

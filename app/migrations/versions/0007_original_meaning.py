@@ -41,7 +41,10 @@ def _columns(inspector: sa.Inspector, table: str) -> set[str]:
     return {c["name"] for c in inspector.get_columns(table)}
 
 
-def _set_limit_type(type_: sa.types.TypeEngine[object], existing: sa.types.TypeEngine[object]) -> None:
+_Number = sa.types.TypeEngine[float] | sa.types.TypeEngine[int]
+
+
+def _set_limit_type(type_: _Number, existing: _Number) -> None:
     if op.get_bind().dialect.name == "sqlite":
         # SQLite cannot change a column's type in place: batch copies the table (rows, ids, index, FK).
         with op.batch_alter_table("meter_config", recreate="always") as batch:
