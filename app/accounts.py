@@ -12,12 +12,16 @@ import hmac
 import secrets
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
 from app.models import User, WebSession
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 UNLOCK_SECONDS = 600
 # Letters and digits that cannot be mistaken for one another when typed from a phone.
@@ -74,7 +78,8 @@ def end_sessions(session: Session, user_id: int, keep_key_hash: str | None = Non
     stmt = delete(WebSession).where(WebSession.user_id == user_id)
     if keep_key_hash is not None:
         stmt = stmt.where(WebSession.key_hash != keep_key_hash)
-    count = session.execute(stmt).rowcount or 0
+    # A DELETE's result is a CursorResult (it has rowcount); Session.execute is typed for any statement.
+    count = cast("CursorResult[Any]", session.execute(stmt)).rowcount or 0
     session.commit()
     return count
 

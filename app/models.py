@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -339,3 +340,8 @@ class HubNode(Base):
     role_since: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC
     seen: Mapped[datetime | None] = mapped_column(DateTime)  # naive UTC, refreshed every check
     url: Mapped[str | None] = mapped_column(String(255))
+
+
+# An input or an output row. Constrained (not a union), so mypy checks a function over either once
+# for each model: session.get(model, id) is then an InputConfig or an OutputConfig, never just Base.
+DeviceRow = TypeVar("DeviceRow", InputConfig, OutputConfig)

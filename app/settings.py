@@ -17,8 +17,9 @@ from dotenv import dotenv_values
 
 from app import zones
 
-# Callers know these as settings.SettingsError and the like too.
-from app.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
+# Callers know these as settings.SettingsError and the like too ("X as X" re-exports it for mypy).
+from app.settings_defaults import OP_CONNECT_NAMES, config_defaults
+from app.settings_defaults import SettingsError as SettingsError
 
 # INFLUXDB_LAYOUT: the original's measurements, the hub's "meter" measurement, or both
 INFLUXDB_LAYOUTS = ("auto", "original", "new", "both")

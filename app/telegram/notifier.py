@@ -45,6 +45,13 @@ class _Album:
     items: list[Notification] = field(default_factory=list)
 
 
+def _image(n: Notification) -> bytes:
+    """The image of an album's notification (only notifications with one join an album)."""
+    if n.image is None:
+        raise ValueError(f"{_label(n)}: an album entry without an image")
+    return n.image
+
+
 def _label(n: Notification) -> str:
     return n.input_label or n.input_key or "(unnamed input)"
 
@@ -128,7 +135,9 @@ class Notifier:
     ) -> None:
         self._bot = bot
         self._settings = settings
-        self._chat_id = settings.telegram_chat_room
+        if settings.telegram_chat_room is None:  # Settings refuse a bot token without a chat room
+            raise ValueError("the Telegram notifier needs TELEGRAM_CHAT_ROOM")
+        self._chat_id: int = settings.telegram_chat_room
         self._sms = (
             sms if sms is not None else (SmsSender(settings) if settings.telegram_sms_fallback else None)
         )
@@ -239,7 +248,7 @@ class Notifier:
             notifications = item.items
             captions = [format_html(n, tz) for n in notifications]
             if len(notifications) == 1:
-                image, caption = notifications[0].image, captions[0]
+                image, caption = _image(notifications[0]), captions[0]
                 result = await self._attempt(
                     lambda: self._bot.send_photo(chat, image, caption=caption, parse_mode=ParseMode.HTML),
                     _label(notifications[0]),
@@ -249,7 +258,7 @@ class Notifier:
                     lambda: self._bot.send_media_group(
                         chat,
                         [
-                            InputMediaPhoto(n.image, caption=c, parse_mode=ParseMode.HTML)  # type: ignore[arg-type]
+                            InputMediaPhoto(_image(n), caption=c, parse_mode=ParseMode.HTML)
                             for n, c in zip(notifications, captions, strict=True)
                         ],
                     ),

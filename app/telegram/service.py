@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +15,9 @@ from app import channels, health
 from app.settings import Settings
 from app.telegram.notifier import Notifier
 from pylib import inproc, threads
+
+if TYPE_CHECKING:
+    from app.telegram.commands import CommandBot
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ class TelegramService(threads.AppThread):
         self._pull = inproc.bind_pull(channels.NOTIFIER)
         self.notifier: Notifier | None = None
         self.application: Application[Any, Any, Any, Any, Any, Any] | None = None
-        self._commands: Any = None  # what commands.register returned (has an async close())
+        self._commands: CommandBot | None = None
 
     def work(self) -> None:
         health.set_state("telegram", "starting")
@@ -104,14 +107,12 @@ class TelegramService(threads.AppThread):
             .base_file_url(base_file_url)
             .build()
         )
-        try:
-            from app.telegram import commands  # written alongside; absent in early builds
-        except ImportError:
-            commands = None  # type: ignore[assignment]
-        if commands is not None and hasattr(commands, "register"):
+        if self._session_factory is not None:
+            from app.telegram import commands  # imported here: it imports much of the hub
+
             self._commands = commands.register(app, self._settings, self._session_factory)
-        else:
-            log.info("Telegram commands module not available: notifications only")
+        else:  # the commands read and change the configuration: without a database, alerts only
+            log.info("Telegram without a database: notifications only, no commands")
         return app
 
     async def _main(self) -> None:
@@ -153,9 +154,8 @@ class TelegramService(threads.AppThread):
                 health.set_state("telegram", "down", f"{task.get_name()} stopped")
                 raise RuntimeError(f"Telegram {task.get_name()} task stopped")
         finally:
-            close = getattr(self._commands, "close", None)
-            if close is not None:
-                await close()  # cancels the commands' timers before the loop goes away
+            if self._commands is not None:
+                await self._commands.close()  # cancels the commands' timers before the loop goes away
             await app.shutdown()  # closes the HTTP connection pools
         health.set_state("telegram", "stopped")
 

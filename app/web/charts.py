@@ -93,7 +93,9 @@ def _meter_charts(tz: Any, now: datetime) -> list[Markup]:
                 .order_by(MeterHistory.timestamp.desc())
                 .limit(MAX_METER_ROWS)
             )
-            points = [(_utc(t).timestamp(), float(r)) for t, r in session.execute(stmt)][::-1]
+            points = [(_utc(t).timestamp(), float(r)) for t, r in session.execute(stmt) if r is not None][
+                ::-1
+            ]
             if len(points) > MAX_METER_POINTS:
                 step = -(-len(points) // MAX_METER_POINTS)
                 points = points[::step] + ([points[-1]] if (len(points) - 1) % step else [])

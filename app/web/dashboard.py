@@ -24,7 +24,7 @@ from app import (
     roles,
 )
 from app.channels import Reply
-from app.models import InputConfig, OutputConfig
+from app.models import DeviceRow, InputConfig, OutputConfig
 from app.presence import seen_online
 from app.web import auth, paging
 from app.web.context import ctx
@@ -102,7 +102,7 @@ def _light(session: Session, model: type[InputConfig] | type[OutputConfig]) -> l
     if model is InputConfig:
         columns.append(InputConfig.group_name)
     rows = list(session.execute(select(*columns)))
-    rows.sort(key=lambda r: (label_of(r).lower(), r.device_key))
+    rows.sort(key=lambda r: ((r.device_label or r.device_key).lower(), r.device_key))  # label_of's order
     return rows
 
 
@@ -212,7 +212,9 @@ def _backup_badge() -> tuple[str, str, str]:
     return "Last backup", backup_status.summary_text(status), colour.get(status.state, "secondary")
 
 
-def _page(status: int = 200, errors: dict[str, str] | None = None, form: dict[str, Any] | None = None) -> Any:
+def _page(
+    status: int = 200, errors: dict[str, str] | None = None, form: dict[int, tuple[str, str]] | None = None
+) -> Any:
     """Render the dashboard; errors and form (keyed by meter id) put messages and typed values back."""
     now = time.time()
     with ctx().session_factory() as session:
@@ -317,7 +319,7 @@ def _saved_input(session: Session, input_id: int) -> str:
     return "gone" if row is None else ("enabled" if _input_enabled(row) else "disabled")
 
 
-def _toggle(model: type[InputConfig] | type[OutputConfig], action: str, row_id: int) -> Response:
+def _toggle(model: type[DeviceRow], action: str, row_id: int) -> Response:
     """Switch one input or output on or off through the processor, then report the saved state."""
     with ctx().session_factory() as session:
         row = session.get(model, row_id) if row_id <= config_changes.MAX_ID else None

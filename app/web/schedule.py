@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 
 from app import commands, config_changes, rules, zones
 from app.config_changes import ChangeError
-from app.models import InputConfig, OutputConfig
+from app.models import DeviceRow, InputConfig, OutputConfig
 from app.scheduler import KINDS, convert_time, next_transition, zone_of
 from app.settings import parse_hhmm
 from app.web import api, auth, paging
@@ -33,7 +33,11 @@ def _tz() -> Any:
 
 
 def _rows(session: Session, kind: str) -> list[InputConfig] | list[OutputConfig]:
-    rows = list(session.scalars(select(KINDS[kind])).all())
+    return _sorted_rows(session, InputConfig) if kind == "input" else _sorted_rows(session, OutputConfig)
+
+
+def _sorted_rows(session: Session, model: type[DeviceRow]) -> list[DeviceRow]:
+    rows = list(session.scalars(select(model)).all())
     return sorted(rows, key=lambda r: ((r.device_label or r.device_key).lower(), r.id))
 
 
@@ -95,8 +99,11 @@ def _validate(body: dict[str, Any], current: InputConfig | OutputConfig) -> dict
 
 
 def _load(session: Session, kind: str, device_id: int) -> InputConfig | OutputConfig:
-    model = KINDS.get(kind)
-    row = session.get(model, device_id) if model is not None else None
+    row: InputConfig | OutputConfig | None = None
+    if kind == "input":
+        row = session.get(InputConfig, device_id)
+    elif kind == "output":
+        row = session.get(OutputConfig, device_id)
     if row is None:
         abort(404)
     return row
@@ -317,16 +324,13 @@ _QUIET_LABELS = {"not_before": "Not before", "not_after": "Not after"}
 @bp.post("/schedule/quiet-hours")
 def save_quiet_hours() -> Response | tuple[str, int]:
     form = request.form
-    typed = {
-        "not_before": form.get("not_before", "").strip(),
-        "not_after": form.get("not_after", "").strip(),
-        "all_outputs": "all_outputs" in form,  # an unticked checkbox is absent
-    }
+    times = {name: form.get(name, "").strip() for name in ("not_before", "not_after")}
+    typed: dict[str, object] = {**times, "all_outputs": "all_outputs" in form}  # unticked: absent
     errors: Errors = {}
     # Both times are checked before anything is sent, so one bad field never saves the other.
-    for name in ("not_before", "not_after"):
+    for name, text in times.items():
         try:
-            parse_hhmm(typed[name])
+            parse_hhmm(text)
         except ValueError:
             errors[name] = f"{_QUIET_LABELS[name]} must be a time as HH:MM (00:00 to 23:59)."
     if not errors:

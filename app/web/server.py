@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
@@ -13,6 +13,9 @@ from waitress.server import BaseWSGIServer, create_server
 from app import health
 from app.settings import Settings
 from pylib import threads
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +25,21 @@ logging.getLogger("waitress").setLevel(logging.WARNING)
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 _POLL_SECONDS = 0.25
-_DISPATCHER_GRACE_SECONDS = 1.0
+_DISPATCHER_GRACE_SECONDS = 1
 
 
 class WebServer(threads.AppThread):
     """Serves `app` on settings.http_bind:http_port; port 0 binds a free port, exposed as self.port."""
 
-    def __init__(self, settings: Settings, app: Any) -> None:
+    def __init__(self, settings: Settings, app: WSGIApplication) -> None:
         super().__init__("WebServer")
         # Our own socket map so the loop below can tell when every channel has gone.
+        # Any: waitress keeps its dispatchers in this map, though its stubs type the values as sockets.
         self._map: dict[int, Any] = {}
         # Bound here, not in work(), so the port is known (and a busy port fails) before start().
         # waitress would strip every X-Forwarded-* header (it trusts no proxy by default), which also
         # hid them from the app; app.web.security believes them from APP_TRUSTED_PROXIES only.
-        self.server: Any = create_server(
+        self.server = create_server(
             app,
             map=self._map,
             host=settings.http_bind,
@@ -45,8 +49,10 @@ class WebServer(threads.AppThread):
         )
         # A name such as "localhost" may bind several sockets (IPv4 and IPv6); report the first.
         self._listeners = [obj for obj in self._map.values() if isinstance(obj, BaseWSGIServer)]
-        self.host: str = str(self._listeners[0].effective_host)
-        self.port: int = int(self._listeners[0].effective_port)
+        # (host, port) as waitress's own effective_host/effective_port read them (its stubs lack those)
+        host, port = self._listeners[0].getsockname()
+        self.host: str = str(host)
+        self.port: int = int(port)
         self._stop_requested = threading.Event()
         self._closed = False
         self._close_lock = threading.Lock()
