@@ -6,7 +6,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +26,9 @@ from app.settings import Settings
 from app.web import create_app
 from app.web.server import WebServer
 from pylib import inproc, threads
+
+if TYPE_CHECKING:
+    from app.telegram.service import TelegramService
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +196,17 @@ class Hub:
             elif isinstance(thread, ControlPublisher):
                 observability.register_depth("control_pending", thread.pending)
             elif isinstance(thread, MqttSource):
-                observability.register_depth("mqtt_outbox", lambda m=thread: m.outbox_pending)  # a property
-            elif type(thread).__name__ == "MeterWriter":  # imported only when InfluxDB is on
-                observability.register_depth("influxdb_buffer", thread.buffered)  # type: ignore[attr-defined]
-            elif type(thread).__name__ == "TelegramService":
-                service: Any = thread
-                # The notifier exists once the bot has started; until then nothing is queued.
-                observability.register_depth(
-                    "telegram_outbox", lambda s=service: s.notifier.pending() if s.notifier else 0
-                )
+                observability.register_depth("mqtt_outbox", _mqtt_outbox(thread))
+            elif type(thread).__name__ == "MeterWriter":  # its module is imported only when InfluxDB is on
+                from app.meter_writer import MeterWriter  # (loaded already: the thread is one)
+
+                if isinstance(thread, MeterWriter):
+                    observability.register_depth("influxdb_buffer", thread.buffered)
+            elif type(thread).__name__ == "TelegramService":  # likewise only with Telegram on
+                from app.telegram.service import TelegramService
+
+                if isinstance(thread, TelegramService):
+                    observability.register_depth("telegram_outbox", _telegram_outbox(thread))
 
     def on_fatal(self) -> None:
         """A thread died: tell CloudWatch (Fatals=1) before the process exits, as the original did."""
@@ -228,3 +233,12 @@ class Hub:
         if self.engine is not None:
             self.engine.dispose()
         roles.reset()
+
+
+def _mqtt_outbox(source: MqttSource) -> Callable[[], int]:
+    return lambda: source.outbox_pending  # a property, read at each scrape
+
+
+def _telegram_outbox(service: TelegramService) -> Callable[[], int]:
+    # The notifier exists once the bot has started; until then nothing is queued.
+    return lambda: service.notifier.pending() if service.notifier else 0

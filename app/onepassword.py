@@ -221,14 +221,14 @@ class _Reader:
             if title not in items:
                 items[title] = self.item(vault, title)
             item = items[title]
-            value = _field(item, path) if item is not None else None
-            if not value:
+            field_value = _field(item, path) if item is not None else None
+            if not field_value:
                 what = "no item" if item is None else "no value at"
                 log.debug('1Password: %s "%s" %s for %s; skipped', what, title, path, name)
                 if name not in found.settings:
                     found.missing[name] = (title, path)
                 continue
-            found.settings[name] = Source(title, path, value)
+            found.settings[name] = Source(title, path, field_value)
         return found
 
 

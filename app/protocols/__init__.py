@@ -9,6 +9,7 @@ receiving device's parser would reject before it is handed out (checks.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ def setup_problems(
     handler: str | None,
     device_params: str | None,
     trigger_topic: str | None,
-    durations: list[float | int | None],
+    durations: Sequence[float | int | None],
 ) -> tuple[list[str], list[str]]:
     """What an output's configuration means for its device: (refusals, warnings), for its page.
 

@@ -13,7 +13,7 @@ import html
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sqlalchemy import select
@@ -522,7 +522,7 @@ def register(
     application.add_handler(TypeHandler(Update, bot.gate), group=-1)
     # Only new messages: re-running a command because its message was edited would repeat the change.
     new_messages = filters.UpdateType.MESSAGE
-    handlers: dict[str, Callable[[Update, Any], Awaitable[None]]] = {
+    handlers: dict[str, Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]]] = {
         "inputon": bot.inputon,
         "inputoff": bot.inputoff,
         "outputon": bot.outputon,
