@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 MAGIC = b"EPBACKUP-FERNET-1\n"
 CHUNK = 1024 * 1024
@@ -30,7 +33,13 @@ def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
 
-def _fernet(key: str) -> Any:
+class Reader(Protocol):
+    """What the backup streams are read through: a file, an S3 body, or the readers wrapping them."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _fernet(key: str) -> Fernet:
     from cryptography.fernet import Fernet
 
     return Fernet(key.encode("ascii"))
@@ -53,7 +62,7 @@ def encrypt_file(key: str, source: IO[bytes], out: IO[bytes]) -> None:
         chunk, index = following, index + 1
 
 
-def _read_exact(stream: Any, size: int) -> bytes:
+def _read_exact(stream: Reader, size: int) -> bytes:
     parts = []
     while size:
         data = stream.read(size)
@@ -67,7 +76,7 @@ def _read_exact(stream: Any, size: int) -> bytes:
 class DecryptingReader:
     """A file-like reader of the plaintext behind an encrypted stream whose MAGIC was already read."""
 
-    def __init__(self, key: str | None, stream: Any) -> None:
+    def __init__(self, key: str | None, stream: Reader) -> None:
         if not key:
             raise DecryptError(
                 "the backup is encrypted: set BACKUP_ENCRYPTION_KEY to the key it was made with"

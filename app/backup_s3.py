@@ -10,9 +10,8 @@ import shutil
 import zlib
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from app import backup_crypto
+from app import aws, backup_crypto
 from app.backup_files import CHUNK, BackupError, NoBackup
 from app.settings import Settings
 
@@ -40,9 +39,7 @@ def key_date(settings: Settings, key: str) -> date | None:
         return None
 
 
-def s3_client(settings: Settings) -> Any:
-    from app import aws
-
+def s3_client(settings: Settings) -> aws.Client:
     return aws.client(settings, "s3")
 
 
@@ -86,7 +83,7 @@ def is_s3_error(exc: BaseException) -> bool:
 class _Counting:
     """Wraps a response body to count the compressed bytes read through it."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: backup_crypto.Reader) -> None:
         self._body = body
         self.count = 0
 
@@ -99,7 +96,7 @@ class _Counting:
 class _Prefixed:
     """A reader that gives back bytes already read from a stream before the rest of it."""
 
-    def __init__(self, head: bytes, body: Any) -> None:
+    def __init__(self, head: bytes, body: backup_crypto.Reader) -> None:
         self._head = head
         self._body = body
 
@@ -115,7 +112,7 @@ class _Prefixed:
 
 
 def download(
-    s3: Any, bucket: str, key: str, dest: Path, encryption_key: str = ""
+    s3: aws.Client, bucket: str, key: str, dest: Path, encryption_key: str = ""
 ) -> tuple[dict[str, str], int]:
     """Stream s3://bucket/key (decrypted when it was encrypted) through gunzip into dest; returns
     (metadata, bytes downloaded). Plain and encrypted backups both restore, told apart by their
@@ -134,10 +131,15 @@ def download(
     head = body.read(len(backup_crypto.MAGIC))
     try:
         if head == backup_crypto.MAGIC:
-            source: Any = backup_crypto.DecryptingReader(encryption_key, body)
+            source: backup_crypto.Reader = backup_crypto.DecryptingReader(encryption_key, body)
         else:
             source = _Prefixed(head, body)
-        with gzip.GzipFile(fileobj=source, mode="rb") as unzipped, open(dest, "wb") as out:
+        # typeshed asks a gzip source for seek() too; reading forward, gzip never calls it, and these
+        # stream readers cannot offer it.
+        with (
+            gzip.GzipFile(fileobj=source, mode="rb") as unzipped,  # type: ignore[call-overload]
+            open(dest, "wb") as out,
+        ):
             shutil.copyfileobj(unzipped, out, CHUNK)
             out.flush()
             os.fsync(out.fileno())
@@ -149,7 +151,7 @@ def download(
     return metadata, body.count
 
 
-def apply_retention(settings: Settings, s3: Any, today: date) -> list[str]:
+def apply_retention(settings: Settings, s3: aws.Client, today: date) -> list[str]:
     """Delete dated copies whose key date is more than BACKUP_RETENTION_DAYS before today."""
     cutoff = today - timedelta(days=settings.backup_retention_days)
     old = []

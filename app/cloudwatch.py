@@ -35,7 +35,7 @@ def dimensions(settings: Settings) -> list[dict[str, str]]:
     ]
 
 
-def _client(settings: Settings, timeout: float = 10.0) -> Any:
+def _client(settings: Settings, timeout: float = 10.0) -> aws.Client:
     return aws.client(
         settings, "cloudwatch", connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2}
     )
@@ -99,7 +99,7 @@ class CloudWatchMetrics(threads.AppThread):
         self._settings = settings
         self._clock = clock
         self._ages = HeartbeatAges(presence)
-        self._client: Any = None
+        self._client: aws.Client | None = None
         self._quiet = threads.QuietRepeats()
 
     def post(self) -> None:

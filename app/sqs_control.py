@@ -253,7 +253,7 @@ class SqsControl(threads.AppThread):
         super().__init__("SqsControl")
         self._settings = settings
         self._sessions = session_factory
-        self._client: Any = None
+        self._client: aws.Client = None  # made by work(), before any use
         self._queue_url: str | None = None
         self._quiet = threads.QuietRepeats()
         self._up = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 
 from app import aws
 from app.settings import Settings
@@ -72,9 +71,9 @@ class SmsSender:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: Any = None
+        self._client: aws.Client | None = None
 
-    def _sns(self) -> Any:
+    def _sns(self) -> aws.Client:
         # Created on first use: a hub without the fallback never needs AWS credentials.
         if self._client is None:
             self._client = aws.client(self._settings, "sns")

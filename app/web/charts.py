@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, render_template, request
+from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -115,7 +116,7 @@ def _meter_charts(tz: Any, now: datetime) -> list[Markup]:
 
 
 @bp.get("/charts")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     tz = zones.zone(ctx().settings.user_tz)
     now = datetime.now(UTC)
     counts, hours, days = event_counts(now, tz)

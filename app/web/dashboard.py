@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
@@ -214,7 +215,7 @@ def _backup_badge() -> tuple[str, str, str]:
 
 def _page(
     status: int = 200, errors: dict[str, str] | None = None, form: dict[int, tuple[str, str]] | None = None
-) -> Any:
+) -> ResponseReturnValue:
     """Render the dashboard; errors and form (keyed by meter id) put messages and typed values back."""
     now = time.time()
     with ctx().session_factory() as session:
@@ -285,7 +286,7 @@ def _panic(session: Session) -> Panic | None:
 
 
 @bp.get("/")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     return _page()
 
 
@@ -410,7 +411,7 @@ def _parse_reset(raw_value: str, raw_mode: str) -> tuple[int | None, str | None,
 
 
 @bp.post("/meters/<int:input_id>/reset")
-def meter_reset(input_id: int) -> Any:
+def meter_reset(input_id: int) -> ResponseReturnValue:
     with ctx().session_factory() as session:
         row = session.get(InputConfig, input_id) if input_id <= config_changes.MAX_ID else None
         if row is None or not registry.is_meter(row.device_type):
@@ -439,7 +440,7 @@ def meter_reset(input_id: int) -> Any:
 
 
 @bp.post("/panic")
-def panic() -> Any:
+def panic() -> ResponseReturnValue:
     # Without JavaScript the first press lands here without confirm=yes: ask on a page of its own.
     if request.form.get("confirm") != "yes":
         return render_template("panic_confirm.html")

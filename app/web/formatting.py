@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeVar
 
 from flask import Flask, current_app, g, url_for
 from markupsafe import Markup
 
 from app import config_changes, zones
 from app.web.context import ctx
+
+_T = TypeVar("_T")
 
 
 def local_time(value: datetime | float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
@@ -25,7 +27,7 @@ def local_time(value: datetime | float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -
     return value.astimezone(zones.zone(ctx().settings.user_tz)).strftime(fmt)
 
 
-def blank(value: Any) -> Any:
+def blank(value: _T | None) -> _T | str:
     """For form values: None becomes '' so a page never shows (or saves back) the text 'None'."""
     return "" if value is None else value
 

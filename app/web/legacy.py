@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from app import observability
@@ -32,7 +33,7 @@ FEEDBACK_MAX = {"name": 100, "email": 200, "comments": 4000}
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _moved(endpoint: str) -> Any:
+def _moved(endpoint: str) -> Callable[[], Response]:
     def view() -> Response:
         # 303 after a POST (the original's forms posted to the page itself): the new page is fetched with GET.
         return redirect(url_for(endpoint), 301 if request.method == "GET" else 303)
@@ -58,7 +59,7 @@ def old_logging() -> Response:
 
 
 @bp.route("/settings/logging", methods=["GET", "POST"])
-def logging_page() -> Any:
+def logging_page() -> ResponseReturnValue:
     error = None
     wanted = request.args.get("level", "").strip().upper()
     if request.method == "POST":
@@ -89,14 +90,15 @@ def logging_page() -> Any:
 
 
 @bp.route("/debug-sentry", methods=["GET", "POST"])
-def debug_sentry() -> Any:
+def debug_sentry() -> ResponseReturnValue:
     """GET: a page with the button; POST: fail on purpose, so Sentry gets an event and the 500 page shows."""
     if not ctx().settings.sentry_enabled:
         return render_template("debug_sentry.html", enabled=False), 200
     if request.method == "GET":
         return render_template("debug_sentry.html", enabled=True), 200
     log.warning("Sentry test event requested by %s", auth.actor())
-    return 1 / 0  # the original's test: a ZeroDivisionError, reported through the 500 handler
+    # The original's test: a ZeroDivisionError (as its 1 / 0 raised), reported through the 500 handler.
+    raise ZeroDivisionError("division by zero")
 
 
 def last_event_id() -> str | None:
@@ -144,7 +146,7 @@ def send_feedback(event_id: str, name: str, email: str, comments: str) -> bool:
 
 
 @bp.post("/sentry-feedback")
-def sentry_feedback() -> Any:
+def sentry_feedback() -> ResponseReturnValue:
     event_id = request.form.get("event_id", "").strip().lower()
     if not _EVENT_ID.fullmatch(event_id):
         abort(400)

@@ -8,9 +8,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +135,11 @@ def client_address(peer: str | None, forwarded_for: str, proxies: TrustedProxies
 class ProxyHeaders:
     """WSGI middleware: REMOTE_ADDR and the scheme from X-Forwarded-For/-Proto, only from trusted proxies."""
 
-    def __init__(self, wsgi_app: Any, proxies: TrustedProxies) -> None:
+    def __init__(self, wsgi_app: WSGIApplication, proxies: TrustedProxies) -> None:
         self.wsgi_app = wsgi_app
         self.proxies = proxies
 
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         peer = environ.get("REMOTE_ADDR")
         if self.proxies.trusts(peer):
             environ["event_processor.proxy_peer"] = peer

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, flash, jsonify, redirect, request
+from flask.typing import ResponseReturnValue
 
 from app import roles
 from app.web.context import ctx, is_api_request
@@ -26,7 +27,7 @@ def banner() -> dict[str, Any] | None:
     }
 
 
-def _refuse_writes() -> Any:
+def _refuse_writes() -> ResponseReturnValue | None:
     if request.method in ("GET", "HEAD", "OPTIONS") or request.endpoint in ALLOWED_WRITES:
         return None
     if not ctx().settings.ha_enabled or roles.acting():
