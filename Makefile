@@ -30,6 +30,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check app pylib tests bench
 	$(BIN)/ruff format --check app pylib tests bench
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format app pylib tests bench

@@ -60,7 +60,7 @@ def _gap_end(tz: tzinfo, fire: datetime) -> datetime:
     return start.replace(tzinfo=tz, fold=0).astimezone(UTC).astimezone(tz)
 
 
-class DailyTrigger(CronTrigger):
+class DailyTrigger(CronTrigger):  # type: ignore[misc]  # APScheduler 3 ships no type hints
     """A CronTrigger at HH:MM every day that fires exactly once per local day across DST changes.
 
     The zone is a zoneinfo one (APScheduler 3.11 takes them as they are), so the helpers above use
@@ -81,7 +81,7 @@ class DailyTrigger(CronTrigger):
         )
         prev, cursor = previous_fire_time, now
         for _ in range(10):  # at most a couple of days are ever skipped
-            fire = super().get_next_fire_time(prev, cursor)
+            fire: datetime | None = super().get_next_fire_time(prev, cursor)
             if fire is None:
                 return None
             # In UTC: arithmetic on a zoneinfo time is wall-clock and drops the fold of a repeated hour.
