@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,6 +66,10 @@ def _delete_events(session: Session, ids: list[int]) -> dict[str, int]:
     return {"event_log": result.rowcount}  # type: ignore[attr-defined]
 
 
+# The tables the pruner bounds: each has an id and a timestamp column.
+_Audited = type[Decision] | type[EventLog] | type[MeterHistory] | type[ConfigChange]
+
+
 class _Pruner:
     def __init__(self, factory: sessionmaker[Session], batch_size: int, pause: float) -> None:
         self.factory = factory
@@ -83,7 +86,7 @@ class _Pruner:
 
     def run(
         self,
-        model: Any,
+        model: _Audited,
         where: ColumnElement[bool] | None,
         limit: int | None,
         remove: Callable[[Session, list[int]], dict[str, int]],
@@ -110,7 +113,7 @@ class _Pruner:
             # doubles as the pause between batches; a shutdown leaves the rest for the next prune
             self.stopped = threads.shutting_down.wait(self.pause)
 
-    def excess(self, model: Any, max_rows: int, where: ColumnElement[bool] | None = None) -> int:
+    def excess(self, model: _Audited, max_rows: int, where: ColumnElement[bool] | None = None) -> int:
         query = select(func.count()).select_from(model)
         if where is not None:
             query = query.where(where)
@@ -141,7 +144,7 @@ def prune(
     pruner = _Pruner(session_factory, max(1, batch_size), pause)
     hub_events = None if prune_migrated else EventLog.decision_id.is_not(None)
     tables: tuple[
-        tuple[Any, ColumnElement[bool] | None, Callable[[Session, list[int]], dict[str, int]]], ...
+        tuple[_Audited, ColumnElement[bool] | None, Callable[[Session, list[int]], dict[str, int]]], ...
     ] = (
         (Decision, None, _delete_decisions),
         (EventLog, hub_events, _delete_events),

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TypedDict
+
+
+class Component(TypedDict):
+    """A component's last reported state (served as JSON by /api/health)."""
+
+    state: str
+    detail: str | None
+    since: float  # unix time of the report
+
 
 _lock = threading.Lock()
-_components: dict[str, dict[str, Any]] = {}
+_components: dict[str, Component] = {}
 _counters: dict[str, int] = {}
 _ready = threading.Event()
 # The components without which the hub is no use: the brokers the devices talk through. One that has
@@ -29,9 +38,9 @@ def set_state(component: str, state: str, detail: str | None = None) -> None:
             _down_since.setdefault(component, now)
 
 
-def components() -> dict[str, dict[str, Any]]:
+def components() -> dict[str, Component]:
     with _lock:
-        return {k: dict(v) for k, v in _components.items()}
+        return {k: v.copy() for k, v in _components.items()}
 
 
 def critical_down(grace_seconds: float, now: float | None = None) -> dict[str, str]:

@@ -179,13 +179,14 @@ def _components() -> list[tuple[str, str, str]]:
     return strip
 
 
-def _database_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
+def _database_badge(state: health.Component | None) -> tuple[str, str, str]:
     """ok, or "degraded: database cannot write" while writes fail (decisions are held in memory)."""
-    text = str((state or {}).get("state") or "unknown")
+    text = (state["state"] if state else "") or "unknown"
     if text == "ok":
         return "Database", "ok", "success"
     if text == db_writes.DEGRADED:
-        return "Database", f"{text}: {(state or {}).get('detail') or db_writes.CANNOT_WRITE}", "danger"
+        detail = (state["detail"] if state else None) or db_writes.CANNOT_WRITE
+        return "Database", f"{text}: {detail}", "danger"
     return "Database", text, "secondary"
 
 
@@ -196,11 +197,11 @@ def _role_badge() -> tuple[str, str, str]:
     return "Hub", text, "success" if info["acting"] else "info"
 
 
-def _telegram_badge(state: dict[str, Any] | None) -> tuple[str, str, str]:
+def _telegram_badge(state: health.Component | None) -> tuple[str, str, str]:
     """The TelegramService's own state; absent when no bot token is set."""
     if state is None:
         return "Telegram", "off", "secondary"
-    text = str(state.get("state") or "unknown")
+    text = state["state"] or "unknown"
     if text == "ok":
         return "Telegram", "ok", "success"
     # starting and retrying recover by themselves; down and stopped do not
