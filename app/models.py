@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -345,3 +345,22 @@ class HubNode(Base):
 # An input or an output row. Constrained (not a union), so mypy checks a function over either once
 # for each model: session.get(model, id) is then an InputConfig or an OutputConfig, never just Base.
 DeviceRow = TypeVar("DeviceRow", InputConfig, OutputConfig)
+
+
+class DeviceView(Protocol):
+    """What pages read of a device: an InputConfig or OutputConfig row, or just these columns of one."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def device_key(self) -> str: ...
+    @property
+    def device_label(self) -> str | None: ...
+    @property
+    def device_type(self) -> str: ...
+    @property
+    def device_enabled(self) -> bool | None: ...
+    @property
+    def origin(self) -> str | None: ...
+    @property
+    def last_seen(self) -> datetime | None: ...

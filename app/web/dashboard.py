@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import QueryableAttribute, Session, selectinload
 from werkzeug.wrappers import Response
 
 from app import (
@@ -25,7 +26,7 @@ from app import (
     roles,
 )
 from app.channels import Reply
-from app.models import DeviceRow, InputConfig, OutputConfig
+from app.models import DeviceRow, DeviceView, InputConfig, OutputConfig
 from app.presence import seen_online
 from app.web import auth, paging
 from app.web.context import ctx
@@ -66,23 +67,23 @@ class Meter:
     additive: bool
 
 
-def label_of(row: InputConfig | OutputConfig) -> str:
+def label_of(row: DeviceView) -> str:
     return row.device_label or row.device_key
 
 
-def _input_enabled(row: Any) -> bool:
+def _input_enabled(row: DeviceView) -> bool:
     return bool(row.device_enabled)  # the original treats a NULL input flag as off
 
 
-def _output_enabled(row: Any) -> bool:
+def _output_enabled(row: DeviceView) -> bool:
     return row.device_enabled is not False  # outputs predate their flag, so NULL means on
 
 
-def is_builtin(row: Any) -> bool:
+def is_builtin(row: DeviceView) -> bool:
     return row.device_key in BUILTIN_KEYS or row.device_type in BUILTIN_TYPES
 
 
-def _device_row(row: Any, now: float, is_input: bool | None = None) -> Row:
+def _device_row(row: DeviceView, now: float, is_input: bool | None = None) -> Row:
     """A table row from a device row (a model instance, or the light columns _LIST_COLUMNS reads)."""
     last, online = seen_online(ctx().presence, ctx().settings, row, now)
     if is_input is None:
@@ -96,14 +97,31 @@ def _device_row(row: Any, now: float, is_input: bool | None = None) -> Row:
     return out
 
 
-def _light(session: Session, model: type[InputConfig] | type[OutputConfig]) -> list[Any]:
+class DeviceColumns(NamedTuple):
+    """The columns the tables show of one device (group_name: inputs only)."""
+
+    id: int
+    device_key: str
+    device_label: str | None
+    device_type: str
+    device_enabled: bool | None
+    origin: str | None
+    last_seen: datetime | None
+    group_name: str | None = None
+
+
+def _light(session: Session, model: type[DeviceRow]) -> list[DeviceColumns]:
     """Only the columns the tables show, for every device: no model objects for 2,000 rows."""
-    columns = [model.id, model.device_key, model.device_label, model.device_type, model.device_enabled]
-    columns += [model.origin, model.last_seen]
+    columns: list[QueryableAttribute[object]] = [model.id, model.device_key, model.device_label]
+    columns += [model.device_type, model.device_enabled, model.origin, model.last_seen]
+    no_group: tuple[None, ...] = ()
     if model is InputConfig:
         columns.append(InputConfig.group_name)
-    rows = list(session.execute(select(*columns)))
-    rows.sort(key=lambda r: ((r.device_label or r.device_key).lower(), r.device_key))  # label_of's order
+    else:
+        no_group = (None,)  # outputs have no group_name column
+    result = session.execute(select(*columns))
+    rows = [DeviceColumns._make(tuple(found) + no_group) for found in result]
+    rows.sort(key=lambda r: (label_of(r).lower(), r.device_key))
     return rows
 
 
@@ -116,7 +134,7 @@ def _paged_rows(rows: list[Row], param: str) -> tuple[list[Row], paging.Page]:
     return [rows[i] for i in page.ids], page
 
 
-def input_rows(inputs: list[Any], now: float) -> list[Row]:
+def input_rows(inputs: list[DeviceColumns], now: float) -> list[Row]:
     """Inputs with each group collapsed to one row, in the order of the first member (sorted by label)."""
     rows: list[Row] = []
     groups: dict[str, Row] = {}
