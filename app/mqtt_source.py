@@ -60,7 +60,7 @@ def parse_json(payload: bytes) -> Any:
         raise Malformed(str(exc)) from None
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> bool:
     """A finite JSON number (not a bool) that msgpack can carry."""
     if isinstance(value, bool):
         return False
@@ -69,7 +69,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     return "missing" if value is None else f"a {type(value).__name__}"
 
 
@@ -149,7 +149,7 @@ def meter_devices(
     return [desc], [{**desc, "sample_values": sample_values}]
 
 
-def outgoing(request: Any) -> mqtt.Outgoing:
+def outgoing(request: object) -> mqtt.Outgoing:
     """Check a publish request from another thread; ValueError names what is wrong with it."""
     if not isinstance(request, channels.MqttPublish):
         raise ValueError(f"a {type(request).__name__} is not an MqttPublish")

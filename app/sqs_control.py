@@ -120,7 +120,7 @@ def decode(body: str) -> ControlRequest:
     return validate(doc)
 
 
-def validate(doc: Any) -> ControlRequest:
+def validate(doc: object) -> ControlRequest:
     """A parsed JSON value -> a ControlRequest, exactly as docs/sqs-control.schema.json allows."""
     if not isinstance(doc, dict):
         raise InvalidMessage(f"a JSON {_json_type(doc)}, not an object")
@@ -195,7 +195,7 @@ def _validate_original(doc: dict[str, Any]) -> ControlRequest:
     return ControlRequest(ACTIVATE, devices=tuple(devices), timestamp=when)
 
 
-def _json_type(value: Any) -> str:
+def _json_type(value: object) -> str:
     if isinstance(value, list):
         return "array"
     if isinstance(value, str):

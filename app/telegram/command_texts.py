@@ -5,8 +5,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, tzinfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -163,7 +162,7 @@ def why_text(settings: Settings, sessions: SessionFactory, terms: list[str]) -> 
         return "\n".join(lines) + changes
 
 
-def changes_text(session: Session, input_id: int, tz: Any) -> str:
+def changes_text(session: Session, input_id: int, tz: tzinfo) -> str:
     """The input's last configuration changes: when, who, and each field before and after."""
     rows = history.recent_changes(session, history.INPUT_CHANGE_KINDS, input_id, WHY_LIMIT)
     if not rows:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from flask import Blueprint, render_template, request
 from flask.typing import ResponseReturnValue
@@ -41,7 +40,7 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)  # the database holds naive UTC
 
 
-def event_counts(now: datetime, tz: Any) -> tuple[dict[str, Counts], list[datetime], list[datetime]]:
+def event_counts(now: datetime, tz: tzinfo) -> tuple[dict[str, Counts], list[datetime], list[datetime]]:
     """Per input key: [fired, blocked] per hour of the last 24 hours and per local day of the last 7."""
     hour_end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     hour_start = hour_end - timedelta(hours=HOURS)
@@ -74,7 +73,7 @@ def event_counts(now: datetime, tz: Any) -> tuple[dict[str, Counts], list[dateti
     return counts, hours, days
 
 
-def _meter_charts(tz: Any, now: datetime) -> list[Markup]:
+def _meter_charts(tz: tzinfo, now: datetime) -> list[Markup]:
     since = (now - timedelta(days=METER_DAYS)).replace(tzinfo=None)
     charts = []
     with ctx().session_factory() as session:

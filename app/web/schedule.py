@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
@@ -28,7 +28,7 @@ Errors = dict[str, str]
 # ---- shared -------------------------------------------------------------------------------
 
 
-def _tz() -> Any:
+def _tz() -> tzinfo:
     return zones.zone(ctx().settings.user_tz)
 
 
