@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import zmq
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +25,7 @@ from app.channels import (
     Registration,
     StateWrite,
 )
-from app.models import Decision, DecisionOutput, EventLog
+from app.models import Base, Decision, DecisionOutput, EventLog
 from app.settings import Settings
 from pylib import inproc, threads
 
@@ -52,10 +52,18 @@ PRUNE_SECONDS = 86400.0
 
 # Core inserts on the tables, built once: the ORM's bulk path on the mapped classes costs several
 # times as much per row (it runs each row through the mapper first).
-_DECISION = Decision.__table__
+def _table(model: type[Base]) -> Table:
+    """A model's Core table (the ORM types __table__ as any FROM clause; these are tables)."""
+    table = model.__table__
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to a table")
+    return table
+
+
+_DECISION = _table(Decision)
 _INSERT_DECISIONS = insert(_DECISION).returning(_DECISION.c.id, sort_by_parameter_order=True)
-_INSERT_OUTPUTS = insert(DecisionOutput.__table__)
-_INSERT_EVENT_LOG = insert(EventLog.__table__)
+_INSERT_OUTPUTS = insert(_table(DecisionOutput))
+_INSERT_EVENT_LOG = insert(_table(EventLog))
 
 
 def _naive_utc(ts: float) -> datetime:

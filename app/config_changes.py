@@ -31,7 +31,6 @@ _FALSE_WORDS = frozenset({"0", "false", "off", "no"})
 # A daily schedule time: HH:MM, 00:00 to 23:59 (H:MM is accepted on entry and stored as HH:MM).
 HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 _H_MM = re.compile(r"\d:[0-5]\d")
-SCHEDULE_KINDS = {"input": InputConfig, "output": OutputConfig}
 
 
 class ChangeError(ValueError):
@@ -47,7 +46,7 @@ class _Invalid(ValueError):
     """Raised by a field validator; the caller adds the field name."""
 
 
-Validator = Callable[[Any], Any]
+Validator = Callable[[object], object]
 _Row = TypeVar("_Row", InputConfig, OutputConfig)
 
 
@@ -89,7 +88,7 @@ def _number(low: int, high: int) -> Validator:
 def _text(
     max_len: int | None = None, pattern: re.Pattern[str] | None = None, what: str = "text"
 ) -> Validator:
-    def check(value: Any) -> str | None:
+    def check(value: object) -> str | None:
         if value is None:
             return None
         if not isinstance(value, str):
@@ -582,10 +581,12 @@ def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
 
 def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
     kind = args.get("kind")
-    model = SCHEDULE_KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
+    if kind == "input":
+        row: InputConfig | OutputConfig = _load(session, InputConfig, args, "id", kind)
+    elif kind == "output":
+        row = _load(session, OutputConfig, args, "id", kind)
+    else:
         raise ChangeError("kind", "kind must be 'input' or 'output'")
-    row: InputConfig | OutputConfig = _load(session, model, args, "id", kind)
     # An absent time keeps the stored one; null clears it.
     enable = validate_time(args["enable"], "enable") if "enable" in args else row.auto_schedule_enable
     disable = validate_time(args["disable"], "disable") if "disable" in args else row.auto_schedule_disable
@@ -644,7 +645,10 @@ def quiet_hours(session: Session, default: rules.QuietHours) -> rules.QuietHours
         row = _general_row(session, key)
         if row is not None:
             try:
-                window = replace(window, **{name: settings.parse_hhmm(row.config_value)})
+                at = settings.parse_hhmm(row.config_value)
+                window = (
+                    replace(window, not_before=at) if name == "not_before" else replace(window, not_after=at)
+                )
             except ValueError:
                 # A bad stored time must not stop the processor; the setting's value holds instead.
                 log.warning("general_config %s=%r is not HH:MM; using the default", key, row.config_value)

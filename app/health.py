@@ -43,6 +43,12 @@ def components() -> dict[str, Component]:
         return {k: v.copy() for k, v in _components.items()}
 
 
+def state_of(states: dict[str, Component], name: str) -> str | None:
+    """A component's state in a components() snapshot; None when it never reported."""
+    component = states.get(name)
+    return component["state"] if component is not None else None
+
+
 def critical_down(grace_seconds: float, now: float | None = None) -> dict[str, str]:
     """Critical components down (not connected) for longer than grace_seconds: name -> why."""
     now = time.time() if now is None else now

@@ -36,11 +36,11 @@ def critical_components(settings: Settings | None = None) -> tuple[str, ...]:
 
 
 def down_components(
-    components: dict[str, dict[str, Any]] | None = None, settings: Settings | None = None
+    components: dict[str, health.Component] | None = None, settings: Settings | None = None
 ) -> list[str]:
     """The critical components not in a healthy state (missing counts as down)."""
     states = health.components() if components is None else components
-    return [c for c in critical_components(settings) if states.get(c, {}).get("state") not in HEALTHY_STATES]
+    return [c for c in critical_components(settings) if health.state_of(states, c) not in HEALTHY_STATES]
 
 
 class HealthPinger(threads.AppThread):

@@ -137,8 +137,7 @@ class HubCollector(Collector):
             labels=["component"],
         )
         for component in sorted(set(states) | set(critical_components(self.settings))):
-            state = states.get(component, {}).get("state")
-            up.add_metric([component], 1.0 if state in HEALTHY_STATES else 0.0)
+            up.add_metric([component], 1.0 if health.state_of(states, component) in HEALTHY_STATES else 0.0)
         yield up
 
         depth = GaugeMetricFamily(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from app import health
 
 if TYPE_CHECKING:
-    from app.models import InputConfig, OutputConfig
+    from app.models import DeviceView
     from app.settings import Settings
 
 # Gaps shorter than this are one burst (a device reporting several inputs at once, a retry), not
@@ -164,7 +164,7 @@ def _epoch(value: datetime | None) -> float | None:
 
 
 def seen_online(
-    presence: Presence, settings: Settings, row: InputConfig | OutputConfig, now: float
+    presence: Presence, settings: Settings, row: DeviceView, now: float
 ) -> tuple[float | None, bool]:
     """(last seen, online) of a device row: the newer of in-memory presence and the flushed column.
 

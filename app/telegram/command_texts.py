@@ -80,9 +80,10 @@ def status_text(settings: Settings, sessions: SessionFactory, presence: Presence
         inputs = list(session.scalars(select(InputConfig)))
         outputs = list(session.scalars(select(OutputConfig)))
         switch = outputs_enabled(session)
+        devices: list[InputConfig | OutputConfig] = [*inputs, *outputs]
         offline = [
             row.device_label or row.device_key
-            for row in [*inputs, *outputs]
+            for row in devices
             if not seen_online(presence, settings, row, now)[1]
         ]
         inputs_on = sum(1 for row in inputs if row.device_enabled)
@@ -186,8 +187,11 @@ def schedule_text(settings: Settings, sessions: SessionFactory, targets: list[Ta
     lines = [heading]
     with sessions() as session:
         for target in targets:
-            model = InputConfig if target.kind == "input" else OutputConfig
-            row = session.get(model, target.id)
+            row = (
+                session.get(InputConfig, target.id)
+                if target.kind == "input"
+                else session.get(OutputConfig, target.id)
+            )
             if row is None:
                 continue
             name = f"• <b>{html.escape(target.label)}</b> ({target.kind})"

@@ -19,7 +19,16 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 from app import backup_status, clocks, commands, config_changes, health, history, observability, roles
 from app.channels import Reply
 from app.config_changes import ChangeError
-from app.models import ConfigChange, Decision, EventLog, InputConfig, InputLink, OutputConfig, OutputLink
+from app.models import (
+    ConfigChange,
+    Decision,
+    DeviceRow,
+    EventLog,
+    InputConfig,
+    InputLink,
+    OutputConfig,
+    OutputLink,
+)
 from app.presence import seen_online
 from app.web import auth, masking
 from app.web.context import WebContext
@@ -282,21 +291,28 @@ def get_devices() -> dict[str, Any]:
     out: dict[str, Any] = {}
     total: dict[str, int] = {}
     with ctx.session_factory() as session:
-        for name, model in (("inputs", InputConfig), ("outputs", OutputConfig)):
-            stmt = select(model)
-            if query:
-                stmt = stmt.where(
-                    or_(
-                        model.device_key.icontains(query, autoescape=True),
-                        model.device_label.icontains(query, autoescape=True),
-                        model.device_type.icontains(query, autoescape=True),
-                    )
-                )
-            total[name] = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-            rows = session.scalars(stmt.order_by(model.device_key).offset(offset).limit(limit))
-            out[name] = [_summary(ctx, row, now) for row in rows]
+        total["inputs"], out["inputs"] = _device_page(ctx, session, InputConfig, query, offset, limit, now)
+        total["outputs"], out["outputs"] = _device_page(ctx, session, OutputConfig, query, offset, limit, now)
     out["total"] = total
     return out
+
+
+def _device_page(
+    ctx: WebContext, session: Session, model: type[DeviceRow], query: str, offset: int, limit: int, now: float
+) -> tuple[int, list[dict[str, Any]]]:
+    """(how many devices of this model match ?q=, the summaries of one page of them)."""
+    stmt = select(model)
+    if query:
+        stmt = stmt.where(
+            or_(
+                model.device_key.icontains(query, autoescape=True),
+                model.device_label.icontains(query, autoescape=True),
+                model.device_type.icontains(query, autoescape=True),
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(stmt.order_by(model.device_key).offset(offset).limit(limit))
+    return total, [_summary(ctx, row, now) for row in rows]
 
 
 # kind in the URL -> (validator of the fields, processor action, detail reader)

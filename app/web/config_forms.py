@@ -26,6 +26,7 @@ _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,15}\.[0-9]{1,9}")
 # More digits than any field accepts: parsed as "too large" instead of feeding int() a megabyte of digits.
 _MAX_DIGITS = 30
+_HUGE: int = 10**_MAX_DIGITS  # a whole number too long to be meant: the validator refuses it by range
 Errors = dict[str, str]
 Values = dict[str, Any]
 
@@ -58,7 +59,7 @@ def requested_id() -> int | None:
     return device_id
 
 
-def form_number(raw: str) -> int | str | None:
+def form_number(raw: str) -> int | float | str | None:
     """Form text to a typed value: '' → None, '12' → 12; anything else is left for the validator to refuse."""
     raw = raw.strip()
     if not raw:
@@ -66,7 +67,7 @@ def form_number(raw: str) -> int | str | None:
     if _WHOLE_NUMBER.fullmatch(raw):
         digits = raw.lstrip("+-")
         if len(digits) > _MAX_DIGITS:
-            return -(10**_MAX_DIGITS) if raw.startswith("-") else 10**_MAX_DIGITS
+            return -_HUGE if raw.startswith("-") else _HUGE
         return int(raw)
     if _DECIMAL.fullmatch(raw):
         return float(raw)
