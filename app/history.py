@@ -22,9 +22,9 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import QueryableAttribute, Session, selectinload
 
-from app.models import ConfigChange, Decision, DecisionOutput, EventLog, InputConfig, OutputConfig
+from app.models import ConfigChange, Decision, DecisionOutput, DeviceRow, EventLog
 
 # decision: the hub's own record of an input event; history: an event_log row written by the
 # original (migrated with its database: no decision_id); change: a configuration change.
@@ -67,7 +67,7 @@ class Entry:
     row: Any  # Decision, EventLog or ConfigChange
 
 
-def device(session: Session, model: type[InputConfig] | type[OutputConfig], value: str) -> Device | None:
+def device(session: Session, model: type[DeviceRow], value: str) -> Device | None:
     """A device named by row id or device key; a key that no row has still filters the migrated history."""
     row = None
     if value.isascii() and value.isdigit() and len(value) <= 18:
@@ -128,8 +128,8 @@ class _Leg:
     """Rows of one table that one index reads in the timeline's order: a part of the union."""
 
     kind: str
-    ts: Any  # the table's timestamp column
-    id: Any
+    ts: QueryableAttribute[datetime | None]  # the table's timestamp column
+    id: QueryableAttribute[int]
     where: list[ColumnElement[bool]]
     timed: bool = True  # False: only rows without a time (ordered by id alone)
 
