@@ -294,11 +294,12 @@ class EventProcessor(threads.AppThread):
         self._acting = True
         # Bound here, before any thread starts, so nothing sent early is lost.
         self._pull = inproc.bind_pull(PROCESSOR)
-        self._control: Any = None
-        self._audit: Any = None
-        self._config: Any = None
-        self._meter_writer: Any = None
-        self._notifier: Any = None
+        # PUSH sockets work() makes in this thread; None before that (and when not configured).
+        self._control: inproc.Socket | None = None
+        self._audit: inproc.Socket | None = None
+        self._config: inproc.Socket | None = None
+        self._meter_writer: inproc.Socket | None = None
+        self._notifier: inproc.Socket | None = None
 
     # ---- loop -------------------------------------------------------------------------------
 
@@ -412,7 +413,7 @@ class EventProcessor(threads.AppThread):
         else:
             # Stored by the ConfigApplier, which may wait on the database while events go on here;
             # it comes back as Applied, and the caller hears "saved" only after the reload.
-            inproc.send(self._config, cmd)
+            inproc.send(_made(self._config), cmd)
 
     def _on_applied(self, msg: Applied) -> None:
         if msg.reload:
@@ -652,7 +653,7 @@ class EventProcessor(threads.AppThread):
             stored["meter_value"] = int(metered)
         # Stored by the AuditWriter; the limits below decide from memory.
         inproc.send(
-            self._audit,
+            _made(self._audit),
             MeterReading(
                 input_id=rule.id, input_key=rule.device_key, timestamp=now, values=stored, reading=value
             ),
@@ -760,7 +761,7 @@ class EventProcessor(threads.AppThread):
                 )
             if outbound is not None:
                 inproc.send(
-                    self._control,
+                    _made(self._control),
                     ControlMessage(
                         routing_key=outbound.routing_key,
                         body=outbound.body,
@@ -797,7 +798,7 @@ class EventProcessor(threads.AppThread):
         image = device.get("image")
         storage_url = device.get("storage_url")
         inproc.send(
-            self._notifier,
+            _made(self._notifier),
             Notification(
                 timestamp=now,
                 input_key=rule.device_key,
@@ -828,7 +829,7 @@ class EventProcessor(threads.AppThread):
         }
 
     def _send_audit(self, decision: dict[str, Any], event_log: list[dict[str, Any]]) -> None:
-        inproc.send(self._audit, AuditRecord(decision=decision, event_log=event_log))
+        inproc.send(_made(self._audit), AuditRecord(decision=decision, event_log=event_log))
 
     # ---- quiet hours --------------------------------------------------------------------------
 
@@ -852,7 +853,7 @@ class EventProcessor(threads.AppThread):
             return
         if rules.quiet_until(now, self._snap.quiet, self._tz) is not None:
             return
-        inproc.send(self._notifier, Notification(timestamp=now, text=self._digest_text(now)))
+        inproc.send(_made(self._notifier), Notification(timestamp=now, text=self._digest_text(now)))
         health.count("processor.digests")
         log.info("sent the quiet-hours digest of %d notification(s)", len(self._digest["items"]))
         self._digest = {"items": [], "more": 0}
@@ -923,7 +924,7 @@ class EventProcessor(threads.AppThread):
         if not dirty:
             return
         values = {self._state_key(kind, ident): self._state_value(kind, ident) for kind, ident in dirty}
-        inproc.send(self._audit, StateWrite(values=values, version=time.time()))
+        inproc.send(_made(self._audit), StateWrite(values=values, version=time.time()))
 
     def _all_state_keys(self) -> set[tuple[str, int]]:
         keys = {("input", i) for i in self._input_state} | {("output", i) for i in self._output_state}
@@ -967,3 +968,10 @@ class EventProcessor(threads.AppThread):
         elif kind == "digest":
             items = [dict(i) for i in value["items"] if isinstance(i, dict) and "label" in i and "time" in i]
             self._digest = {"items": items, "more": int(value.get("more", 0))}
+
+
+def _made(sock: inproc.Socket | None) -> inproc.Socket:
+    """A push socket work() made (sending on one before work(), or an unconfigured one, is a bug)."""
+    if sock is None:
+        raise RuntimeError("a processor socket was used before work() made it")
+    return sock
