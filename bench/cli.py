@@ -22,6 +22,7 @@ from typing import Any
 import pika
 
 from bench.cases.flood import FLOOD_DEFAULT_RATE, FLOOD_RATE, flood_report, flood_targets, run_flood
+from bench.cases.growth import growth_report, growth_targets, run_growth
 from bench.cases.mqtt import mqtt_report, mqtt_summary, run_mqtt
 from bench.cases.pages import pages_report, run_pages
 from bench.cases.rabbitmq import RUNS, SOAK, evaluate, run_hub, run_ratio, runs_report, summary
@@ -98,7 +99,7 @@ def guarded(name: str, run: Callable[[], dict[str, Any]], tmp: str) -> dict[str,
 
 
 def run_single(case: str) -> int:
-    """`--case flood` or `--case pages`: that case alone, written to bench/results/<case>.json."""
+    """`--case flood`, `pages` or `growth`: that case alone, written to bench/results/<case>.json."""
     if case == "flood":
         try:
             connect().close()
@@ -114,6 +115,15 @@ def run_single(case: str) -> int:
         with tempfile.TemporaryDirectory(prefix="ep-bench-") as tmp:
             if case == "pages":
                 results["pages"] = guarded("pages", lambda: run_pages(Path(tmp) / "pages"), tmp)
+            elif case == "growth":
+                broker = MqttBroker(Path(tmp))
+                try:
+                    broker.start()
+                    results["growth"] = guarded(
+                        "growth", lambda: run_growth(Path(tmp) / "growth", broker.port), tmp
+                    )
+                finally:
+                    broker.stop()
             else:
                 broker = MqttBroker(Path(tmp))
                 try:
@@ -126,7 +136,8 @@ def run_single(case: str) -> int:
     finally:
         delete_exchanges(*CREATED_EXCHANGES)
     lines = flood_report(results.get("flood")) + pages_report(results.get("pages"))
-    targets = flood_targets(results.get("flood"))
+    lines += growth_report(results.get("growth"))
+    targets = flood_targets(results.get("flood")) | growth_targets(results.get("growth"))
     for key, t in targets.items():
         lines.append(f"  {key:30}{fmt(t['value'], '', 2):>10}  {t['target']:>16}  {verdict(t['met'])}")
     results["targets"] = targets
@@ -154,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--case",
-        choices=("all", "flood", "pages"),
+        choices=("all", "flood", "pages", "growth"),
         default="all",
-        help="all (default): every leg, the flood and the pages; flood or pages: that case alone",
+        help="all (default): every leg, the flood and the pages; flood, pages or growth (2,000 inputs and"
+        " 1,000,000 decisions: events pages and CPU per activation): that case alone",
     )
     parser.add_argument(
         "--flood-rate",
