@@ -41,6 +41,9 @@ def make_engine(url: str, timeout: int = 30) -> Engine:
     """An engine for url; SQLite gets WAL, a busy timeout of `timeout` seconds and cross-thread use."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        from app.models import add_postgresql_options  # the PostgreSQL dialect: only for its URLs
+
+        add_postgresql_options()
         # pre-ping: a PostgreSQL restart would otherwise surface as one failed event per pooled connection
         return sa.create_engine(url, pool_pre_ping=True)
 
