@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import config_changes, health, meters, registry
 from app.channels import CONFIG, MQTT_PUBLISH, PROCESSOR, Applied, Command, MqttPublish, Reply
+from app.config_snapshot import meters_rule
 from app.models import InputConfig, MeterConfig
-from app.processor import meters_rule
 from app.settings import Settings
 from pylib import inproc, threads
 

@@ -13,8 +13,8 @@ from prometheus_client.registry import Collector
 
 from app import health, limits
 from app.health_pinger import HEALTHY_STATES, critical_components
+from app.output_triggers import TRIGGERS_BY_TYPE
 from app.presence import Presence
-from app.processor import TRIGGERS_BY_TYPE
 from app.settings import Settings
 
 # logs as app.observability, whichever of its modules speaks

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
 from app import db, protocols
+from app.config_snapshot import load_snapshot
 from app.models import (
     ApiToken,
     Base,
@@ -43,7 +44,6 @@ from app.models import (
     User,
     WebSession,
 )
-from app.processor import load_snapshot
 
 ORIGINAL_SCHEMA = Path(__file__).parent / "data" / "original_db_schema.sql"
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

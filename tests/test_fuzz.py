@@ -138,7 +138,7 @@ def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator
     to_processor = Sink("inproc://fuzz-to-processor")
     processor = EventProcessor(settings, sessions)
     outs = [Sink(f"inproc://fuzz-out-{i}") for i in range(3)]
-    processor._control, processor._audit, processor._mqtt = (s.push for s in outs)
+    processor._out.control, processor._out.audit, processor._out.config = (s.push for s in outs)
     processor._reload()
     outs.append(to_store)  # drained with the processor's outputs
     yield source, to_filter, hb, to_processor, processor, outs

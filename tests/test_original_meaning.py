@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import db, meters, original, processor, registry, rules
+from app import config_snapshot, db, meters, original, registry, rules
 from app.models import InputConfig, MeterConfig, OutputConfig
 from app.presence import Presence
 from app.scheduler import AutoScheduler, DailyTrigger, zone_of
@@ -226,7 +226,7 @@ def test_the_same_register_crosses_the_same_limit_before_and_after(original_db: 
     with sessions() as session:
         row = session.get(MeterConfig, meter_id)
         assert row is not None
-        rule = processor.meters_rule(row)
+        rule = config_snapshot.meters_rule(row)
     registers = sorted({0, 1, 99, 100, 101, 999, 1000, 1001, 4499, 4500, 4501, 5000, 79, 80, 81, 10**6})
     for register in registers:
         zone = meters.zone(meters.normalise(register, rule), rule)
@@ -239,7 +239,7 @@ def test_converted_limits_read_as_a_person_expects(original_db: Path) -> None:
         limits = {m.id: (m.meter_low_limit, m.meter_high_limit) for m in session.scalars(select(MeterConfig))}
         electricity = session.get(MeterConfig, 1)
         assert electricity is not None
-        rule = processor.meters_rule(electricity)
+        rule = config_snapshot.meters_rule(electricity)
     assert limits[1] == (None, 4.5)  # 0 was "no limit"; 4500 Wh is 4.5 kWh
     assert limits[2] == (100 / 3, 1000 / 3)  # factor 3: the same float the hub's division gives
     assert limits[3] == (-5, 80)  # no factor: unchanged
@@ -260,7 +260,7 @@ def test_migrated_outputs_keep_the_device_default_pulse_and_new_ones_the_latch(
             session, registry.Advert("output", "Porch Siren", "Porch Siren", "Buzzer", None), "pi"
         )
         session.commit()
-        snap = processor.load_snapshot(session)
+        snap = config_snapshot.load_snapshot(session)
     front = snap.inputs_by_key["Front Door Motion (Hallway)"]
     by_key = {o.device_key: o for o in snap.outputs_by_id.values()}
     # The original sent [key, null]; the device then pulsed for its default 1 s (the wire: test_original_e2e).

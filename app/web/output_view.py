@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from app import protocols, rules
+from app.config_snapshot import load_snapshot
 from app.models import OutputConfig
-from app.processor import load_snapshot
 from app.web import paging
 from app.web.config_forms import (
     Errors,
