@@ -1,21 +1,14 @@
 """EventProcessor: applies the rules to each input event, triggers outputs, and records every decision.
 
-What happens when a motion sensor fires, top to bottom: the HeartbeatFilter forwards the message
-(`_on_envelope`); each active device is checked for staleness, counted, and run through the input
-rules (`_on_activation`); if it fires, each linked output goes through the output rules and, when
-it fires, a ControlMessage goes to the ControlPublisher (app/output_triggers.py). Every outcome
-becomes an AuditRecord for the AuditWriter. Nothing here waits on the database: it decides from
-the configuration in memory (app/config_snapshot.py), learns a device the HeartbeatFilter just
-registered from the envelope (under a provisional negative id until the AuditWriter has stored
-its row and says Registered), and hands meter readings (app/meter_handling.py) and rule state to
-the AuditWriter. Configuration changes are applied by the ConfigApplier beside it; this thread
-reloads after each one and answers the caller (`_on_command`, `_on_applied`).
-
-Informational inputs inside quiet hours wait in a digest (app/quiet_digest.py). Rule state
-(app/rule_state.py: latches, trigger histories, output intervals, meter zones, recent triggers,
-the digest) is loaded at start; changes only mark it dirty, and `_flush` hands them over at most
-every FLUSH_SECONDS and at shutdown, so a crash (not a stop) can lose up to FLUSH_SECONDS of
-latch/window changes. A deferred alert is handed over at once: losing it would lose the alert.
+A motion sensor fires: the HeartbeatFilter forwards the message (`_on_envelope`); each active
+device is checked for staleness and run through the input rules (`_on_activation`); if it fires,
+its linked outputs run (app/output_triggers.py) and every outcome becomes an AuditRecord. Nothing
+here waits on the database: it decides from the configuration in memory (app/config_snapshot.py,
+which knows a device registered a moment ago from the envelope) and hands meter readings
+(app/meter_handling.py) and rule state (app/rule_state.py, the digest: app/quiet_digest.py) to the
+AuditWriter. The ConfigApplier stores configuration changes; this thread reloads after each one
+and answers the caller. Rule state is handed over at most every FLUSH_SECONDS and at shutdown (a
+crash can lose that much latch/window state); a deferred alert at once, being the alert itself.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import pika
 
 from bench.cases.flood import FLOOD_DEFAULT_RATE, FLOOD_RATE, flood_report, flood_targets, run_flood
 from bench.cases.growth import growth_report, growth_targets, run_growth
+from bench.cases.lock import lock_report, lock_targets, run_lock
 from bench.cases.mqtt import mqtt_report, mqtt_summary, run_mqtt
 from bench.cases.pages import pages_report, run_pages
 from bench.cases.rabbitmq import RUNS, SOAK, evaluate, run_hub, run_ratio, runs_report, summary
@@ -99,8 +100,8 @@ def guarded(name: str, run: Callable[[], dict[str, Any]], tmp: str) -> dict[str,
 
 
 def run_single(case: str) -> int:
-    """`--case flood`, `pages` or `growth`: that case alone, written to bench/results/<case>.json."""
-    if case == "flood":
+    """`--case flood`, `pages`, `growth` or `lock`: that case alone, written to bench/results/<case>.json."""
+    if case in ("flood", "lock"):
         try:
             connect().close()
         except pika.exceptions.AMQPError as exc:
@@ -124,6 +125,8 @@ def run_single(case: str) -> int:
                     )
                 finally:
                     broker.stop()
+            elif case == "lock":
+                results["lock"] = guarded("lock", lambda: run_lock(Path(tmp) / "lock"), tmp)
             else:
                 broker = MqttBroker(Path(tmp))
                 try:
@@ -136,8 +139,9 @@ def run_single(case: str) -> int:
     finally:
         delete_exchanges(*CREATED_EXCHANGES)
     lines = flood_report(results.get("flood")) + pages_report(results.get("pages"))
-    lines += growth_report(results.get("growth"))
+    lines += growth_report(results.get("growth")) + lock_report(results.get("lock"))
     targets = flood_targets(results.get("flood")) | growth_targets(results.get("growth"))
+    targets |= lock_targets(results.get("lock"))
     for key, t in targets.items():
         lines.append(f"  {key:30}{fmt(t['value'], '', 2):>10}  {t['target']:>16}  {verdict(t['met'])}")
     results["targets"] = targets
@@ -165,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--case",
-        choices=("all", "flood", "pages", "growth"),
+        choices=("all", "flood", "pages", "growth", "lock"),
         default="all",
-        help="all (default): every leg, the flood and the pages; flood, pages or growth (2,000 inputs and"
-        " 1,000,000 decisions: events pages and CPU per activation): that case alone",
+        help="all (default): every leg, the flood and the pages; flood, pages, growth (2,000 inputs and"
+        " 1,000,000 decisions: events pages and CPU per activation) or lock (the latency leg with the"
+        " SQLite file locked by another process): that case alone",
     )
     parser.add_argument(
         "--flood-rate",
