@@ -78,7 +78,11 @@ def lock_targets(lock: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
             "target": f"<= {TARGET_LOCK_P99_MS:g}",
             "met": None if p99 is None else p99 <= TARGET_LOCK_P99_MS,
         },
-        "lock_all_delivered": {"value": delivered, "target": "all, lock held", "met": bool(delivered)},
+        "lock_all_delivered": {
+            "value": "yes" if delivered else "no",
+            "target": "all, lock held",
+            "met": bool(delivered),
+        },
     }
 
 
