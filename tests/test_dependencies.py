@@ -14,6 +14,9 @@ OURS = {"app", "pylib", "tests", "bench"}
 # Imported only where it happens to be installed: sentry-sdk compresses with br only when brotli is
 # present, and the recording server in test_observability.py then needs it to read the body.
 INSTALLED_OR_UNUSED = {"brotli"}
+# Typeshed's own stub-only module: imported under TYPE_CHECKING for the type checker, it is part of
+# every type checker's standard library stubs and never loaded at run time.
+TYPE_CHECKER_STDLIB = {"_typeshed"}
 
 
 def _normal(name: str) -> str:
@@ -38,7 +41,9 @@ def third_party_imports(*folders: str) -> dict[str, set[str]]:
                     continue
                 for name in names:
                     top = name.partition(".")[0]
-                    if top not in sys.stdlib_module_names and top not in OURS | {"__future__"}:
+                    if top not in sys.stdlib_module_names and top not in OURS | TYPE_CHECKER_STDLIB | {
+                        "__future__"
+                    }:
                         found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
