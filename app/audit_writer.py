@@ -231,7 +231,7 @@ class AuditWriter(threads.AppThread):
             if thread.name in UPSTREAM and thread is not self and thread.is_alive():
                 thread.join(max(0.0, until - time.monotonic()))
 
-    def _take(self, msg: Any, batch: list[AuditRecord]) -> None:
+    def _take(self, msg: object, batch: list[AuditRecord]) -> None:
         if isinstance(msg, AuditRecord):
             batch.append(msg)
         elif isinstance(msg, StateWrite):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,8 +30,8 @@ class ConfigApplier(threads.AppThread):
         self._settings = settings
         self._sessions = session_factory
         self._pull = inproc.bind_pull(CONFIG)
-        self._processor: Any = None
-        self._mqtt: Any = None
+        self._processor: inproc.Socket | None = None  # made by work(), in this thread
+        self._mqtt: inproc.Socket | None = None
 
     def work(self) -> None:
         self._processor = inproc.connect_push(PROCESSOR)
@@ -71,7 +70,9 @@ class ConfigApplier(threads.AppThread):
             "field": reply.field,
             "status": reply.status,
         }
-        inproc.send(self._processor, Applied(reply_to=cmd.reply_to, reply=fields, reload=reply.ok))
+        inproc.send(
+            inproc.made(self._processor), Applied(reply_to=cmd.reply_to, reply=fields, reload=reply.ok)
+        )
 
     def meter_reset(self, session: Session, cmd: Command) -> Reply:
         """Reset a meter's register: tell the device over MQTT and keep the local reading in step."""
@@ -104,7 +105,9 @@ class ConfigApplier(threads.AppThread):
         session.commit()
         topic = meter.iot_topic or self._settings.mqtt_meter_reset_topic
         key = "adjust_register" if mode == "adjust" else "set_register"
-        inproc.send(self._mqtt, MqttPublish(topic=topic, payload=json.dumps({key: amount}).encode()))
+        inproc.send(
+            inproc.made(self._mqtt), MqttPublish(topic=topic, payload=json.dumps({key: amount}).encode())
+        )
         log.info("meter %r reset by %s: %s %d on %s", row.device_key, cmd.actor, key, amount, topic)
         result = {"input_id": row.id, "mode": mode, "value": amount, "topic": topic}
         result.update(register_value=register, meter_reading=reading)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from app import early_migration, schema_head
 
@@ -49,7 +49,7 @@ def make_engine(url: str, timeout: int = 30) -> Engine:
 
     database = parsed.database or ":memory:"
     memory = _is_memory(database)
-    kwargs: dict[str, Any] = {
+    kwargs: dict[str, object] = {
         # pysqlite's own busy handler; the PRAGMA below sets the same value explicitly
         "connect_args": {"check_same_thread": False, "timeout": timeout},
     }
@@ -64,7 +64,7 @@ def make_engine(url: str, timeout: int = 30) -> Engine:
     engine = sa.create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
-    def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         try:
             # busy_timeout first: switching to WAL needs a lock another process may briefly hold
@@ -162,10 +162,10 @@ def current_revision(engine: Engine) -> str | None:
     return versions[0] if len(versions) == 1 else None
 
 
-def compare_type(
+def compare_type(  # Alembic's compare_type hook; Any: columns and types of every kind come through it
     context: MigrationContext,
-    inspected_column: Any,
-    metadata_column: Any,
+    inspected_column: sa.Column[Any],
+    metadata_column: sa.Column[Any],
     inspected_type: sa.types.TypeEngine[Any],
     metadata_type: sa.types.TypeEngine[Any],
 ) -> bool | None:
@@ -186,7 +186,7 @@ def compare_type(
     return None
 
 
-def schema_differences(engine: Engine) -> list[Any]:
+def schema_differences(engine: Engine) -> list[Any]:  # Any: Alembic's diff entries vary in shape
     """Differences between the database and app.models (Alembic diff tuples); empty when in step."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +15,9 @@ from app import db_writes, health
 from app.models import Heartbeat
 from app.settings import Settings
 from pylib import threads
+
+if TYPE_CHECKING:
+    import requests
 
 # logs as app.observability, whichever of its modules speaks
 log = logging.getLogger("app.observability")
@@ -57,7 +60,7 @@ class HealthPinger(threads.AppThread):
         self.settings = settings
         self._sessions = session_factory
         self._clock = clock
-        self._http: Any = None
+        self._http: requests.Session | None = None
         self._quiet = threads.QuietRepeats()
 
     @property
@@ -132,6 +135,8 @@ class HealthPinger(threads.AppThread):
 
     def _send(self, service: str, method: str, url: str, **kwargs: Any) -> None:
         try:
+            if self._http is None:  # work() makes the session whenever a ping service is configured
+                raise RuntimeError("no HTTP session: health pings are off")
             response = self._http.request(method, url, timeout=PING_TIMEOUT, **kwargs)
             response.raise_for_status()
         except Exception as exc:  # requests' errors and anything odd: a failed ping is never fatal

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
 
 import zmq
 from sqlalchemy.orm import Session, sessionmaker
@@ -118,7 +117,7 @@ class HeartbeatFilter(threads.AppThread):
         for kind, _ in known:
             self._totals[kind] = self._totals.get(kind, 0) + 1
 
-    def _handle(self, env: Envelope, frame: bytes, push: Any) -> None:
+    def _handle(self, env: Envelope, frame: bytes, push: inproc.Socket) -> None:
         data = env.payload.get("data") or {}
         inbound = protocols.read(env.routing_key, env.origin, data)
         described, active, problems = adverts(inbound)

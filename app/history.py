@@ -23,6 +23,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.orm import QueryableAttribute, Session, selectinload
+from sqlalchemy.sql.elements import SQLCoreOperations
 
 from app.models import ConfigChange, Decision, DecisionOutput, DeviceRow, EventLog
 
@@ -64,7 +65,7 @@ class Filters:
 @dataclass
 class Entry:
     kind: str
-    row: Any  # Decision, EventLog or ConfigChange
+    row: Any  # a Decision, EventLog or ConfigChange as `kind` says (Any: each reader takes its own kind)
 
 
 def device(session: Session, model: type[DeviceRow], value: str) -> Device | None:
@@ -87,7 +88,7 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _any_like(pattern: str, *columns: Any) -> ColumnElement[bool]:
+def _any_like(pattern: str, *columns: SQLCoreOperations[str | None]) -> ColumnElement[bool]:
     return or_(*(col.ilike(pattern, escape="\\") for col in columns))
 
 
@@ -136,7 +137,7 @@ class _Leg:
 
 def _product(
     legs: list[list[ColumnElement[bool]]], alternatives: list[ColumnElement[bool]]
-) -> list[list[Any]]:
+) -> list[list[ColumnElement[bool]]]:
     return [[*leg, alt] for leg in legs for alt in alternatives]
 
 
@@ -301,7 +302,7 @@ def _after_place(leg: _Leg, at: Cursor, older: bool) -> ColumnElement[bool] | No
     return here >= there if inclusive else here > there
 
 
-def _leg_select(leg: _Leg, at: Cursor | None, older: bool, n: int) -> Select[Any]:
+def _leg_select(leg: _Leg, at: Cursor | None, older: bool, n: int) -> Select[str, int, int, datetime | None]:
     """The leg's first n rows in the timeline's order (newest first when older), past `at`."""
     where = list(leg.where)
     if at is not None:
@@ -364,7 +365,7 @@ def _load(session: Session, keys: list[Cursor]) -> list[Entry]:
     wanted: dict[str, list[int]] = {kind: [] for kind in KINDS}
     for key in keys:
         wanted[key.kind].append(key.id)
-    loaded: dict[tuple[str, int], Any] = {}
+    loaded: dict[tuple[str, int], Decision | EventLog | ConfigChange] = {}
     if wanted["decision"]:
         stmt = (
             select(Decision)

@@ -6,9 +6,9 @@ import contextlib
 import hashlib
 import logging
 import struct
-from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ class Lease:
         self.key = lock_key(name)
         self.fence_seconds = fence_seconds
         self.drop_seconds = 2 * fence_seconds
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[TupleRow] | None = None
         self.held = False
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self) -> psycopg.Connection[TupleRow]:
         fence_ms = max(1, int(self.fence_seconds * 1000))
         conn = psycopg.connect(
             self._url,

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from app import settings as settings_module
@@ -50,7 +50,7 @@ class Redactor:
             return text
         return self._pattern.sub(REDACTED, text)
 
-    def value(self, value: Any) -> Any:
+    def value(self, value: Any) -> Any:  # Any: Sentry's events and `extra` hold values of any type
         """Redact strings inside nested dicts, lists and tuples (Sentry events, `extra` fields)."""
         if isinstance(value, str):
             return self(value)
@@ -157,7 +157,7 @@ def syslog_handler(settings: Settings) -> logging.Handler | None:
     return handler
 
 
-def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
     """Root handler with the chosen format and the secret filter (and syslog when set); returns it."""
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT))
@@ -213,7 +213,7 @@ def init_sentry(settings: Settings) -> bool:
 
     redactor = Redactor(secret_values(settings))
 
-    def scrub(event: Any, _hint: Any) -> Any:
+    def scrub(event: Any, _hint: Any) -> Any:  # Any: one scrubber for Sentry's events and breadcrumbs
         # The logging integration sees records before the handler's filter, so redact here too.
         return redactor.value(event)
 

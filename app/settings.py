@@ -44,6 +44,7 @@ OP_CONNECT_TOKEN = "OP_CONNECT_TOKEN"
 
 def _secret(env: str, part: str = WHOLE, default: Any = MISSING) -> Any:
     """A secret setting's field, from environment variable `env`: out of repr and flagged SECRET."""
+    # Any, as dataclasses.field's own default is: fields of several types use it; each keeps its own.
     return field(default=default, repr=False, metadata={SECRET: part, "env": env})
 
 

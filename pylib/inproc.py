@@ -85,6 +85,13 @@ def connect_push(url: str) -> Socket:
     return sock
 
 
+def made(sock: Socket | None) -> Socket:
+    """A socket its thread makes in work(): None there means it was used before then (a bug)."""
+    if sock is None:
+        raise RuntimeError("a socket was used before its thread made it")
+    return sock
+
+
 def send(sock: Socket, msg: object) -> None:
     sock.send(encode(msg))
 

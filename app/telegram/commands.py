@@ -14,10 +14,10 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import select
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ParseMode
 from telegram.error import TelegramError
 from telegram.ext import (
@@ -61,6 +61,8 @@ from app.telegram.command_texts import HELP, SessionFactory, report_text, schedu
 from app.telegram.reenables import CommandState, Pending, TimedReenables
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 CONFIRM_TTL = 120.0
 CALLBACK_PREFIX = "cfm"
@@ -87,7 +89,7 @@ class CommandBot(TimedReenables):
 
     # ---- plumbing ---------------------------------------------------------------------------
 
-    async def _blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _blocking(self, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         # Database reads and processor requests block; the bot's loop must keep polling meanwhile.
         return await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(func, *args, **kwargs)
@@ -332,9 +334,11 @@ class CommandBot(TimedReenables):
     async def status(self, update: Update, _context: ContextTypes.DEFAULT_TYPE) -> None:
         await self._say(update, await self._blocking(self._status_text))
 
-    async def _room_invite(self, bot: Any) -> tuple[str | None, str | None]:
+    async def _room_invite(self, bot: Bot) -> tuple[str | None, str | None]:
         """The chat room's title and an invite link: its own, or one the bot may make (made once)."""
         room = self.settings.telegram_chat_room
+        if room is None:  # not with a bot token: Settings require the room then
+            return None, None
         try:
             chat = await bot.get_chat(room)
         except TelegramError as exc:

@@ -8,10 +8,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
-from telegram import Message
+from telegram import Bot, Message
 from telegram.constants import ParseMode
 
 from app import rule_state
@@ -19,6 +19,8 @@ from app.telegram.command_args import Kind, Target, format_duration
 from app.telegram.command_texts import SessionFactory
 
 log = logging.getLogger("app.telegram.commands")  # the bot's one logger, whichever module speaks
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 REENABLE_PREFIX = rule_state.REENABLE_PREFIX
 
@@ -51,7 +53,7 @@ class TimedReenables:
     sessions: SessionFactory
     state: CommandState
 
-    async def _blocking(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _blocking(self, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         raise NotImplementedError  # the CommandBot's: run blocking work off the bot's loop
 
     async def _switch(
@@ -85,7 +87,7 @@ class TimedReenables:
             log.warning("could not check the re-enable of %s %r; re-enabling", target.kind, target.key)
             return True
 
-    def resume_reenables(self, bot: Any) -> None:
+    def resume_reenables(self, bot: Bot) -> None:
         """Re-arm the timed re-enables a previous run left in rule_state (call inside the bot's loop)."""
         try:
             with self.sessions() as session:
@@ -114,7 +116,7 @@ class TimedReenables:
             log.info("re-enable of %s %r resumed: due in %.0f s", target.kind, target.key, delay)
 
     async def _reenable_later(
-        self, pending: Pending, target: Target, bot: Any, delay: float | None = None
+        self, pending: Pending, target: Target, bot: Bot, delay: float | None = None
     ) -> None:
         assert pending.duration is not None
         await asyncio.sleep(pending.duration if delay is None else delay)

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from flask import (
+    Request,
     current_app,
     g,
     request,
@@ -130,7 +130,7 @@ def forget_unsaved(user_id: int | None = None, key_hash: str | None = None) -> N
                 del auth_state.unsaved_sessions[stored]
 
 
-def load_token_user(_request: Any) -> WebUser | None:
+def load_token_user(_request: Request) -> WebUser | None:
     token = bearer()
     if not token:
         return None

@@ -8,9 +8,9 @@ offset, which costs a read of the skipped rows).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from flask import Blueprint, render_template, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from app import config_changes, history, zones
@@ -99,7 +99,7 @@ def _search(errors: dict[str, str]) -> str:
 
 
 @bp.get("/events")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     errors: dict[str, str] = {}
     input_id = _id("input", errors)
     output_id = _id("output", errors)

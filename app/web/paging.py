@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import request
 
@@ -27,16 +27,16 @@ class Page:
     param: str = "page"  # the query argument holding the page number
     others: tuple[tuple[str, int], ...] = ()  # other lists' page numbers on the same page, kept in links
 
-    def args(self, **extra: Any) -> dict[str, Any]:
+    def args(self, **extra: str | int) -> dict[str, str | int]:
         """Query arguments for a link that keeps the filter (and page unless given)."""
-        out: dict[str, Any] = dict(self.others)
+        out: dict[str, str | int] = dict(self.others)
         out[self.param] = self.number
         if self.query:
             out["q"] = self.query
         out.update(extra)
         return out
 
-    def link(self, number: int) -> dict[str, Any]:
+    def link(self, number: int) -> dict[str, str | int]:
         """Query arguments for page `number` of this list."""
         return self.args(**{self.param: number})
 

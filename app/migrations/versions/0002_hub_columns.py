@@ -19,6 +19,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Column[Any]: the lists hold columns of several types.
 # All new columns are nullable so rows from the original keep NULL (the app treats a NULL
 # output_config.device_enabled as enabled).
 def _input_columns() -> list[sa.Column[Any]]:
