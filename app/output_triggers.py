@@ -37,13 +37,6 @@ class Outlets:
     notifier: inproc.Socket | None = None
 
 
-def made(sock: inproc.Socket | None) -> inproc.Socket:
-    """A push socket work() made (sending on one before work(), or an unconfigured one, is a bug)."""
-    if sock is None:
-        raise RuntimeError("a processor socket was used before work() made it")
-    return sock
-
-
 @dataclass(frozen=True)
 class Activation:
     """One input that fired, as its outputs need it."""
@@ -128,7 +121,7 @@ class OutputTriggers:
                 )
             if outbound is not None:
                 inproc.send(
-                    made(self._out.control),
+                    inproc.made(self._out.control),
                     ControlMessage(
                         routing_key=outbound.routing_key,
                         body=outbound.body,
@@ -159,7 +152,7 @@ class OutputTriggers:
         image = act.device.get("image")
         storage_url = act.device.get("storage_url")
         inproc.send(
-            made(self._out.notifier),
+            inproc.made(self._out.notifier),
             Notification(
                 timestamp=now,
                 input_key=rule.device_key,

@@ -45,7 +45,7 @@ from app.clocks import ClockOffsets
 from app.clocks import offsets as clock_offsets
 from app.config_snapshot import LiveConfig, Move, Snapshot
 from app.meter_handling import MeterHandling
-from app.output_triggers import Activation, Outlets, OutputTriggers, made
+from app.output_triggers import Activation, Outlets, OutputTriggers
 from app.quiet_digest import QuietDigest
 from app.settings import Settings
 from pylib import inproc, ratelog, threads, wire
@@ -226,7 +226,7 @@ class EventProcessor(threads.AppThread):
         else:
             # Stored by the ConfigApplier, which may wait on the database while events go on here;
             # it comes back as Applied, and the caller hears "saved" only after the reload.
-            inproc.send(made(self._out.config), cmd)
+            inproc.send(inproc.made(self._out.config), cmd)
 
     def _on_applied(self, msg: Applied) -> None:
         if msg.reload:
@@ -359,10 +359,10 @@ class EventProcessor(threads.AppThread):
         return {"fired": True, "outputs": decision["outputs"]}
 
     def _send_audit(self, decision: dict[str, Any], event_log: list[dict[str, Any]]) -> None:
-        inproc.send(made(self._out.audit), AuditRecord(decision=decision, event_log=event_log))
+        inproc.send(inproc.made(self._out.audit), AuditRecord(decision=decision, event_log=event_log))
 
     def _store(self, reading: MeterReading) -> None:
-        inproc.send(made(self._out.audit), reading)
+        inproc.send(inproc.made(self._out.audit), reading)
 
     def _chart(self, point: MeterPoint) -> None:
         if self._out.meter_writer is not None:
@@ -387,7 +387,7 @@ class EventProcessor(threads.AppThread):
             return
         text = self._state.digest.take_if_due(now, self._snap.quiet)
         if text is not None:
-            inproc.send(made(self._out.notifier), Notification(timestamp=now, text=text))
+            inproc.send(inproc.made(self._out.notifier), Notification(timestamp=now, text=text))
             health.count("processor.digests")
             self._state.mark("digest")
             self._flush()
@@ -397,7 +397,7 @@ class EventProcessor(threads.AppThread):
         self._next_flush = time.monotonic() + self._flush_seconds
         values = self._state.take_changes()
         if values:
-            inproc.send(made(self._out.audit), StateWrite(values=values, version=time.time()))
+            inproc.send(inproc.made(self._out.audit), StateWrite(values=values, version=time.time()))
 
     def _load_state(self) -> None:
         """Resume the rule state the previous run left (a bad entry is skipped, never fatal)."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from app import protocols, rules
 from app.config_snapshot import load_snapshot
 from app.models import OutputConfig
+from app.settings import Settings
 from app.web import paging
 from app.web.config_forms import (
     Errors,
@@ -44,7 +43,7 @@ def _output_values(row: OutputConfig) -> Values:
     return values
 
 
-def _pulse_view(stored: int | None) -> tuple[str, Any]:
+def _pulse_view(stored: int | None) -> tuple[str, int | str]:
     if stored is None:
         return "device", ""
     if stored == rules.PULSE_INPUT_INTERVAL:
@@ -113,7 +112,7 @@ def _speaks(row: OutputConfig) -> str:
     return "Not heard yet: sent the G1/G2 control message until its device speaks, unless set here."
 
 
-def output_problems(session: Session, output_id: int, settings: Any) -> tuple[list[str], list[str]]:
+def output_problems(session: Session, output_id: int, settings: Settings) -> tuple[list[str], list[str]]:
     """(refusals, warnings) for an output as saved: what its device would reject, what holds its relays."""
     snap = load_snapshot(session)
     output = snap.outputs_by_id.get(output_id)
