@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 from app import admin_password, early_migration, file_modes
 from app import settings as settings_module
@@ -54,7 +55,13 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def run(hub: object, nanny_interval: float = 0.5) -> int:
+class Stoppable(Protocol):
+    """What run() supervises: a started hub (an on_fatal() of its own is called on a thread death)."""
+
+    def stop(self) -> None: ...
+
+
+def run(hub: Stoppable, nanny_interval: float = 0.5) -> int:
     """Supervise a started hub until a signal or a thread death; returns the exit code."""
     exit_code = 0
     died = threading.Event()
@@ -72,7 +79,7 @@ def run(hub: object, nanny_interval: float = 0.5) -> int:
     if died.is_set():
         exit_code = 1
     log.info("shutting down")
-    hub.stop()  # type: ignore[attr-defined]
+    hub.stop()
     return exit_code
 
 

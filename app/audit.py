@@ -8,12 +8,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, Delete, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import ConfigChange, Decision, DecisionOutput, EventLog, MeterHistory
 from pylib import threads
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import CursorResult
 
 log = logging.getLogger(__name__)
 
@@ -33,37 +37,30 @@ def _utc_naive(moment: datetime | None) -> datetime:
     return moment
 
 
+def _delete(session: Session, stmt: Delete) -> int:
+    """Run a bulk DELETE; the rows it deleted (Session.execute is typed for any statement, but a
+    DELETE's result is a CursorResult, which has rowcount)."""
+    result = session.execute(stmt, execution_options={"synchronize_session": False})
+    return cast("CursorResult[Any]", result).rowcount
+
+
 def _delete_decisions(session: Session, ids: list[int]) -> dict[str, int]:
     # SQLite does not enforce the ON DELETE CASCADE (foreign keys are off), so children go first
-    outputs = session.execute(
-        delete(DecisionOutput).where(DecisionOutput.decision_id.in_(ids)),
-        execution_options={"synchronize_session": False},
-    )
-    decisions = session.execute(
-        delete(Decision).where(Decision.id.in_(ids)), execution_options={"synchronize_session": False}
-    )
-    return {"decision": decisions.rowcount, "decision_output": outputs.rowcount}  # type: ignore[attr-defined]
+    outputs = _delete(session, delete(DecisionOutput).where(DecisionOutput.decision_id.in_(ids)))
+    decisions = _delete(session, delete(Decision).where(Decision.id.in_(ids)))
+    return {"decision": decisions, "decision_output": outputs}
 
 
 def _delete_meter_history(session: Session, ids: list[int]) -> dict[str, int]:
-    result = session.execute(
-        delete(MeterHistory).where(MeterHistory.id.in_(ids)), execution_options={"synchronize_session": False}
-    )
-    return {"meter_history": result.rowcount}  # type: ignore[attr-defined]
+    return {"meter_history": _delete(session, delete(MeterHistory).where(MeterHistory.id.in_(ids)))}
 
 
 def _delete_changes(session: Session, ids: list[int]) -> dict[str, int]:
-    result = session.execute(
-        delete(ConfigChange).where(ConfigChange.id.in_(ids)), execution_options={"synchronize_session": False}
-    )
-    return {"config_change": result.rowcount}  # type: ignore[attr-defined]
+    return {"config_change": _delete(session, delete(ConfigChange).where(ConfigChange.id.in_(ids)))}
 
 
 def _delete_events(session: Session, ids: list[int]) -> dict[str, int]:
-    result = session.execute(
-        delete(EventLog).where(EventLog.id.in_(ids)), execution_options={"synchronize_session": False}
-    )
-    return {"event_log": result.rowcount}  # type: ignore[attr-defined]
+    return {"event_log": _delete(session, delete(EventLog).where(EventLog.id.in_(ids)))}
 
 
 # The tables the pruner bounds: each has an id and a timestamp column.

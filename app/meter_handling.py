@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from app import health, meters, registry, rules
 from app.channels import MeterPoint, MeterReading
@@ -44,9 +44,7 @@ class MeterHandling:
             log.warning("meter %r sent sample_values of type %s", rule.device_key, type(values).__name__)
             return None
         register, metered = values.get("register"), values.get("meter")
-        if not all(
-            v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in (register, metered)
-        ):
+        if not (_number_or_none(register) and _number_or_none(metered)):
             health.count("processor.malformed")
             log.warning("meter %r sent non-numeric values", rule.device_key)
             return None
@@ -55,8 +53,8 @@ class MeterHandling:
             meter = meter_rules[rule.id] = default_meter(rule)
         value = meters.normalise(register, meter)
         stored: dict[str, Any] = {"meter_reading": meters.reading_text(value, meter)}
-        if value is not None:
-            stored["register_value"] = int(register)  # type: ignore[arg-type]
+        if value is not None and register is not None:  # (value is None whenever register is)
+            stored["register_value"] = int(register)
         if metered is not None:
             stored["meter_value"] = int(metered)
         # Stored by the AuditWriter; the limits below decide from memory.
@@ -68,7 +66,7 @@ class MeterHandling:
                 device_key=rule.device_key,
                 location=location if isinstance(location, str) else None,
                 metered=None if metered is None else float(metered),
-                register=None if value is None else float(register),  # type: ignore[arg-type]
+                register=None if value is None or register is None else float(register),
                 reading=value,
                 timestamp=now,
                 divisor=meter.divisor,
@@ -92,3 +90,8 @@ def default_meter(rule: rules.InputRule) -> meters.MeterRule:
     row = registry.new_meter_config()
     row.input_device_id = rule.id
     return meters_rule(row)
+
+
+def _number_or_none(value: object) -> TypeGuard[int | float | None]:
+    """A JSON number (not a bool), or absent."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))

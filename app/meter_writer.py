@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections import deque
+from typing import SupportsFloat, SupportsIndex
 
 import zmq
 from influxdb_client.client.influxdb_client import InfluxDBClient
@@ -149,11 +150,15 @@ class OriginalLayout:
         return out
 
 
+# What float() takes besides text (isinstance against SupportsFloat is a check for __float__).
+_FLOATABLE = (SupportsFloat, SupportsIndex, bytes, bytearray)
+
+
 def _finite(value: object) -> float | None:
-    if value is None or isinstance(value, str | bool):
+    if not isinstance(value, _FLOATABLE) or isinstance(value, str | bool):
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
@@ -161,7 +166,7 @@ def _finite(value: object) -> float | None:
 
 def _millis(timestamp: object) -> int:
     try:
-        seconds = float(timestamp)  # type: ignore[arg-type]
+        seconds = float(timestamp) if isinstance(timestamp, (*_FLOATABLE, str)) else math.nan
     except (TypeError, ValueError):
         seconds = math.nan
     if not math.isfinite(seconds):

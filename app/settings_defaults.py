@@ -22,10 +22,16 @@ class SettingsError(ValueError):
         self.name = name
 
 
+class _CaseKeeping(configparser.ConfigParser):
+    """Keeps each setting name's case (ConfigParser lowercases names; ours are upper case)."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def config_defaults() -> dict[str, str]:
     """Every setting name in config/app.conf with its default, sections flattened."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser = _CaseKeeping(interpolation=None)
     parser.read(CONFIG_FILE)
     defaults: dict[str, str] = {}
     for section in parser.sections():

@@ -20,6 +20,7 @@ from app.telegram.command_texts import SessionFactory
 
 log = logging.getLogger("app.telegram.commands")  # the bot's one logger, whichever module speaks
 _P = ParamSpec("_P")
+_KINDS: dict[str, Kind] = {"input": "input", "output": "output"}  # a stored kind, checked
 _T = TypeVar("_T")
 
 REENABLE_PREFIX = rule_state.REENABLE_PREFIX
@@ -98,7 +99,7 @@ class TimedReenables:
         for key, value in stored.items():
             try:
                 kind, ident = key.removeprefix(REENABLE_PREFIX).split(":")
-                target = Target(kind, int(ident), value["key"], value["label"], False)  # type: ignore[arg-type]
+                target = Target(_KINDS[kind], int(ident), value["key"], value["label"], False)
                 pending = Pending(
                     int(value["user_id"]),
                     int(value["chat_id"]),

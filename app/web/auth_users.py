@@ -63,7 +63,7 @@ def utc(epoch: float) -> datetime:
 
 
 @dataclass(frozen=True)
-class WebUser(UserMixin):  # type: ignore[misc]
+class WebUser(UserMixin):  # type: ignore[misc]  # flask-login ships no type hints: its base is Any
     """The logged-in user as flask-login sees it: a browser session (session_key) or a bearer token."""
 
     id: int

@@ -154,4 +154,5 @@ class ProxyHeaders:
 def init_app(app: Flask, proxies: TrustedProxies) -> None:
     """Every response gets the security headers; the client address honours only trusted proxies."""
     app.after_request(add_headers)
+    # Flask's documented way to wrap the app in middleware; its hints declare wsgi_app a method.
     app.wsgi_app = ProxyHeaders(app.wsgi_app, proxies)  # type: ignore[method-assign]
