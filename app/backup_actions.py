@@ -41,6 +41,7 @@ from app.settings import Settings
 
 # the backup tool logs as one logger, whichever of its modules speaks
 log = logging.getLogger("app.backup")
+# Any here: the result documents written to the status file and returned as JSON.
 
 
 PG_MESSAGE = (

@@ -17,6 +17,7 @@ from app.settings import Settings
 from pylib.decoding import json_object
 
 log = logging.getLogger("app.backup")
+# Any here: the status file is a JSON document (possibly from an older version), read with checks.
 
 # The fields of the status file; each holds one Result as a dict.
 ATTEMPT, GOOD, VERIFY, RESTORE = "last_backup_attempt", "last_good_backup", "last_verify", "last_restore"

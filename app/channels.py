@@ -7,6 +7,8 @@ from typing import Any
 
 from pylib.inproc import message
 
+# Any in these messages: device payloads and command args as decoded from the wire (checked where
+# they are used), JSON results and rule-state values, and field lists msgpack carries as lists.
 # PULL side binds, PUSH side connects.
 HEARTBEAT_FILTER = "inproc://heartbeat-filter"  # sources -> HeartbeatFilter
 PROCESSOR = "inproc://event-processor"  # HeartbeatFilter, API -> EventProcessor

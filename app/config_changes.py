@@ -20,6 +20,8 @@ from app.channels import Command, Reply
 from app.models import ConfigChange, GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
 
 log = logging.getLogger(__name__)
+# Any here is the wire boundary: a Command's args come from JSON bodies, the bot and SQS, and each
+# validator below checks its value before it reaches a row.
 
 OUTPUTS_ENABLED_KEY = "outputs-enabled"
 SCHEDULER_ENABLED_KEY = "auto-scheduler"

@@ -23,6 +23,7 @@ from pylib.decoding import json_object
 from pylib.threads import AppThread, Backoff
 
 log = logging.getLogger(__name__)
+# Any here is the wire boundary: mDash's JSON answers, read with checks at every step.
 
 COMPONENT = "mdash"
 REQUEST_TIMEOUT = 10.0

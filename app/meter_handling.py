@@ -17,6 +17,7 @@ from app.channels import MeterPoint, MeterReading
 from app.config_snapshot import meters_rule
 
 log = logging.getLogger(__name__)
+# Any here: a device's decoded payload (wire data, checked where read) and the stored fields.
 
 MeterRules = dict[int, meters.MeterRule]  # input id -> its meter's settings
 

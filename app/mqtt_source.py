@@ -18,6 +18,7 @@ from pylib import decoding, inproc, mqtt, ratelog, threads, wire
 from pylib.threads import AppThread
 
 log = logging.getLogger(__name__)
+# Any here is the wire boundary: JSON bodies from MQTT devices, checked field by field.
 
 COMPONENT = "mqtt"
 SOURCE = "mqtt"

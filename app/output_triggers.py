@@ -20,6 +20,7 @@ from app.settings import Settings
 from pylib import inproc
 
 log = logging.getLogger(__name__)
+# Any here: a device's decoded payload (wire data) and the decision rows sent to the AuditWriter.
 
 RECENT_SECONDS = 300  # how far back an alert lists the other inputs that fired
 TRIGGERS_BY_TYPE = "processor.triggers_by_type."

@@ -51,6 +51,8 @@ from app.settings import Settings
 from pylib import inproc, ratelog, threads, wire
 
 log = logging.getLogger(__name__)
+# Any here: a device's decoded payload (wire data, checked where read) and the decision and
+# event_log rows that travel to the AuditWriter as msgpack maps.
 
 RELOAD_SECONDS = 30.0
 # Devices the AuditWriter stored are read back at most this often, however many arrive.

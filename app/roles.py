@@ -26,6 +26,7 @@ from app.settings import Settings
 from pylib import threads
 
 log = logging.getLogger(__name__)
+# Any here: the node rows and status served as JSON by /api/health and the dashboard.
 
 SINGLE, ACTIVE, STANDBY, FENCED = "single", "active", "standby", "fenced"
 # The health component: state running (active or standby, said in its detail), retrying or down.

@@ -16,6 +16,7 @@ from app.models import RuleState
 from app.quiet_digest import QuietDigest
 
 log = logging.getLogger(__name__)
+# Any here: rule_state values are JSON documents of each owner's own shape (it checks them on load).
 
 # A timed re-enable promised by Telegram (/inputoff garage 30m) lives under reenable:<kind>:<id>, so a
 # restart keeps the promise; any other change of that device's switch drops the key, cancelling it.

@@ -20,6 +20,7 @@ from app.settings import Settings
 from pylib import decoding, threads
 
 log = logging.getLogger(__name__)
+# Any here is the wire boundary: SQS messages and their JSON bodies, checked by validate().
 
 COMPONENT = "sqs_control"
 ACTOR = "sqs"

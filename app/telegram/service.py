@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.telegram.commands import CommandBot
 
 log = logging.getLogger(__name__)
+# Application[Any, ...]: python-telegram-bot's generics over context and user data we do not use.
 
 POLL_TIMEOUT = 10  # getUpdates long-poll seconds; stopping interrupts it, so shutdown stays fast
 RECEIVE_IDLE = 0.05  # seconds between looks at the inproc socket when it is empty

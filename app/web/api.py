@@ -36,6 +36,7 @@ from app.web.context import ctx as web_ctx
 from pylib import decoding
 
 log = logging.getLogger(__name__)
+# Any here is the wire boundary: JSON request bodies (checked before use) and JSON responses.
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

@@ -22,6 +22,7 @@ from app.web.context import ctx
 
 # The hub's own buttons have nothing to configure on the inputs page; they still appear on the links page.
 BUTTON_TYPES = frozenset({"panic button", "dash button"})
+# Any here: posted form values on their way to the processor's validators, and template context.
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,15}\.[0-9]{1,9}")
 # More digits than any field accepts: parsed as "too large" instead of feeding int() a megabyte of digits.

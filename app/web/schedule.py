@@ -20,6 +20,7 @@ from app.web.api import ApiError
 from app.web.context import ctx
 
 bp = Blueprint("schedule", __name__, url_prefix="/config")
+# Any here: JSON bodies and responses of /api/schedules, and the form values a page shows back.
 api_bp = Blueprint("schedule_api", __name__, url_prefix="/api")
 
 Errors = dict[str, str]
