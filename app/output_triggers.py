@@ -14,8 +14,8 @@ from typing import Any
 
 from app import health, protocols, registry, rules
 from app.channels import ControlMessage, Notification
+from app.processor_state import ProcessorState
 from app.quiet_digest import QuietDigest
-from app.rule_state import ProcessorState
 from app.settings import Settings
 from pylib import inproc
 

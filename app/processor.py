@@ -46,6 +46,7 @@ from app.clocks import offsets as clock_offsets
 from app.config_snapshot import LiveConfig, Move, Snapshot
 from app.meter_handling import MeterHandling
 from app.output_triggers import Activation, Outlets, OutputTriggers
+from app.processor_state import ProcessorState
 from app.quiet_digest import QuietDigest
 from app.settings import Settings
 from pylib import inproc, ratelog, threads, wire
@@ -92,7 +93,7 @@ class EventProcessor(threads.AppThread):
         self._next_refresh = 0.0
         self._bad_log = ratelog.RateLimitedLog(log)
         self._tz = zones.zone(settings.user_tz)
-        self._state = rule_state.ProcessorState(QuietDigest(self._tz))
+        self._state = ProcessorState(QuietDigest(self._tz))
         self._out = Outlets()
         self._outputs = OutputTriggers(settings, self._state, self._out)
         self._meters = MeterHandling(self._state.meter_zones, self._state.mark, self._store, self._chart)
