@@ -7,7 +7,7 @@
 #                        the hub's source; it runs from here (the web app and the settings find
 #                        templates/, static/ and config/app.conf relative to the source tree)
 #   /opt/app/backup_db.sh
-#                        the S3 backup, which the hub itself runs on schedule (app/backup_schedule.py)
+#                        the S3 backup, which the hub itself runs on schedule (app/ops/backup_schedule.py)
 #   /data                the volume: SQLite database, backup status and log
 #
 # What it needs of its base (PYTHON_IMAGE): a Debian (bookworm or later) with python3 3.11+, its venv

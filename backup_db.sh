@@ -1,6 +1,6 @@
 #!/bin/sh
-# The scheduled backups' way into app.backup (/opt/app/backup_db.sh in the container; the hub runs it on
-# schedule, app/backup_schedule.py, and `task backup` by hand):
+# The scheduled backups' way into app.ops.backup (/opt/app/backup_db.sh in the container; the hub runs it on
+# schedule, app/ops/backup_schedule.py, and `task backup` by hand):
 #   backup_db.sh                  latest copy (same as: backup_db.sh backup)
 #   backup_db.sh date | time      latest copy plus a dated one (UTC YYMMDD or YYMMDDhhmmss)
 #   backup_db.sh verify           the restore drill
@@ -29,4 +29,4 @@ fi
 case "$1" in
     date | time) set -- backup "$@" ;;
 esac
-exec "$PYTHON" -m app.backup "$@"
+exec "$PYTHON" -m app.ops.backup "$@"

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from app import admin_password, early_migration, file_modes
-from app import settings as settings_module
-from app.settings import sqlite_file
-from app.settings_defaults import SettingsError
+from app.core import file_modes
+from app.core import settings as settings_module
+from app.core.settings import sqlite_file
+from app.core.settings_defaults import SettingsError
+from app.store import admin_password, early_migration
 from pylib import threads
 
 log = logging.getLogger("app")
@@ -123,7 +124,7 @@ def main() -> int:
         admin_password.prepare()
     # The migration child (if the schema is not current) runs while this process imports the rest.
     migration = early_migration.start(settings.database_url)
-    from app import observability  # heavy (SQLAlchemy, Prometheus): after the child has started
+    from app.ops import observability  # heavy (SQLAlchemy, Prometheus): after the child has started
 
     # text or JSON lines, with every configured secret redacted from every record
     observability.configure_logging(settings)

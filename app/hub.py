@@ -11,24 +11,27 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import clocks, db, db_writes, file_modes, health, limits, observability, original, registry, roles
-from app.audit_writer import AuditWriter
-from app.config_applier import ConfigApplier
-from app.control import ControlPublisher
-from app.heartbeat import HeartbeatFilter
-from app.mqtt_source import MqttSource
-from app.offline import OfflineMonitor
-from app.presence import presence
-from app.processor import EventProcessor
-from app.rabbit_source import RabbitSource
-from app.scheduler import AutoScheduler
-from app.settings import Settings
+from app.core import file_modes, health, limits
+from app.core.settings import Settings
+from app.engine import clocks
+from app.engine.config_applier import ConfigApplier
+from app.engine.presence import presence
+from app.engine.processor import EventProcessor
+from app.engine.scheduler import AutoScheduler
+from app.ops import observability
+from app.outputs.control import ControlPublisher
+from app.outputs.offline import OfflineMonitor
+from app.sources.heartbeat import HeartbeatFilter
+from app.sources.mqtt_source import MqttSource
+from app.sources.rabbit_source import RabbitSource
+from app.store import db, db_writes, original, registry, roles
+from app.store.audit_writer import AuditWriter
 from app.web import create_app
 from app.web.server import WebServer
 from pylib import inproc, threads
 
 if TYPE_CHECKING:
-    from app.telegram.service import TelegramService
+    from app.outputs.telegram.service import TelegramService
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ class Hub:
         # Optional integrations are imported only when configured: influxdb-client and requests
         # would cost a Pi ~15 MB of memory for nothing.
         if self.settings.influxdb_enabled:
-            from app.meter_writer import MeterWriter
+            from app.outputs.meter_writer import MeterWriter
 
             with self.sessions() as session:
                 layout = original.influx_layout(self.settings.influxdb_layout, session)
@@ -123,7 +126,7 @@ class Hub:
         else:
             log.info("InfluxDB off: set INFLUXDB_URL, _TOKEN, _ORG and _BUCKET to write meter readings")
         if self.settings.telegram_enabled:
-            from app.telegram.service import TelegramService
+            from app.outputs.telegram.service import TelegramService
 
             started.append(TelegramService(self.settings, self.sessions))
         else:
@@ -134,17 +137,17 @@ class Hub:
         started.append(observability.HealthPinger(self.settings, self.sessions, self.clock))
         self._register_depths(started)
         if self.settings.backup_enabled:
-            from app.backup_schedule import BackupScheduler
+            from app.ops.backup_schedule import BackupScheduler
 
             started.append(BackupScheduler(self.settings))
         if self.settings.mdash_enabled:
-            from app.mdash import MdashDiscovery
+            from app.sources.mdash import MdashDiscovery
 
             started.append(MdashDiscovery(self.settings, presence))
         else:
             log.info("mDash discovery off: set MDASH_API_KEY to use it")
         if self.settings.cloudwatch_metrics:
-            from app.cloudwatch import CloudWatchMetrics  # boto3: only where AWS metrics are wanted
+            from app.ops.cloudwatch import CloudWatchMetrics  # boto3: only where AWS metrics are wanted
 
             started.append(CloudWatchMetrics(self.settings, presence))
         else:
@@ -152,15 +155,15 @@ class Hub:
                 "CloudWatch metrics off: set AWS keys (CLOUDWATCH_METRICS=auto) or CLOUDWATCH_METRICS=true"
             )
         if self.settings.healthchecks_badges:
-            from app.badges import BadgePoller
+            from app.ops.badges import BadgePoller
 
             started.append(BadgePoller(self.settings))
         if self.settings.ngrok_enabled:
-            from app.remote_url import NgrokDiscovery
+            from app.ops.remote_url import NgrokDiscovery
 
             started.append(NgrokDiscovery(self.settings))
         if self.settings.sqs_control_enabled:
-            from app.sqs_control import SqsControl  # boto3 costs ~30 MB: only when SQS control is on
+            from app.sources.sqs_control import SqsControl  # boto3 costs ~30 MB: only when SQS control is on
 
             started.append(SqsControl(self.settings, self.sessions))
         else:
@@ -175,7 +178,7 @@ class Hub:
         if not self.settings.ha_enabled:
             return []
         assert self.sessions is not None
-        from app.role_keeper import RoleKeeper  # psycopg's lease connection: only for a standby pair
+        from app.ops.role_keeper import RoleKeeper  # psycopg's lease connection: only for a standby pair
 
         gated = [t for t in started if t.name in ACTIVE_ONLY]
         started.append(RoleKeeper(self.settings, self.sessions, on_active=roles.active_only(gated)))
@@ -198,12 +201,12 @@ class Hub:
             elif isinstance(thread, MqttSource):
                 observability.register_depth("mqtt_outbox", _mqtt_outbox(thread))
             elif type(thread).__name__ == "MeterWriter":  # its module is imported only when InfluxDB is on
-                from app.meter_writer import MeterWriter  # (loaded already: the thread is one)
+                from app.outputs.meter_writer import MeterWriter  # (loaded already: the thread is one)
 
                 if isinstance(thread, MeterWriter):
                     observability.register_depth("influxdb_buffer", thread.buffered)
             elif type(thread).__name__ == "TelegramService":  # likewise only with Telegram on
-                from app.telegram.service import TelegramService
+                from app.outputs.telegram.service import TelegramService
 
                 if isinstance(thread, TelegramService):
                     observability.register_depth("telegram_outbox", _telegram_outbox(thread))
@@ -211,7 +214,7 @@ class Hub:
     def on_fatal(self) -> None:
         """A thread died: tell CloudWatch (Fatals=1) before the process exits, as the original did."""
         if self.settings.cloudwatch_metrics:
-            from app.cloudwatch import post_fatal
+            from app.ops.cloudwatch import post_fatal
 
             post_fatal(self.settings)
 

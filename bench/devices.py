@@ -78,7 +78,7 @@ class SensorInput:
 
     @property
     def device_key(self) -> str:
-        """What the hub (app/mqtt_source.py) makes of it: '<input_location> <input_label>'."""
+        """What the hub (app/sources/mqtt_source.py) makes of it: '<input_location> <input_label>'."""
         return f"{self.location} {self.label}"
 
     @property

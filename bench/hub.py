@@ -126,7 +126,7 @@ class Hub:
         if self.call("GET", "/api/devices")[0] != 401:
             return
         try:
-            from app import db
+            from app.store import db
             from app.web import auth
         except ImportError as exc:
             raise BenchError(f"the API wants a login and the bench cannot make a token: {exc!r}") from exc

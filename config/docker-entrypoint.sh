@@ -5,7 +5,7 @@
 # nothing runs as root once the hub starts and the hub gets the signals `docker stop` sends:
 #   1. the data directory exists and the app user owns it (and the hub's own files in it);
 #   2. for the hub with backups on (BACKUP_S3_BUCKET set, here or in 1Password): restore the database from S3 when it is
-#      missing or empty (as the app user); the hub schedules the backups itself (app/backup_schedule.py);
+#      missing or empty (as the app user); the hub schedules the backups itself (app/ops/backup_schedule.py);
 #   3. exec tini -g -- the command, as the app user.
 # Started as another user (docker run --user ...), it skips 1-2 and execs tini (or the command) directly.
 #
@@ -40,7 +40,7 @@ if [ "$(id -u)" != 0 ]; then
     exec "$@"
 fi
 
-# The hub itself (the image's CMD), as opposed to a one-off command such as `python -m app.backup verify`
+# The hub itself (the image's CMD), as opposed to a one-off command such as `python -m app.ops.backup verify`
 # or a shell: only the hub gets the automatic restore.
 is_hub() {
     if [ "$1" = "$TINI" ]; then
@@ -109,7 +109,7 @@ backups_on() {
     [ -n "${BACKUP_S3_BUCKET:-}" ] && return 0
     [ -n "${OP_CONNECT_SERVER:-}" ] || return 1
     status=0
-    run_as python -m app.backup enabled >/dev/null || status=$?
+    run_as python -m app.ops.backup enabled >/dev/null || status=$?
     case $status in
         0) return 0 ;;
         3) return 1 ;;
@@ -117,7 +117,7 @@ backups_on() {
     # The settings did not load (1Password unreachable, a bad value). Taking that for "backups off" could
     # start the hub on a fresh database that the next backup would upload over the good copy: stop, and
     # let the restart policy try again.
-    log "could not tell whether backups are on (python -m app.backup enabled exited $status)"
+    log "could not tell whether backups are on (python -m app.ops.backup enabled exited $status)"
     exit_later "$status"
 }
 
@@ -128,7 +128,7 @@ if is_hub "$@" && backups_on; then
     # later: starting the hub on a fresh, empty database instead would let the next scheduled backup
     # overwrite the good copy in S3.
     log "restoring the database from S3 if it is missing (bucket ${BACKUP_S3_BUCKET:-from 1Password})"
-    run_as python -m app.backup restore --if-missing || exit_later $?
+    run_as python -m app.ops.backup restore --if-missing || exit_later $?
 fi
 
 exec setpriv --reuid="$RUN_AS_USER" --regid="$RUN_AS_GROUP" --init-groups -- "$@"

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from app import clocks, db_writes, health, limits, settings
-from app.presence import presence
+from app.core import health, limits, settings
+from app.engine import clocks
+from app.engine.presence import presence
+from app.store import db_writes
 from pylib import inproc, threads
 
 RUN_ID = uuid.uuid4().hex[:8]

@@ -376,7 +376,7 @@ def check_image_contents(tag: str) -> None:
 
 
 def smoke(workdir: Path, base: str) -> None:
-    from app import settings as settings_module
+    from app.core import settings as settings_module
     from tests.hubtools import ControlConsumer, Device
     from tests.mosquitto import Mosquitto
     from tests.moto_server import TEST_KEYS, moto_server

@@ -30,9 +30,9 @@ import pika
 import psycopg
 from sqlalchemy import select
 
-from app import db
-from app.models import Decision, InputConfig, OutputConfig, OutputLink
-from app.settings import config_defaults
+from app.core.settings import config_defaults
+from app.store import db
+from app.store.models import Decision, InputConfig, OutputConfig, OutputLink
 from pylib import wire
 from tests.support import free_port
 

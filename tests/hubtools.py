@@ -12,9 +12,9 @@ from typing import Any
 import msgpack
 import pika
 
-from app import health
+from app.core import health
+from app.core.settings import Settings
 from app.hub import Hub
-from app.settings import Settings
 from app.web import auth
 from pylib import wire
 from tests.support import wait_for

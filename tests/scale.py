@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from app.models import Decision, DecisionOutput, InputConfig, InputLink, MeterConfig, OutputConfig, OutputLink
+from app.store.models import (
+    Decision,
+    DecisionOutput,
+    InputConfig,
+    InputLink,
+    MeterConfig,
+    OutputConfig,
+    OutputLink,
+)
 
 INPUTS = 2000
 OUTPUTS = 200

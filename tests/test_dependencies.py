@@ -76,4 +76,4 @@ def test_the_scan_finds_a_dependency_that_arrives_only_through_another() -> None
     # httpx comes with python-telegram-bot too; without its own line it would be reported.
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = _declared(project["dependencies"]) - {"httpx"}
-    assert undeclared(("app",), declared) == {"httpx": ["httpx", "app/onepassword.py"]}
+    assert undeclared(("app",), declared) == {"httpx": ["httpx", "app/core/onepassword.py"]}

@@ -31,8 +31,8 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from dotenv import dotenv_values
 
-from app import file_modes
-from app import settings as settings_module
+from app.core import file_modes
+from app.core import settings as settings_module
 from tests.mosquitto import MOSQUITTO, port_open
 from tests.support import free_port, wait_for
 
@@ -509,7 +509,7 @@ def test_dockerfile_copies_files_that_exist():
     assert copied
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-    # the backups (scheduled by the hub, app/backup_schedule.py)
+    # the backups (scheduled by the hub, app/ops/backup_schedule.py)
     assert "backup_db.sh ./backup_db.sh" in instructions(dockerfile_stages()[-1], "COPY")
     # what the hub needs at run time, beside the venv
     for needed in ("app", "pylib", "config", "templates", "static"):
@@ -797,9 +797,9 @@ def test_taskfile_commands_match_the_deployment():
     tasks = taskfile()["tasks"]
     flat = {name: json.dumps(task) for name, task in tasks.items()}
     assert "/opt/app/backup_db.sh {{.CLI_ARGS}}" in flat["backup"]
-    assert "python -m app.backup restore" in flat["restore"] and "stop app" in flat["restore"]
-    assert "python -m app.backup verify" in flat["verify"]
-    assert "python -m app.onepassword dotenv" in flat["env-file"]
+    assert "python -m app.ops.backup restore" in flat["restore"] and "stop app" in flat["restore"]
+    assert "python -m app.ops.backup verify" in flat["verify"]
+    assert "python -m app.core.onepassword dotenv" in flat["env-file"]
     assert "cp .env.example .env" in flat["env-file"]
     assert "cp docker-compose.template.yml docker-compose.yml" in flat["compose-file"]
     assert "{{.APP_UID}}" in flat["user"] and "{{.APP_GID}}" in flat["user"] and "g+rws" not in flat["user"]
@@ -880,7 +880,7 @@ def unprivileged() -> tuple[str, str, int, int]:
 
 def fake_bin(sandbox: Path, restore_status: int = 0, enabled_status: int = 0) -> tuple[Path, Path]:
     """`python` and `tini` stand-ins that log `uid|args`; python exits (restore with restore_status,
-    `app.backup enabled` with enabled_status), tini execs the command after its `-g --`."""
+    `app.ops.backup enabled` with enabled_status), tini execs the command after its `-g --`."""
     bin_dir = sandbox / "bin"
     bin_dir.mkdir()
     calls = sandbox / "calls"
@@ -892,8 +892,8 @@ def fake_bin(sandbox: Path, restore_status: int = 0, enabled_status: int = 0) ->
             "#!/bin/sh\n"
             f'printf \'%s|%s\\n\' "$(id -u)" "{name} $*" >> {shlex.quote(str(calls))}\n'
             + ('shift 2; exec "$@"\n' if name == "tini" else "")
-            + f'case "$*" in *"app.backup restore"*) exit {restore_status} ;; esac\n'
-            f'case "$*" in *"app.backup enabled"*) exit {enabled_status} ;; esac\n'
+            + f'case "$*" in *"app.ops.backup restore"*) exit {restore_status} ;; esac\n'
+            f'case "$*" in *"app.ops.backup enabled"*) exit {enabled_status} ;; esac\n'
             "exit 0\n"
         )
         script.chmod(0o755)
@@ -982,7 +982,7 @@ def test_entrypoint_restores_then_starts_the_hub(sandbox):
     result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines() == [
-        f"{uid}|python -m app.backup restore --if-missing",
+        f"{uid}|python -m app.ops.backup restore --if-missing",
         f"{uid}|python -m app",
     ]
 
@@ -995,8 +995,8 @@ def test_entrypoint_asks_the_hub_when_the_bucket_may_be_in_1password(sandbox, on
     env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", OP_CONNECT_SERVER="http://op:8080")
     result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    asked, hub = f"{uid}|python -m app.backup enabled", f"{uid}|python -m app"
-    restore = f"{uid}|python -m app.backup restore --if-missing"
+    asked, hub = f"{uid}|python -m app.ops.backup enabled", f"{uid}|python -m app"
+    restore = f"{uid}|python -m app.ops.backup restore --if-missing"
     expected = [asked, restore, hub] if on else [asked, hub]
     assert calls.read_text().splitlines() == expected
 
@@ -1010,7 +1010,7 @@ def test_entrypoint_stops_when_it_cannot_tell_whether_backups_are_on(sandbox):
     result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
     assert result.returncode == 2
     assert "could not tell whether backups are on" in result.stderr
-    assert calls.read_text().splitlines() == [f"{uid}|python -m app.backup enabled"]
+    assert calls.read_text().splitlines() == [f"{uid}|python -m app.ops.backup enabled"]
 
 
 @needs_root
@@ -1033,7 +1033,7 @@ def test_entrypoint_stops_when_the_restore_fails(sandbox):
     env = entrypoint_env(sandbox, PATH=f"{bin_dir}:/usr/bin:/bin", BACKUP_S3_BUCKET="a-bucket")
     result = subprocess.run([str(ENTRYPOINT), "python", "-m", "app"], env=env, capture_output=True, text=True)
     assert result.returncode == 1
-    assert calls.read_text().splitlines() == [f"{uid}|python -m app.backup restore --if-missing"]
+    assert calls.read_text().splitlines() == [f"{uid}|python -m app.ops.backup restore --if-missing"]
 
 
 @needs_root
@@ -1043,13 +1043,13 @@ def test_entrypoint_one_off_commands_and_no_bucket_skip_the_restore(sandbox):
     path = f"{bin_dir}:/usr/bin:/bin"
     # a one-off command with backups on: no restore
     env = entrypoint_env(sandbox, PATH=path, BACKUP_S3_BUCKET="a-bucket")
-    subprocess.run([str(ENTRYPOINT), "python", "-m", "app.backup", "verify"], env=env, check=True)
+    subprocess.run([str(ENTRYPOINT), "python", "-m", "app.ops.backup", "verify"], env=env, check=True)
     # the hub with backups off
     subprocess.run(
         [str(ENTRYPOINT), "python", "-m", "app"], env=entrypoint_env(sandbox, PATH=path), check=True
     )
     assert calls.read_text().splitlines() == [
-        f"{uid}|python -m app.backup verify",
+        f"{uid}|python -m app.ops.backup verify",
         f"{uid}|python -m app",
     ]
 
@@ -1089,7 +1089,7 @@ def test_browser_tests_fail_in_ci_and_say_what_to_install_elsewhere_when_the_bro
 ) -> None:
     env = {**os.environ, "CI": ci, "TEST_CHROMIUM": "/nonexistent/chromium"}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/web/test_browser.py"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -1150,6 +1150,6 @@ def test_make_run_makes_a_private_data_directory(tmp_path: Path, make_settings: 
     data = tmp_path / "data"
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     settings = make_settings(DATABASE_URL=f"sqlite:///{data / 'event_processor.db'}")
-    with caplog.at_level("WARNING", logger="app.file_modes"):
+    with caplog.at_level("WARNING", logger="app.core.file_modes"):
         assert file_modes.secure_data(settings) == []
     assert caplog.records == []

@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from app import db_writes, heartbeat, rule_state, rules
-from app.models import Decision, InputConfig, MeterHistory
-from app.settings import Settings
+from app.core.settings import Settings
+from app.engine import rules
+from app.sources import heartbeat
+from app.store import db_writes, rule_state
+from app.store.models import Decision, InputConfig, MeterHistory
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import wait_for
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, notify

@@ -16,17 +16,18 @@ from typing import Any
 import pytest
 from werkzeug.security import generate_password_hash
 
-from app import db_writes, health
-from app.settings import Settings
+from app.core import health
+from app.core.settings import Settings
+from app.store import db_writes
 from pylib import threads
 from tests import diskfull
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import wait_for
-from tests.test_browser import ARGS, CHROMIUM, PASSWORD, log_in, sync_api
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, notify
 from tests.test_meters_e2e import HEARTBEAT as METER_HEARTBEAT
 from tests.test_meters_e2e import METER
 from tests.test_meters_e2e import reading as meter_reading
+from tests.web.test_browser import ARGS, CHROMIUM, PASSWORD, log_in, sync_api
 
 HEARTBEAT_KEY = "event.heartbeat.ioboard.pi-hallway"
 NOTIFY_KEY = "event.notify.ioboard.pi-hallway"
@@ -61,7 +62,7 @@ class Rig:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    """Debian's chromium, launched as tests/test_browser.py does."""
+    """Debian's chromium, launched as tests/web/test_browser.py does."""
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield chromium
@@ -166,13 +167,13 @@ def test_a_device_ten_minutes_behind_is_corrected_shown_and_logged(
     first = wait_for(lambda: rig.events())
     assert first[0]["reason"] == "stale" and "600 s old" in first[0]["detail"]
 
-    with caplog.at_level(logging.WARNING, "app.clocks"):
+    with caplog.at_level(logging.WARNING, "app.engine.clocks"):
         for _ in range(4):  # remote-monitor's steady heartbeats (every 5 s; quicker here)
             time.sleep(0.3)
             rig.device.publish(HEARTBEAT_KEY, IOBOARD_HEARTBEAT, when=device_now())
         offset = wait_for(lambda: rig.api.device("inputs", FRONT)["clock_offset"], what="a learned offset")
     assert offset == pytest.approx(600, abs=2)
-    warnings = [r.getMessage() for r in caplog.records if r.name == "app.clocks"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "app.engine.clocks"]
     assert len(warnings) == 1
     assert "pi-hallway" in warnings[0] and "behind" in warnings[0] and FRONT in warnings[0]
 

@@ -13,7 +13,8 @@ from typing import Any
 import msgpack
 import umsgpack
 
-from app import health, heartbeat
+from app.core import health
+from app.sources import heartbeat
 from pylib import wire
 from tests import device_parsers as dev
 from tests.hubtools import Api, ControlConsumer, Device, start_hub

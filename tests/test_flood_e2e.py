@@ -15,9 +15,9 @@ import requests
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
-from app import health, limits
-from app.models import InputConfig
-from app.presence import presence
+from app.core import health, limits
+from app.engine.presence import presence
+from app.store.models import InputConfig
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.mosquitto import Mosquitto
 from tests.support import wait_for

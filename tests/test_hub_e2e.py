@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app import commands, health
+from app.core import health
+from app.engine import commands
 from pylib import threads, wire
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.store.test_db import temporary_pg_database
 from tests.support import wait_for
-from tests.test_db import temporary_pg_database
 
 IOBOARD_HEARTBEAT = {
     "statistics": {"sample_count": 123456},

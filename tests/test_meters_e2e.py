@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app import health
+from app.core import health
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import wait_for
 

@@ -9,7 +9,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from app import health
+from app.core import health
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.mosquitto import Mosquitto
 from tests.support import free_port, wait_for

@@ -7,14 +7,15 @@ import urllib.request
 
 import pytest
 
-from app import db, health, settings
-from app.presence import Presence
-from app.settings import SettingsError
+from app.core import health, settings
+from app.core.settings import SettingsError
+from app.engine.presence import Presence
+from app.store import db
 from pylib import threads
 from tests.hubtools import Api, start_hub
+from tests.ops.test_observability import Recorder
 from tests.support import wait_for
-from tests.test_observability import Recorder
-from tests.test_pages import page_app
+from tests.web.test_pages import page_app
 
 
 def test_empty_address_turns_mqtt_off_and_a_bad_one_still_stops_start_up(make_settings) -> None:
@@ -61,7 +62,7 @@ def test_a_meter_reset_without_mqtt_is_refused_and_changes_nothing(make_settings
     hub = start_hub(make_settings(MQTT_SERVER_ADDRESS=""))
     try:
         api = Api(hub)
-        from app.models import InputConfig, MeterConfig
+        from app.store.models import InputConfig, MeterConfig
 
         with hub.sessions() as s:
             meter = InputConfig(device_key="Electricity Meter", device_type="meter", device_enabled=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app import health
-from app.settings import Settings
+from app.core import health
+from app.core.settings import Settings
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import free_port, wait_for
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, notify

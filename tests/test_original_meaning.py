@@ -16,16 +16,17 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import config_snapshot, db, meters, original, registry, rules
-from app.models import InputConfig, MeterConfig, OutputConfig
-from app.presence import Presence
-from app.scheduler import AutoScheduler, DailyTrigger, zone_of
-from app.settings import Settings
-from app.telegram.sms import SmsSender
+from app.core.settings import Settings
+from app.engine import config_snapshot, meters, rules
+from app.engine.presence import Presence
+from app.engine.scheduler import AutoScheduler, DailyTrigger, zone_of
+from app.outputs.telegram.sms import SmsSender
+from app.store import db, original, registry
+from app.store.models import InputConfig, MeterConfig, OutputConfig
 from app.web import create_app
-from tests.test_api import StandInProcessor
-from tests.test_auth import CSRF_FIELD, FAST_HASH, login
-from tests.test_db import ORIGINAL_SCHEMA
+from tests.store.test_db import ORIGINAL_SCHEMA
+from tests.web.test_api import StandInProcessor
+from tests.web.test_auth import CSRF_FIELD, FAST_HASH, login
 
 SYDNEY = "Australia/Sydney"  # UTC+11 in December, UTC+10 in June: a schedule moved by the offset shows
 
@@ -311,7 +312,7 @@ def test_migrated_sms_numbers_without_plus_get_the_country_code(
     assert sorted(_sms_numbers(region)) == ["+447700900123", "+61298765432", "+61412345678"]
 
     # Without a country code the national number is skipped, with a warning that names no number.
-    caplog.set_level(logging.WARNING, logger="app.telegram.sms")
+    caplog.set_level(logging.WARNING, logger="app.outputs.telegram.sms")
     other = "ca-central-1"
     bare = make_settings(AWS_ENDPOINT_URL=moto_sns, AWS_DEFAULT_REGION=other)
     assert SmsSender(bare).send(params, "Front Door (9:05)") == 2

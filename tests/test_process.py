@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from app import __main__ as entry
-from app import health
+from app.core import health
 from pylib import threads
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
+from tests.sources.test_rabbit_source import close_connection_named
 from tests.support import wait_for
 from tests.test_hub_e2e import FRONT, IOBOARD_HEARTBEAT, arm, notify
-from tests.test_rabbit_source import close_connection_named
 
 ROOT = Path(__file__).resolve().parent.parent
 

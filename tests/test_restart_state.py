@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from app import health
+from app.core import health
+from app.core.settings import Settings
+from app.engine.presence import presence
 from app.hub import Hub
-from app.models import InputConfig, RuleState
-from app.presence import presence
-from app.settings import Settings
+from app.store.models import InputConfig, RuleState
 from pylib import threads
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.support import wait_for

@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from app import health
+from app.core import health
+from app.engine.presence import Presence
 from app.hub import Hub
-from app.models import InputConfig, RuleState
-from app.offline import OfflineMonitor
-from app.presence import Presence
+from app.outputs.offline import OfflineMonitor
+from app.store.models import InputConfig, RuleState
 from pylib import threads
 from tests.hubtools import Api, ControlConsumer, Device
+from tests.outputs.telegram.test_telegram_commands import GARAGE, Rig, rig  # noqa: F401 - the bot rig fixture
 from tests.support import wait_for
 from tests.telegram_standin import TelegramStandIn
 from tests.test_hub_e2e import BACK, FRONT, IOBOARD_HEARTBEAT, SNAPSHOT_HEARTBEAT, notify
-from tests.test_telegram_commands import GARAGE, Rig, rig  # noqa: F401 - the bot rig fixture
 
 TOKEN = "123456:TEST-token"
 ROOM = -1001234
@@ -202,8 +202,8 @@ def test_a_timed_reenable_survives_a_restart_of_the_bot(rig: Rig) -> None:  # no
 
 
 def test_offline_alert_state_survives_a_restart(make_settings) -> None:
-    from tests.test_offline import HUB, T0
-    from tests.test_offline import Clock as OfflineClock
+    from tests.outputs.test_offline import HUB, T0
+    from tests.outputs.test_offline import Clock as OfflineClock
 
     settings = make_settings(DEVICE_NAME=HUB, USER_TZ="UTC")
     hub = Hub(settings)

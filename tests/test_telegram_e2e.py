@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 import umsgpack
 
-from app import health
+from app.core import health
 from tests.hubtools import Api, Device, start_hub
 from tests.support import wait_for
 from tests.telegram_standin import TelegramStandIn

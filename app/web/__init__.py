@@ -11,8 +11,8 @@ from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
 
-from app import presence as presence_module
-from app.settings import Settings
+from app.core.settings import Settings
+from app.engine import presence as presence_module
 from app.web import (
     api,
     assets,

@@ -16,10 +16,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
-from app import backup_status, clocks, commands, config_changes, health, history, observability, roles
-from app.channels import Reply
-from app.config_changes import ChangeError
-from app.models import (
+from app.core import health
+from app.core.channels import Reply
+from app.engine import clocks, commands, config_changes
+from app.engine.config_changes import ChangeError
+from app.engine.presence import seen_online
+from app.ops import backup_status, observability
+from app.store import history, roles
+from app.store.models import (
     ConfigChange,
     Decision,
     DeviceRow,
@@ -29,7 +33,6 @@ from app.models import (
     OutputConfig,
     OutputLink,
 )
-from app.presence import seen_online
 from app.web import auth, masking
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
@@ -259,7 +262,7 @@ def get_health() -> tuple[Response, int]:
             counters=health.counters(),
             # shown, never part of the status code: a stale backup must not make Docker restart the hub
             backup=backup_status.read_status(web_ctx().settings).as_dict(),
-            # device clocks that differ from the hub's, learned from heartbeats (app.clocks)
+            # device clocks that differ from the hub's, learned from heartbeats (app.engine.clocks)
             clocks=clocks.offsets.summary(),
         )
     if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when

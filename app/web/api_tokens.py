@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.models import ApiToken, User
+from app.store.models import ApiToken, User
 
 TOKEN_PREFIX = "ep_"
 TOKEN_NAME_MAX = 100

@@ -26,9 +26,9 @@ from werkzeug.exceptions import NotFound
 from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response as BaseResponse
 
-from app import accounts
-from app.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
-from app.models import ApiToken, User, WebSession
+from app.store import accounts
+from app.store.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
+from app.store.models import ApiToken, User, WebSession
 from app.web import security
 from app.web.api_tokens import TOKEN_NAME_MAX, TOKEN_ROLES, TokenError, validate_token_name
 from app.web.api_tokens import create_token as create_token  # re-exported for scripts and tests

@@ -11,9 +11,9 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from app import accounts, admin_password
-from app.models import GeneralConfig, User
-from app.settings import Settings
+from app.core.settings import Settings
+from app.store import accounts, admin_password
+from app.store.models import GeneralConfig, User
 
 # one logger for logins, whichever of their modules speaks
 log = logging.getLogger("app.web.auth")

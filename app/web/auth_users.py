@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from app.models import ApiToken, User, WebSession
+from app.store.models import ApiToken, User, WebSession
 from app.web.api_tokens import token_hash
 from app.web.context import ctx, is_api_request
 from app.web.login_throttle import FailureWindow

@@ -11,8 +11,9 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from app import registry, zones
-from app.models import Decision, InputConfig, MeterHistory
+from app.core import zones
+from app.store import registry
+from app.store.models import Decision, InputConfig, MeterHistory
 from app.web import svg
 from app.web.context import ctx
 

@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, meters
-from app.channels import Reply
-from app.config_changes import ChangeError
-from app.models import InputConfig, OutputConfig
+from app.core.channels import Reply
+from app.engine import commands, config_changes, meters
+from app.engine.config_changes import ChangeError
+from app.store.models import InputConfig, OutputConfig
 from app.web import auth, paging
 from app.web.context import ctx
 

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import config_changes, meters, registry
-from app.config_changes import ChangeError
-from app.models import InputConfig, InputLink, OutputConfig, OutputLink
+from app.engine import config_changes, meters
+from app.engine.config_changes import ChangeError
+from app.store import registry
+from app.store.models import InputConfig, InputLink, OutputConfig, OutputLink
 from app.web import api, paging
 from app.web.config_forms import (
     Errors,

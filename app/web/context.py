@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from flask import Flask, current_app, request
 from sqlalchemy.orm import Session
 
-from app.presence import Presence
-from app.settings import Settings
+from app.core.settings import Settings
+from app.engine.presence import Presence
 
 _EXTENSION = "event_processor"
 

@@ -13,21 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import QueryableAttribute, Session, selectinload
 from werkzeug.wrappers import Response
 
-from app import (
-    backup_status,
-    badges,
-    clocks,
-    commands,
-    config_changes,
-    db_writes,
-    health,
-    limits,
-    registry,
-    roles,
-)
-from app.channels import Reply
-from app.models import DeviceRow, DeviceView, InputConfig, OutputConfig
-from app.presence import seen_online
+from app.core import health, limits
+from app.core.channels import Reply
+from app.engine import clocks, commands, config_changes
+from app.engine.presence import seen_online
+from app.ops import backup_status, badges
+from app.store import db_writes, registry, roles
+from app.store.models import DeviceRow, DeviceView, InputConfig, OutputConfig
 from app.web import auth, paging
 from app.web.context import ctx
 

@@ -13,8 +13,10 @@ from flask import Blueprint, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from app import config_changes, history, zones
-from app.models import InputConfig, OutputConfig
+from app.core import zones
+from app.engine import config_changes
+from app.store import history
+from app.store.models import InputConfig, OutputConfig
 from app.web.context import ctx
 
 bp = Blueprint("events", __name__)

@@ -10,7 +10,8 @@ from typing import TypeVar
 from flask import Flask, current_app, g, url_for
 from markupsafe import Markup
 
-from app import config_changes, zones
+from app.core import zones
+from app.engine import config_changes
 from app.web.context import ctx
 
 _T = TypeVar("_T")

@@ -12,7 +12,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
-from app import observability
+from app.ops import observability
 from app.web import auth
 from app.web.context import ctx
 

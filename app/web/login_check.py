@@ -16,10 +16,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash
 
-from app import accounts, health
-from app.accounts import hash_password
-from app.models import User, WebSession
-from app.settings import Settings
+from app.core import health
+from app.core.settings import Settings
+from app.store import accounts
+from app.store.accounts import hash_password
+from app.store.models import User, WebSession
 from app.web.auth_users import (
     MAX_UNSAVED_SESSIONS,
     WebUser,

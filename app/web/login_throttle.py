@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from app import health
+from app.core import health
 
 # One address may fail this many times the per-user limit before its own delays start: enough
 # for a household sharing one address, too few to walk through a list of usernames.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.config_changes import ChangeError
+from app.engine.config_changes import ChangeError
 
 MASK = "••••••"
 MASK_CHAR = "•"

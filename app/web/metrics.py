@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app import backup_status, observability
-from app.settings import Settings
+from app.core.settings import Settings
+from app.ops import backup_status, observability
 from app.web.api import ApiError, json_body
 from app.web.context import ctx
 

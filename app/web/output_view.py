@@ -5,10 +5,11 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from app import protocols, rules
-from app.config_snapshot import load_snapshot
-from app.models import OutputConfig
-from app.settings import Settings
+from app import protocols
+from app.core.settings import Settings
+from app.engine import rules
+from app.engine.config_snapshot import load_snapshot
+from app.store.models import OutputConfig
 from app.web import paging
 from app.web.config_forms import (
     Errors,

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from app import config_changes, rules
+from app.engine import config_changes, rules
 from app.web.api import ApiError, _change, _json_object
 from app.web.context import ctx as web_ctx
 

@@ -10,11 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response
 
-from app import commands, config_changes, rules, zones
-from app.config_changes import ChangeError
-from app.models import DeviceRow, InputConfig, OutputConfig
-from app.scheduler import KINDS, convert_time, next_transition, zone_of
-from app.settings import parse_hhmm
+from app.core import zones
+from app.core.settings import parse_hhmm
+from app.engine import commands, config_changes, rules
+from app.engine.config_changes import ChangeError
+from app.engine.scheduler import KINDS, convert_time, next_transition, zone_of
+from app.store.models import DeviceRow, InputConfig, OutputConfig
 from app.web import api, auth, paging
 from app.web.api import ApiError
 from app.web.context import ctx

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
-from app import health
-from app.settings import Settings
+from app.core import health
+from app.core.settings import Settings
 from pylib import threads
 
 if TYPE_CHECKING:

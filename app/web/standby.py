@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, flash, jsonify, redirect, request
 from flask.typing import ResponseReturnValue
 
-from app import roles
+from app.store import roles
 from app.web.context import ctx, is_api_request
 
 # Signing in and out must work on the standby too: its pages are readable.

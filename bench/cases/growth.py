@@ -41,9 +41,9 @@ ADMIN = "admin"  # config/app.conf's APP_ADMIN_USER, whom Hub.authorize makes th
 
 def house(log: list[str]) -> Path:
     """The big house's database file, built (a few minutes) when bench/data has none for this schema."""
-    from app import db, registry
-    from app.schema_head import HEAD_REVISION
-    from app.settings import load
+    from app.core.settings import load
+    from app.store import db, registry
+    from app.store.schema_head import HEAD_REVISION
     from tests import scale
 
     path = DATA / f"house-{INPUTS}x{OUTPUTS}-{DECISIONS}-{HEAD_REVISION}.db"
@@ -178,8 +178,8 @@ def _pages(hub: Hub, password: str) -> dict[str, Any]:
 
 def _cursor_at(hub: Hub, decision_id: int) -> str:
     """A cursor just above decision decision_id (its own time, the next id): the next page starts with it."""
-    from app import db, history
-    from app.models import Decision
+    from app.store import db, history
+    from app.store.models import Decision
 
     engine = db.make_engine(f"sqlite:///{hub.database}")
     try:
@@ -201,7 +201,7 @@ def run_growth(workdir: Path, mqtt_port: int) -> dict[str, Any]:
     small.workdir.mkdir(parents=True, exist_ok=True)
     small_result = with_hub(small, lambda r: _cpu_leg(small, r), ("audit.", "processor."))
     print(f"  {INPUTS:,} inputs, {DECISIONS:,} decisions ...", flush=True)
-    from app.accounts import hash_password
+    from app.store.accounts import hash_password
 
     password = secrets.token_urlsafe(16)
     big = Hub(

@@ -31,10 +31,10 @@ SCALE_PAGES = (
 
 def run_pages(workdir: Path) -> dict[str, Any]:
     """Render every page and API list of a 2,000-input, 200-output house (Flask test client, no login)."""
-    from app import db, registry
-    from app.models import InputConfig
-    from app.presence import Presence
-    from app.settings import load
+    from app.core.settings import load
+    from app.engine.presence import Presence
+    from app.store import db, registry
+    from app.store.models import InputConfig
     from app.web import create_app
     from tests import scale
 

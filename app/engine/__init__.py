@@ -1,0 +1,1 @@
+"""Deciding: the EventProcessor, pure rules, meters, device registry, presence, config changes, schedules."""

@@ -1,0 +1,1 @@
+"""The database: engine and sessions, models, migrations, and the writers beside the alarm path."""
