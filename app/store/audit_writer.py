@@ -359,8 +359,9 @@ class AuditWriter(threads.AppThread):
             return True
         try:
             with store_writes.briefly_waiting(self._sessions, BUSY_SECONDS) as session:
-                for key, (value, version) in self._held_state.items():
-                    rule_state.save(session, {key: value}, version)
+                # Core, and one statement per kind for every key: a SELECT and an UPDATE per key
+                # through the ORM cost ~5 % of the hub's CPU under load (py-spy, docs/performance.md).
+                rule_state.save_versions(session, self._held_state)
                 session.commit()
         except SQLAlchemyError as exc:
             health.count("processor.state_errors")

@@ -7,7 +7,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.store.models import RuleState
@@ -68,3 +68,62 @@ def save(session: Session, values: dict[str, Any], version: float | None = None)
         else:
             row.state_value = text
             row.updated = now
+
+
+def _table() -> Table:
+    """RuleState's Core table (the ORM types __table__ as any FROM clause; this one is a table)."""
+    table = RuleState.__table__
+    if not isinstance(table, Table):
+        raise TypeError("RuleState is not mapped to a table")
+    return table
+
+
+_TABLE = _table()
+_UPDATE = (
+    update(_TABLE)
+    .where(_TABLE.c.state_key == bindparam("key"))
+    .values(state_value=bindparam("text"), updated=bindparam("when"))
+)
+_INSERT = insert(_TABLE)
+CHUNK = 500  # keys per IN (...) list: well inside every database's bound-parameter limit
+
+
+def save_versions(session: Session, held: dict[str, tuple[Any, float]]) -> None:
+    """save() for many keys at once, each with its own version: key -> (value, version).
+
+    The AuditWriter's form: one SELECT of the stored versions per CHUNK keys, then one executemany
+    each for the updates and the inserts and one DELETE, in Core (no ORM object per row). The same
+    rules as save(): None deletes, a row already holding a newer version is left alone. The caller
+    commits. It must not be used in a session that holds RuleState objects (Core skips the ORM).
+    """
+    keys = list(held)
+    stored: dict[str, datetime | None] = {}
+    for i in range(0, len(keys), CHUNK):
+        chunk = keys[i : i + CHUNK]
+        query = select(_TABLE.c.state_key, _TABLE.c.updated).where(_TABLE.c.state_key.in_(chunk))
+        stored.update((key, when) for key, when in session.execute(query))
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    deletes: list[str] = []
+    for key, (value, version) in held.items():
+        when = datetime.fromtimestamp(version, UTC).replace(tzinfo=None)
+        present = key in stored
+        if present:
+            kept = stored[key]
+            if kept is not None and kept > when:
+                continue  # a newer snapshot is already stored
+        if value is None:
+            if present:
+                deletes.append(key)
+            continue
+        text = json.dumps(value, separators=(",", ":"))
+        if present:
+            updates.append({"key": key, "text": text, "when": when})
+        else:
+            inserts.append({"state_key": key, "state_value": text, "updated": when})
+    if updates:
+        session.execute(_UPDATE, updates)
+    if inserts:
+        session.execute(_INSERT, inserts)
+    for i in range(0, len(deletes), CHUNK):
+        session.execute(delete(_TABLE).where(_TABLE.c.state_key.in_(deletes[i : i + CHUNK])))
