@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import audit_writer, db, registry
+from app import audit_writer, db, registry, store_writes
 from app.channels import AuditRecord
 from app.models import Decision, DecisionOutput, EventLog
 
@@ -73,11 +73,10 @@ def dump(factory: sessionmaker[Session]) -> dict[str, list[tuple[object, ...]]]:
     out = {}
     with factory() as session:
         for model in (Decision, DecisionOutput, EventLog):
-            table = model.__table__
-            cols = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)  # type: ignore[attr-defined]
-            out[table.name] = [
-                tuple(r) for r in session.execute(text(f"SELECT {cols} FROM {table.name} ORDER BY id"))
-            ]  # type: ignore[attr-defined]
+            table = audit_writer._table(model)
+            cols = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)
+            query = text(f"SELECT {cols} FROM {table.name} ORDER BY id")
+            out[table.name] = [tuple(r) for r in session.execute(query)]
     return out
 
 
@@ -89,7 +88,7 @@ def test_the_sqlite_path_stores_what_the_core_path_stores(
         with fast() as session:
             audit_writer.write(session, records(start))
         with core() as session:
-            ids = audit_writer.store_writes.input_ids(session, ["late"])
+            ids = store_writes.input_ids(session, ["late"])
             audit_writer._write_core(session, records(start), ids)
             session.commit()
         assert dump(fast) == dump(core), f"batch {n}"
@@ -98,7 +97,7 @@ def test_the_sqlite_path_stores_what_the_core_path_stores(
     assert len(stored["event_log"]) == 8
     # the late input's row id was found by its key; a provisional output id is stored as none
     assert {row[4] for row in stored["decision"] if row[6] == "late"} == {1}
-    assert {row[4] for row in stored["decision_output"] if row[6].endswith(".1")} == {None}
+    assert {row[4] for row in stored["decision_output"] if str(row[6]).endswith(".1")} == {None}
 
 
 def test_each_decision_gets_its_own_outputs_after_other_rows_were_deleted(
