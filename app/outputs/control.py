@@ -216,6 +216,7 @@ class ControlPublisher(AppThread):
                     mandatory=True,
                 )
             if self.confirm:
+                self._coalesce_output()
                 self._channel.tx_commit()
         except rabbit.BROKER_ERRORS as exc:
             # The batch goes back to the head of the queue and out again after the reconnect. If
@@ -228,6 +229,22 @@ class ControlPublisher(AppThread):
         if log.isEnabledFor(logging.DEBUG):
             for msg in batch:
                 log.debug("published control message for %r on %s", msg.output_key, msg.routing_key)
+
+    def _coalesce_output(self) -> None:
+        """Join the batch's queued frames into one buffer, so the commit's flush sends it in one call.
+
+        pika queues each frame (method, header, body: three per trigger) as its own chunk and its
+        transport calls socket.send() once per chunk: 600 system calls for a batch of 200, the
+        largest CPU cost in this thread (py-spy, docs/performance.md). The bytes and their order are
+        the same; a partial send is requeued by the transport as before. Private pika attributes,
+        checked: with another pika the frames simply go out one by one again.
+        """
+        transport = getattr(getattr(self._connection, "_impl", None), "_transport", None)
+        buffers = getattr(transport, "_tx_buffers", None)
+        if isinstance(buffers, deque) and len(buffers) > 1 and all(isinstance(b, bytes) for b in buffers):
+            joined = b"".join(buffers)
+            buffers.clear()
+            buffers.append(joined)
 
     def _on_return(
         self,
