@@ -139,7 +139,7 @@ def _write_core(session: Session, records: list[AuditRecord], ids_by_key: dict[s
 # time on SQLite, and binds every value through its type processors; at ~2,000 decisions a second
 # that was the largest share of the writer's CPU (py-spy, docs/performance.md). Here each table gets
 # one executemany of plain tuples, with the values stored as SQLAlchemy stores them (DateTime as
-# "YYYY-MM-DD HH:MM:SS.ffffff", booleans as 0/1); tests/test_audit_write.py compares the two paths.
+# "YYYY-MM-DD HH:MM:SS.ffffff", booleans as 0/1); tests/store/test_audit_write.py compares the two paths.
 def _sqlite_insert(table: Table, columns: tuple[str, ...]) -> str:
     from sqlalchemy.dialects import sqlite
 

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import audit_writer, db, registry, store_writes
-from app.channels import AuditRecord
-from app.models import Decision, DecisionOutput, EventLog
+from app.core.channels import AuditRecord
+from app.store import audit_writer, db, registry, store_writes
+from app.store.models import Decision, DecisionOutput, EventLog
 
 
 @pytest.fixture
