@@ -1,324 +1,60 @@
-"""Configuration changes a person asks for, validated and applied in the ConfigApplier thread."""
+"""Configuration changes a person asks for, applied in the ConfigApplier thread: one handler per action.
+
+The checks of the values live in change_validation, the history entry in change_history, the
+general_config switches in general_config and the link replacement in link_changes; their public
+names are re-exported here, where the rest of the hub has always found them.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app import protocols
-from app.core import settings, zones
+from app.core import settings
 from app.core.channels import Command, Reply
-from app.engine import rules
+from app.engine import general_config
+from app.engine.change_history import HIDDEN as HIDDEN
+from app.engine.change_history import SECRET_FIELDS
+from app.engine.change_history import Diff as Diff
+from app.engine.change_history import Done as _Done
+from app.engine.change_history import record as record
+from app.engine.change_history import shown_value as shown_value
+from app.engine.change_validation import HHMM as HHMM
+from app.engine.change_validation import INPUT_FIELDS as INPUT_FIELDS
+from app.engine.change_validation import MAX_ID as MAX_ID
+from app.engine.change_validation import MAX_LINKS as MAX_LINKS
+from app.engine.change_validation import METER_FIELDS as METER_FIELDS
+from app.engine.change_validation import OUTPUT_FIELDS as OUTPUT_FIELDS
+from app.engine.change_validation import ChangeError as ChangeError
+from app.engine.change_validation import parse_hhmm as parse_hhmm
+from app.engine.change_validation import validate_id_list as validate_id_list
+from app.engine.change_validation import validate_input_fields as validate_input_fields
+from app.engine.change_validation import validate_meter_fields as validate_meter_fields
+from app.engine.change_validation import validate_output_fields as validate_output_fields
+from app.engine.change_validation import validate_schedule as validate_schedule
+from app.engine.change_validation import validate_time as validate_time
+from app.engine.change_validation import validate_zone as validate_zone
+from app.engine.general_config import OUTPUTS_ENABLED_KEY as OUTPUTS_ENABLED_KEY
+from app.engine.general_config import QUIET_ALL_OUTPUTS_KEY as QUIET_ALL_OUTPUTS_KEY
+from app.engine.general_config import QUIET_NOT_AFTER_KEY as QUIET_NOT_AFTER_KEY
+from app.engine.general_config import QUIET_NOT_BEFORE_KEY as QUIET_NOT_BEFORE_KEY
+from app.engine.general_config import SCHEDULER_ENABLED_KEY as SCHEDULER_ENABLED_KEY
+from app.engine.general_config import outputs_enabled as outputs_enabled
+from app.engine.general_config import quiet_hours as quiet_hours
+from app.engine.general_config import scheduler_enabled as scheduler_enabled
+from app.engine.link_changes import replace_input_links as _replace_input_links
+from app.engine.link_changes import replace_output_links as _replace_output_links
 from app.store import registry, rule_state
-from app.store.models import ConfigChange, GeneralConfig, InputConfig, InputLink, OutputConfig, OutputLink
+from app.store.models import InputConfig, OutputConfig
 
 log = logging.getLogger(__name__)
-# Any here is the wire boundary: a Command's args come from JSON bodies, the bot and SQS, and each
-# validator below checks its value before it reaches a row.
 
-OUTPUTS_ENABLED_KEY = "outputs-enabled"
-SCHEDULER_ENABLED_KEY = "auto-scheduler"
-MAX_LINKS = 1000
-MAX_ID = 2**63 - 1  # SQLite INTEGER; a larger Python int cannot even be bound as a parameter
-# Publishing with AMQP wildcards or spaces in a routing key is legal but never what a person meant.
-_ROUTING_KEY = re.compile(r"[A-Za-z0-9_.\-]+")
-_FALSE_WORDS = frozenset({"0", "false", "off", "no"})
-# A daily schedule time: HH:MM, 00:00 to 23:59 (H:MM is accepted on entry and stored as HH:MM).
-HHMM = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
-_H_MM = re.compile(r"\d:[0-5]\d")
-
-
-class ChangeError(ValueError):
-    """A change that cannot be applied; field names the offending argument, status the HTTP status."""
-
-    def __init__(self, field: str | None, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.status = status
-
-
-class _Invalid(ValueError):
-    """Raised by a field validator; the caller adds the field name."""
-
-
-Validator = Callable[[object], object]
 _Row = TypeVar("_Row", InputConfig, OutputConfig)
-
-
-def _boolean(value: Any) -> bool:
-    # 1, "yes" and "true" are refused so a client bug cannot silently flip a switch.
-    if not isinstance(value, bool):
-        raise _Invalid("must be true or false")
-    return value
-
-
-def _integer(low: int, high: int) -> Validator:
-    def check(value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Invalid(f"must be a whole number from {low} to {high}, or null")
-        if not low <= value <= high:
-            raise _Invalid(f"must be from {low} to {high}, not {value}")
-        return value
-
-    return check
-
-
-def _number(low: int, high: int) -> Validator:
-    """A whole or decimal number (a meter limit in the unit shown, e.g. 4.5 kWh)."""
-
-    def check(value: Any) -> float | int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise _Invalid(f"must be a number from {low} to {high}, or null")
-        if not low <= value <= high:
-            raise _Invalid(f"must be from {low} to {high}, not {value}")
-        return value
-
-    return check
-
-
-def _text(
-    max_len: int | None = None, pattern: re.Pattern[str] | None = None, what: str = "text"
-) -> Validator:
-    def check(value: object) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise _Invalid(f"must be {what} or null")
-        value = value.strip()
-        if not value:
-            return None
-        if max_len is not None and len(value) > max_len:
-            raise _Invalid(f"must be at most {max_len} characters")
-        if pattern is not None and not pattern.fullmatch(value):
-            raise _Invalid(f"must be {what}")
-        return value
-
-    return check
-
-
-INPUT_FIELDS: dict[str, Validator] = {
-    "device_label": _text(100),
-    "device_enabled": _boolean,
-    "activation_interval": _integer(0, 86400),
-    "multi_trigger": _boolean,
-    "multi_trigger_rate": _integer(1, 120),
-    "multi_trigger_interval": _integer(1, 86400),
-    "group_name": _text(100),
-    "info_notify": _boolean,
-    "alert_offline": _boolean,
-}
-
-
-def _generation(value: Any) -> str | None:
-    """A wire generation a person chose for an output's device (g1, g2, g3); null or '': as detected."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or value.strip().lower() not in protocols.GENERATIONS:
-        raise _Invalid(f"must be one of {', '.join(protocols.GENERATIONS)}, or null to follow the device")
-    return value.strip().lower()
-
-
-OUTPUT_FIELDS: dict[str, Validator] = {
-    "device_label": _text(100),
-    "device_params": _text(),
-    "device_enabled": _boolean,
-    "trigger_topic": _text(
-        255, _ROUTING_KEY, "a routing key of letters, digits, '.', '_' and '-' (at most 255)"
-    ),
-    "trigger_interval": _integer(0, 86400),
-    "alert_offline": _boolean,
-    "generation_override": _generation,
-    # -1: the input's activation_interval; null: the device's default pulse; else seconds
-    "pulse_seconds": _integer(-1, 86400),
-}
-
-METER_FIELDS: dict[str, Validator] = {
-    # in the unit shown (register / factor): 4.5 kWh is a limit a person may want
-    "meter_low_limit": _number(-(2**31), 2**31 - 1),
-    "meter_high_limit": _number(-(2**31), 2**31 - 1),
-    "meter_reset_value": _integer(-(2**31), 2**31 - 1),
-    "meter_reset_additive": _boolean,
-    "meter_reading_unit": _text(10),
-    "meter_reading_unit_factor": _integer(1, 10**9),  # any positive whole number, 1 included
-    "meter_reading_unit_precision": _integer(0, 9),
-    "meter_iot_topic": _text(100, re.compile(r"[^#+\s]+"), "an MQTT topic without wildcards (at most 100)"),
-}
-
-# Values never written to the log or the history: camera credentials and phone numbers live here.
-_SECRET_FIELDS = frozenset({"device_params"})
-# What the history stores for a secret field's value (None stays None: "not set").
-HIDDEN = "(hidden)"
-
-
-def shown_value(value: Any) -> str:
-    """A before/after value of a configuration change as a person reads it (pages and Telegram)."""
-    if value is None:
-        return "(none)"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ", ".join(map(str, value)) or "(none)"
-    return str(value)
-
-
-def _validate(spec: dict[str, Validator], fields: Any) -> dict[str, Any]:
-    if not isinstance(fields, dict):
-        raise ChangeError("fields", "fields must be an object of field names and values")
-    if not fields:
-        raise ChangeError("fields", "no fields to change")
-    clean: dict[str, Any] = {}
-    for name, value in fields.items():
-        check = spec.get(name)
-        if check is None:
-            raise ChangeError(str(name), f"{name} is not a field that can be changed")
-        try:
-            clean[name] = check(value)
-        except _Invalid as exc:
-            raise ChangeError(name, f"{name} {exc}") from None
-    return clean
-
-
-def validate_input_fields(fields: Any) -> dict[str, Any]:
-    """Check and normalise an update_input field map; raises ChangeError naming the first bad field."""
-    return _validate(INPUT_FIELDS, fields)
-
-
-def validate_output_fields(fields: Any) -> dict[str, Any]:
-    """Check and normalise an update_output field map; raises ChangeError naming the first bad field."""
-    return _validate(OUTPUT_FIELDS, fields)
-
-
-def validate_meter_fields(fields: Any) -> dict[str, Any]:
-    """Check and normalise an update_meter field map; raises ChangeError naming the first bad field."""
-    return _validate(METER_FIELDS, fields)
-
-
-def validate_id_list(value: Any, field: str) -> list[int]:
-    """A list of row ids, duplicates collapsed, in first-seen order; raises ChangeError naming field."""
-    if not isinstance(value, list):
-        raise ChangeError(field, f"{field} must be a list of ids")
-    if len(value) > MAX_LINKS:
-        raise ChangeError(field, f"{field} may hold at most {MAX_LINKS} ids")
-    ids: dict[int, None] = {}
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_ID:
-            raise ChangeError(field, f"{field} must hold whole-number ids, not {item!r}")
-        ids[item] = None
-    return list(ids)
-
-
-def outputs_enabled(session: Session) -> bool:
-    """The global outputs switch; on when never set, so a fresh install triggers its outputs."""
-    row = _outputs_enabled_row(session)
-    return row is None or row.config_value.strip().lower() not in _FALSE_WORDS
-
-
-def _outputs_enabled_row(session: Session) -> GeneralConfig | None:
-    stmt = (
-        select(GeneralConfig)
-        .where(GeneralConfig.config_key == OUTPUTS_ENABLED_KEY)
-        .order_by(GeneralConfig.id)
-    )
-    return session.scalars(stmt).first()
-
-
-def parse_hhmm(value: Any) -> str | None:
-    """A schedule time normalised to HH:MM, or None when it is not a valid time of day."""
-    if not isinstance(value, str):
-        return None
-    value = value.strip()
-    if _H_MM.fullmatch(value):
-        value = "0" + value
-    return value if HHMM.fullmatch(value) else None
-
-
-def validate_time(value: Any, field: str) -> str | None:
-    """A schedule time as entered: null or '' clears it, H:MM or HH:MM is normalised; else ChangeError."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    clean = parse_hhmm(value)
-    if clean is None:
-        raise ChangeError(field, f"{field} must be a time of day as HH:MM (00:00 to 23:59), not {value!r}")
-    return clean
-
-
-def validate_schedule(
-    auto_schedule: Any, enable: str | None, disable: str | None
-) -> tuple[bool, str | None, str | None]:
-    """Check a whole schedule (times already through validate_time); raises ChangeError naming a field."""
-    if not isinstance(auto_schedule, bool):
-        raise ChangeError("auto_schedule", "auto_schedule must be true or false")
-    if auto_schedule:
-        # Both times are needed: a device switched only one way would stay that way for good.
-        if enable is None:
-            raise ChangeError("enable", "enable is needed when the schedule is on")
-        if disable is None:
-            raise ChangeError("disable", "disable is needed when the schedule is on")
-    if enable is not None and enable == disable:
-        # Both jobs would fire at the same moment in no defined order.
-        raise ChangeError("disable", "disable must differ from enable")
-    return auto_schedule, enable, disable
-
-
-def validate_zone(value: Any, field: str) -> str | None:
-    """A schedule's time zone: null (USER_TZ) or a tz database name such as "UTC"; else ChangeError."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 64 or not zones.is_name(value):
-        raise ChangeError(field, f"{field} must be null or a time zone name such as UTC or Europe/London")
-    return value
-
-
-def scheduler_enabled(session: Session) -> bool:
-    """The global auto-scheduler switch; on when never set."""
-    stmt = (
-        select(GeneralConfig)
-        .where(GeneralConfig.config_key == SCHEDULER_ENABLED_KEY)
-        .order_by(GeneralConfig.id)
-    )
-    row = session.scalars(stmt).first()
-    return row is None or row.config_value.strip().lower() not in _FALSE_WORDS
-
-
-@dataclass
-class Diff:
-    """The fields a change touched, with their values before and after (secret values hidden)."""
-
-    before: dict[str, Any] = field(default_factory=dict)
-    after: dict[str, Any] = field(default_factory=dict)
-
-    def note(self, name: str, old: Any, new: Any) -> None:
-        if name in _SECRET_FIELDS:
-            old, new = (HIDDEN if old else None), (HIDDEN if new else None)
-            if old == new == HIDDEN:
-                new = HIDDEN + " changed"
-        self.before.setdefault(name, old)
-        self.after[name] = new
-
-
-@dataclass
-class _Done:
-    result: dict[str, Any]
-    summary: str
-    # For the history: what was changed (input, output, meter, links, group, general) and which one.
-    kind: str | None = None
-    target_id: int | None = None
-    target_key: str | None = None
-    diff: Diff = field(default_factory=Diff)
 
 
 def _row_id(args: dict[str, Any], field: str) -> int:
@@ -350,7 +86,7 @@ def _assign(row: Any, fields: dict[str, Any], diff: Diff | None = None) -> list[
         setattr(row, name, value)
         if diff is not None:
             diff.note(name, old, value)
-        if name in _SECRET_FIELDS:
+        if name in SECRET_FIELDS:
             changes.append(f"{name} {'cleared' if value is None else 'changed'}")
         else:
             changes.append(f"{name} {old!r} -> {value!r}")
@@ -424,95 +160,26 @@ def _update_meter(session: Session, args: dict[str, Any]) -> _Done:
     return _Done({"id": row.id}, summary, "meter", row.id, row.device_key, diff)
 
 
-def _keys(session: Session, model: type[InputConfig] | type[OutputConfig], ids: set[int]) -> list[str]:
-    if not ids:
-        return []
-    return sorted(session.scalars(select(model.device_key).where(model.id.in_(ids))))
-
-
-def _check_exist(
-    session: Session, model: type[InputConfig] | type[OutputConfig], ids: list[int], field: str, what: str
-) -> None:
-    found = set(session.scalars(select(model.id).where(model.id.in_(ids)))) if ids else set()
-    missing = sorted(set(ids) - found)
-    if missing:
-        raise ChangeError(field, f"there is no {what} with id {', '.join(map(str, missing))}")
-
-
-def _replace_links(
-    links: list[Any], id_of: Callable[[Any], int], make: Callable[[int], Any], wanted: list[int]
-) -> tuple[set[int], set[int]]:
-    """Make the relationship list hold exactly one link per wanted id; returns (added, removed) ids.
-
-    A diff rather than delete-all-then-insert: the unit of work flushes inserts before deletes,
-    so re-inserting a kept link would trip the unique constraint.
-    """
-    wanted_set = set(wanted)
-    kept: set[int] = set()
-    removed: set[int] = set()
-    for link in list(links):
-        linked = id_of(link)
-        if linked in wanted_set and linked not in kept:
-            kept.add(linked)
-        else:
-            links.remove(link)  # delete-orphan turns this into a DELETE
-            if linked not in wanted_set:
-                removed.add(linked)
-    added = [i for i in wanted if i not in kept]
-    links.extend(make(i) for i in added)
-    return set(added), removed
-
-
-def _linked_output_keys(session: Session, row: InputConfig) -> list[str]:
-    return _keys(session, OutputConfig, {link.output_device_id for link in row.output_links})
-
-
-def _linked_input_keys(session: Session, row: InputConfig) -> list[str]:
-    return _keys(session, InputConfig, {link.linked_device_id for link in row.input_links})
-
-
-def _replace_output_links(session: Session, row: InputConfig, wanted: list[int], diff: Diff) -> str:
-    _check_exist(session, OutputConfig, wanted, "output_ids", "output")
-    before = _linked_output_keys(session, row)
-    added, removed = _replace_links(
-        row.output_links, lambda link: link.output_device_id, lambda i: OutputLink(output_device_id=i), wanted
-    )
-    if added or removed:
-        diff.note("outputs", before, sorted(_keys(session, OutputConfig, set(wanted))))
-    return (
-        f"output links: added {_keys(session, OutputConfig, added)}, "
-        f"removed {_keys(session, OutputConfig, removed)}"
-    )
-
-
-def _replace_input_links(session: Session, row: InputConfig, wanted: list[int], diff: Diff) -> str:
-    if row.id in wanted:
-        raise ChangeError("input_ids", "an input cannot link to itself")
-    _check_exist(session, InputConfig, wanted, "input_ids", "input")
-    before = _linked_input_keys(session, row)
-    added, removed = _replace_links(
-        row.input_links, lambda link: link.linked_device_id, lambda i: InputLink(linked_device_id=i), wanted
-    )
-    if added or removed:
-        diff.note("inputs", before, sorted(_keys(session, InputConfig, set(wanted))))
-    added_keys, removed_keys = _keys(session, InputConfig, added), _keys(session, InputConfig, removed)
-    return f"input links: added {added_keys}, removed {removed_keys}"
+def _set_one_links(
+    session: Session,
+    args: dict[str, Any],
+    field: str,
+    replace: Callable[[Session, InputConfig, list[int], Diff], str],
+) -> _Done:
+    """An input's output links or its input links alone: the ids under field replace the current ones."""
+    row = _load(session, InputConfig, args, "input_id", "input")
+    wanted = validate_id_list(args.get(field), field)
+    diff = Diff()
+    summary = f"input {row.device_key!r} " + replace(session, row, wanted, diff)
+    return _Done({"id": row.id}, summary, "links", row.id, row.device_key, diff)
 
 
 def _set_output_links(session: Session, args: dict[str, Any]) -> _Done:
-    row = _load(session, InputConfig, args, "input_id", "input")
-    wanted = validate_id_list(args.get("output_ids"), "output_ids")
-    diff = Diff()
-    summary = f"input {row.device_key!r} " + _replace_output_links(session, row, wanted, diff)
-    return _Done({"id": row.id}, summary, "links", row.id, row.device_key, diff)
+    return _set_one_links(session, args, "output_ids", _replace_output_links)
 
 
 def _set_input_links(session: Session, args: dict[str, Any]) -> _Done:
-    row = _load(session, InputConfig, args, "input_id", "input")
-    wanted = validate_id_list(args.get("input_ids"), "input_ids")
-    diff = Diff()
-    summary = f"input {row.device_key!r} " + _replace_input_links(session, row, wanted, diff)
-    return _Done({"id": row.id}, summary, "links", row.id, row.device_key, diff)
+    return _set_one_links(session, args, "input_ids", _replace_input_links)
 
 
 def _set_links(session: Session, args: dict[str, Any]) -> _Done:
@@ -563,23 +230,12 @@ def _set_group_enabled(session: Session, args: dict[str, Any]) -> _Done:
     )
 
 
-def _set_general_value(session: Session, key: str, value: str, diff: Diff) -> None:
-    row = _general_row(session, key)
-    old = row.config_value if row is not None else None
-    if old != value:
-        diff.note(key, old, value)
-    if row is None:
-        session.add(GeneralConfig(config_key=key, config_value=value))
-    else:
-        row.config_value = value
-
-
 def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
     enabled = args.get("enabled")
     if not isinstance(enabled, bool):
         raise ChangeError("enabled", "enabled must be true or false")
     diff = Diff()
-    _set_general_value(session, OUTPUTS_ENABLED_KEY, "1" if enabled else "0", diff)
+    general_config.set_value(session, OUTPUTS_ENABLED_KEY, "1" if enabled else "0", diff)
     summary = f"outputs {'enabled' if enabled else 'disabled'}"
     return _Done({"enabled": enabled}, summary, "general", None, OUTPUTS_ENABLED_KEY, diff)
 
@@ -626,41 +282,9 @@ def _set_scheduler_enabled(session: Session, args: dict[str, Any]) -> _Done:
     if not isinstance(enabled, bool):
         raise ChangeError("enabled", "enabled must be true or false")
     diff = Diff()
-    _set_general_value(session, SCHEDULER_ENABLED_KEY, "1" if enabled else "0", diff)
+    general_config.set_value(session, SCHEDULER_ENABLED_KEY, "1" if enabled else "0", diff)
     summary = f"auto-scheduler {'on' if enabled else 'off'}"
     return _Done({"enabled": enabled}, summary, "general", None, SCHEDULER_ENABLED_KEY, diff)
-
-
-# ---- quiet hours (informational inputs) ---------------------------------------------------------
-
-QUIET_NOT_BEFORE_KEY = "quiet-hours-not-before"
-QUIET_NOT_AFTER_KEY = "quiet-hours-not-after"
-QUIET_ALL_OUTPUTS_KEY = "quiet-hours-all-outputs"
-
-
-def _general_row(session: Session, key: str) -> GeneralConfig | None:
-    stmt = select(GeneralConfig).where(GeneralConfig.config_key == key).order_by(GeneralConfig.id)
-    return session.scalars(stmt).first()
-
-
-def quiet_hours(session: Session, default: rules.QuietHours) -> rules.QuietHours:
-    """The quiet-hours window: general_config rows override the settings' default, field by field."""
-    window = default
-    for key, name in ((QUIET_NOT_BEFORE_KEY, "not_before"), (QUIET_NOT_AFTER_KEY, "not_after")):
-        row = _general_row(session, key)
-        if row is not None:
-            try:
-                at = settings.parse_hhmm(row.config_value)
-                window = (
-                    replace(window, not_before=at) if name == "not_before" else replace(window, not_after=at)
-                )
-            except ValueError:
-                # A bad stored time must not stop the processor; the setting's value holds instead.
-                log.warning("general_config %s=%r is not HH:MM; using the default", key, row.config_value)
-    row = _general_row(session, QUIET_ALL_OUTPUTS_KEY)
-    if row is not None:
-        window = replace(window, all_outputs=row.config_value.strip().lower() not in _FALSE_WORDS)
-    return window
 
 
 def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
@@ -679,7 +303,7 @@ def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
         raise ChangeError(None, "give not_before, not_after and/or all_outputs")
     diff = Diff()
     for key, value in changes.items():
-        _set_general_value(session, key, value, diff)
+        general_config.set_value(session, key, value, diff)
     summary = "quiet hours " + ", ".join(f"{k}={v}" for k, v in changes.items())
     result = {k.removeprefix("quiet-hours-").replace("-", "_"): v for k, v in changes.items()}
     return _Done(result, summary, "general", None, "quiet-hours", diff)
@@ -699,32 +323,6 @@ _ACTIONS: dict[str, Callable[[Session, dict[str, Any]], _Done]] = {
     "set_scheduler_enabled": _set_scheduler_enabled,
 }
 ACTIONS = frozenset(_ACTIONS)
-
-
-def _json(values: dict[str, Any]) -> str:
-    return json.dumps(values, sort_keys=True, default=str)
-
-
-def record(session: Session, cmd: Command, done: _Done) -> None:
-    """Add a change's history entry to its transaction: the change and its record stand or fall together.
-
-    A request that changed nothing leaves no entry.
-    """
-    if not done.diff.after:
-        return
-    session.add(
-        ConfigChange(
-            timestamp=datetime.now(UTC).replace(tzinfo=None),
-            actor=(cmd.actor or "unknown")[:200],
-            action=cmd.action[:50],
-            target_kind=done.kind,
-            target_id=done.target_id,
-            target_key=(done.target_key or "")[:100] or None,
-            summary=done.summary,
-            before=_json(done.diff.before),
-            after=_json(done.diff.after),
-        )
-    )
 
 
 def _rollback(session: Session) -> None:
