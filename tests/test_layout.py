@@ -146,7 +146,7 @@ GRAPH = imports(KNOWN)
 def test_the_scan_sees_the_packages_and_their_imports() -> None:
     assert {"app.hub", "app.core.settings", "app.engine.processor", "pylib.wire"} <= set(KNOWN)
     # Function-level and relative imports are seen (the lazy 1Password import, a package's own modules).
-    assert "app.core.onepassword" in GRAPH["app.core.settings"]
+    assert "app.core.onepassword" in GRAPH["app.core.settings_sources"]
     assert "app.protocols.g1" in GRAPH["app.protocols"]
     assert "pylib.wire" in GRAPH["app.protocols.g1"]
     assert "app.core.channels" in GRAPH["app.sources.heartbeat"]

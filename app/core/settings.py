@@ -1,10 +1,13 @@
-"""Typed settings read from the environment, an optional .env file and config/app.conf defaults."""
+"""Typed settings read from the environment, an optional .env file and config/app.conf defaults.
+
+Over ~400 lines as one cohesive thing: the Settings model (one field per variable, secrets flagged
+on the field) and load(), which builds each of those fields and checks the ones that depend on each
+other. The value parsers live in settings_parsers, the raw sources in settings_sources.
+"""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import ipaddress
 import os
 import re
 import socket
@@ -13,13 +16,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-
-from app.core import zones
+from app.core import settings_parsers as parse
+from app.core import settings_sources, zones
+from app.core.settings_defaults import OP_CONNECT_NAMES as OP_CONNECT_NAMES
 
 # Callers know these as settings.SettingsError and the like too ("X as X" re-exports it for mypy).
-from app.core.settings_defaults import OP_CONNECT_NAMES, config_defaults
 from app.core.settings_defaults import SettingsError as SettingsError
+from app.core.settings_defaults import config_defaults as config_defaults
+from app.core.settings_parsers import parse_hhmm as parse_hhmm
+from app.core.settings_parsers import sqlite_file as sqlite_file
+from app.core.settings_parsers import syslog_target as syslog_target
 
 # INFLUXDB_LAYOUT: the original's measurements, the hub's "meter" measurement, or both
 INFLUXDB_LAYOUTS = ("auto", "original", "new", "both")
@@ -246,234 +252,29 @@ def secret_strings(settings: Settings) -> list[str]:
     return [text for text in found if text]
 
 
-def sqlite_file(database_url: str) -> str | None:
-    """The SQLite file a sqlite:/// URL names, or None for another database."""
-    prefix = "sqlite:///"
-    if not database_url.startswith(prefix):
-        return None
-    return database_url[len(prefix) :].split("?", 1)[0] or None
-
-
-def syslog_target(address: str) -> tuple[str, int] | str:
-    """SYSLOG_ADDRESS as a (host, port) for UDP, or a socket path (/dev/log); raises ValueError.
-
-    Takes what the original's compose file gave Docker's syslog driver (udp://host:514), a plain
-    host[:port], or unix:///dev/log.
-    """
-    text = address.strip()
-    if text.startswith("unix://"):
-        text = text[len("unix://") :]
-    if text.startswith("/"):
-        return text
-    if text.startswith("udp://"):
-        text = text[len("udp://") :]
-    elif "://" in text:
-        raise ValueError(f"{address!r}: only udp://host[:port], host[:port] or unix:///path are supported")
-    host, sep, port_text = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
-    if not sep:
-        host, port_text = text, "514"
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{address!r} is not udp://host[:port]")
-    return host, int(port_text)
-
-
-def _raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] | None) -> dict[str, str]:
-    """Defaults < 1Password (when configured) < .env < the real environment."""
-    defaults = config_defaults()
-    local: dict[str, str] = {}
-    path = Path(dotenv_path) if dotenv_path is not None else Path(".env")
-    if path.is_file():
-        local.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    source = os.environ if env is None else env
-    local.update({k: v for k, v in source.items() if k in defaults or k.startswith(("OUTPUT_TYPE_",))})
-    values = {**defaults, **local}
-    op = {name: values.get(name, "").strip() for name in OP_CONNECT_NAMES}
-    if any(op.values()):
-        missing = [name for name, value in op.items() if not value]
-        if missing:
-            together = ", ".join(OP_CONNECT_NAMES)
-            raise SettingsError(missing[0], f"must be set too when any of {together} is")
-        from app.core import onepassword  # only a 1Password deployment pays for httpx
-
-        fetched = onepassword.read(
-            server=op["OP_CONNECT_SERVER"],
-            token=op["OP_CONNECT_TOKEN"],
-            vault=op["OP_VAULT"],
-            app_name=values.get("APP_NAME", "").strip() or defaults["APP_NAME"],
-            aws_region=values.get("AWS_DEFAULT_REGION", "").strip() or defaults["AWS_DEFAULT_REGION"],
-            known=frozenset(defaults),
-            attempts=_int(values, "OP_CONNECT_ATTEMPTS", 1, 100),
-            timeout=_seconds(values, "OP_CONNECT_TIMEOUT", 0.1, 300),
-        ).values()
-        # An empty line in .env (`TELEGRAM_BOT_TOKEN=`, as .env.example has) means "not set here", so it
-        # must not blank a value the vault holds; a non-empty one still wins.
-        overrides = {k: v for k, v in local.items() if v.strip() or k not in fetched}
-        values = {**defaults, **fetched, **overrides, "_ONEPASSWORD": f"1Password (vault {op['OP_VAULT']})"}
-    return values
-
-
-def _int(values: dict[str, str], name: str, minimum: int = 0, maximum: int | None = None) -> int:
-    raw = values.get(name, "").strip()
-    try:
-        number = int(raw)
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a whole number") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise SettingsError(name, f"{number} must be {bound}")
-    return number
-
-
-def _text(values: dict[str, str], name: str) -> str:
-    text = values.get(name, "").strip()
-    if not text:
-        raise SettingsError(name, "must not be empty")
-    return text
-
-
-def parse_hhmm(text: str) -> dt.time:
-    """'07:00' or '7:00' -> time(7, 0); ValueError for anything else."""
-    if not isinstance(text, str):
-        raise ValueError("must be a time as HH:MM")
-    hours, sep, minutes = text.strip().partition(":")
-    if not sep or not hours.isdigit() or len(minutes) != 2 or not minutes.isdigit() or len(hours) > 2:
-        raise ValueError(f"{text!r} is not a time as HH:MM")
-    h, m = int(hours), int(minutes)
-    if h > 23 or m > 59:
-        raise ValueError(f"{text!r} is not a time of day (00:00 to 23:59)")
-    return dt.time(h, m)
-
-
-def _servers(name: str, raw: str, default_port: int = 5672) -> tuple[tuple[str, int], ...]:
-    servers = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        host, sep, port_text = part.rpartition(":") if part.count(":") == 1 else (part, "", "")
-        if not sep:
-            host, port_text = part, str(default_port)
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise SettingsError(name, f"port {port_text!r} in {part!r} is not a number") from None
-        if not host or not 0 < port < 65536:
-            raise SettingsError(name, f"{part!r} is not host[:port]")
-        servers.append((host, port))
-    if not servers:
-        raise SettingsError(name, "names no server")
-    return tuple(servers)
-
-
-def _bool(values: dict[str, str], name: str) -> bool:
-    raw = values.get(name, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    raise SettingsError(name, f"{raw!r} is not true or false")
-
-
-def _host_port(name: str, raw: str, default_port: int) -> tuple[str, int]:
-    (host, port), *rest = _servers(name, raw, default_port)
-    if rest:
-        raise SettingsError(name, "names more than one server")
-    return host, port
-
-
-def _topics(name: str, raw: str) -> tuple[str, ...]:
-    topics = tuple(t.strip() for t in raw.split(",") if t.strip())
-    for topic in topics:
-        levels = topic.split("/")
-        if any(("#" in lv and lv != "#") or ("+" in lv and lv != "+") for lv in levels) or "#" in levels[:-1]:
-            raise SettingsError(name, f"{topic!r} is not a valid MQTT topic filter")
-    return topics
-
-
-def _seconds(values: dict[str, str], name: str, minimum: float, maximum: float) -> float:
-    # Fractions are allowed so that tests can run the periodic threads in well under a second.
-    raw = values.get(name, "").strip()
-    try:
-        number = float(raw)
-    except ValueError:
-        raise SettingsError(name, f"{raw!r} is not a number of seconds") from None
-    if not minimum <= number <= maximum:
-        raise SettingsError(name, f"{number:g} must be from {minimum:g} to {maximum:g} seconds")
-    return number
-
-
-def _url(values: dict[str, str], name: str) -> str:
-    """An optional http(s) URL: empty, or one that starts with the scheme."""
-    url = values.get(name, "").strip()
-    if url and not url.startswith(("http://", "https://")):
-        # The value may carry a key (Sentry, Healthchecks), so the message does not repeat it.
-        raise SettingsError(name, "is not an http(s) URL")
-    return url
-
-
-_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*")
-
-
-def _proxies(raw: str) -> tuple[str, ...]:
-    entries = []
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        try:
-            ipaddress.ip_network(part, strict=False)
-        except ValueError:
-            if not _HOST_NAME.fullmatch(part):
-                raise SettingsError(
-                    "APP_TRUSTED_PROXIES", f"{part!r} is not an address, a network (CIDR) or a host name"
-                ) from None
-        entries.append(part)
-    return tuple(entries)
-
-
-def _fernet_key(values: dict[str, str], name: str) -> str:
-    key = values.get(name, "").strip()
-    if not key:
-        return ""
-    try:
-        raw = base64.urlsafe_b64decode(key.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        raw = b""
-    if len(raw) != 32:
-        # The key itself is a secret: the message does not repeat it.
-        raise SettingsError(
-            name,
-            "is not a Fernet key (44 characters of URL-safe base64; make one with "
-            "`python -m app.ops.backup genkey`)",
-        )
-    return key
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
-
-
 def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] | None = None) -> Settings:
     """Build Settings; raises SettingsError naming the first bad variable."""
-    v = _raw_values(env, dotenv_path)
-    tz = _text(v, "USER_TZ")
+    v = settings_sources.raw_values(env, dotenv_path)
+    tz = parse.text(v, "USER_TZ")
     if not zones.is_name(tz):
         raise SettingsError("USER_TZ", f"{tz!r} is not a timezone name such as Europe/London")
-    level = _text(v, "LOG_LEVEL").upper()
+    level = parse.text(v, "LOG_LEVEL").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SettingsError("LOG_LEVEL", f"{level!r} is not DEBUG, INFO, WARNING or ERROR")
     database_url = v.get("DATABASE_URL", "").strip()
     if not database_url:
-        path = _text(v, "TABLESPACE_PATH")
+        path = parse.text(v, "TABLESPACE_PATH")
         database_url = "sqlite:///" + str(Path(path).expanduser())
     elif "://" not in database_url:
         raise SettingsError("DATABASE_URL", "is not a URL such as postgresql+psycopg://user@host/db")
-    output_types = {handler: _csv(v.get(var, "")) for handler, var in OUTPUT_TYPE_VARS.items()}
+    output_types = {handler: parse.csv_list(v.get(var, "")) for handler, var in OUTPUT_TYPE_VARS.items()}
     seen: dict[str, str] = {}
     for handler, types in output_types.items():
         for t in types:
             if t in seen and seen[t] != handler:
                 raise SettingsError(OUTPUT_TYPE_VARS[handler], f"type {t!r} is also mapped to {seen[t]}")
             seen[t] = handler
-    bind = _text(v, "APP_FLASK_BIND_ADDRESS")
+    bind = parse.text(v, "APP_FLASK_BIND_ADDRESS")
     admin_hash = v.get("APP_ADMIN_PASSWORD_HASH", "").strip()
     if admin_hash and not admin_hash.startswith(("scrypt:", "pbkdf2:")):
         raise SettingsError(
@@ -485,9 +286,9 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         raise SettingsError("APP_SESSION_COOKIE_SECURE", f"{cookie_secure!r} is not auto, true or false")
     mqtt_address = v.get("MQTT_SERVER_ADDRESS", "").strip()
     mqtt_host, mqtt_port = (
-        _host_port("MQTT_SERVER_ADDRESS", mqtt_address, 1883) if mqtt_address else ("", 1883)
+        parse.host_port("MQTT_SERVER_ADDRESS", mqtt_address, 1883) if mqtt_address else ("", 1883)
     )
-    subscriptions = _topics("MQTT_PUB_TOPIC_CSV", v.get("MQTT_PUB_TOPIC_CSV", ""))
+    subscriptions = parse.topics("MQTT_PUB_TOPIC_CSV", v.get("MQTT_PUB_TOPIC_CSV", ""))
     # Device heartbeats ('OK' on <kind>/heartbeat/<device_id>) are always wanted.
     if "+/heartbeat/+" not in subscriptions:
         subscriptions += ("+/heartbeat/+",)
@@ -513,12 +314,12 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     if telegram_token and chat_room_id is None:
         raise SettingsError("TELEGRAM_CHAT_ROOM", "must be set when TELEGRAM_BOT_TOKEN is (alerts go there)")
     users: list[int] = []
-    for part in _csv(v.get("TELEGRAM_USERS_CSV", "")):
+    for part in parse.csv_list(v.get("TELEGRAM_USERS_CSV", "")):
         try:
             users.append(int(part))
         except ValueError:
             raise SettingsError("TELEGRAM_USERS_CSV", f"{part!r} is not a Telegram user id") from None
-    telegram_url = _text(v, "TELEGRAM_API_BASE_URL")
+    telegram_url = parse.text(v, "TELEGRAM_API_BASE_URL")
     if not telegram_url.startswith(("http://", "https://")):
         raise SettingsError("TELEGRAM_API_BASE_URL", f"{telegram_url!r} is not an http(s) URL")
     try:
@@ -530,10 +331,10 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         raise SettingsError("TELEGRAM_MIN_SEND_INTERVAL", "must be from 0 to 3600 seconds")
     if not 1.5 <= factor <= 100:
         raise SettingsError("OFFLINE_ALERT_FACTOR", "must be from 1.5 to 100")
-    mdash_url = _text(v, "MDASH_API_BASE_URL")
+    mdash_url = parse.text(v, "MDASH_API_BASE_URL")
     if not mdash_url.startswith(("http://", "https://")):
         raise SettingsError("MDASH_API_BASE_URL", f"{mdash_url!r} is not an http(s) URL")
-    exchange = _text(v, "RABBITMQ_EXCHANGE")
+    exchange = parse.text(v, "RABBITMQ_EXCHANGE")
     influx_layout = v.get("INFLUXDB_LAYOUT", "").strip().lower() or "auto"
     if influx_layout not in INFLUXDB_LAYOUTS:
         choices = ", ".join(INFLUXDB_LAYOUTS)
@@ -541,17 +342,17 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     country = v.get("SMS_COUNTRY_CODE", "").strip()
     if country and not re.fullmatch(r"\+?[1-9][0-9]{0,3}", country):
         raise SettingsError("SMS_COUNTRY_CODE", f"{country!r} is not a calling code such as +61 or 44")
-    log_format = _text(v, "LOG_FORMAT").lower()
+    log_format = parse.text(v, "LOG_FORMAT").lower()
     if log_format not in ("text", "json"):
         raise SettingsError("LOG_FORMAT", f"{log_format!r} is not text or json")
-    sentry_dsn = _url(v, "SENTRY_DSN")
+    sentry_dsn = parse.url(v, "SENTRY_DSN")
     if sentry_dsn and not urlsplit(sentry_dsn).username:
         raise SettingsError("SENTRY_DSN", "has no public key (it looks like https://<key>@<host>/<project>)")
     cronitor_key = v.get("CRONITOR_MONITOR_KEY", "").strip()
     cronitor_telemetry = v.get("CRONITOR_TELEMETRY_KEY", "").strip()
     if cronitor_key and not cronitor_telemetry:
         raise SettingsError("CRONITOR_TELEMETRY_KEY", "must be set when CRONITOR_MONITOR_KEY is")
-    cronitor_url = _url(v, "CRONITOR_PING_URL")
+    cronitor_url = parse.url(v, "CRONITOR_PING_URL")
     if not cronitor_url:
         raise SettingsError("CRONITOR_PING_URL", "must not be empty")
     bucket = v.get("BACKUP_S3_BUCKET", "").strip()
@@ -562,7 +363,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         db_file = sqlite_file(database_url)
         folder = Path(db_file).parent if db_file and db_file != ":memory:" else Path("data")
         status_path = str(folder / "backup_status.json")
-    sqs_enabled = _bool(v, "SNS_CONTROL_ENABLED")
+    sqs_enabled = parse.boolean(v, "SNS_CONTROL_ENABLED")
     sqs_queue = v.get("SQS_QUEUE", "").strip()
     if sqs_enabled and not sqs_queue:
         raise SettingsError("SQS_QUEUE", "must be set when SNS_CONTROL_ENABLED is true")
@@ -572,7 +373,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
             raise SettingsError(
                 "HEALTHCHECKS_BADGE_CSV", f"{badge!r} is not a badge id such as <key>/<slug>.svg"
             )
-    badge_base = _url(v, "HEALTHCHECKS_BADGE_BASE_URL").rstrip("/")
+    badge_base = parse.url(v, "HEALTHCHECKS_BADGE_BASE_URL").rstrip("/")
     if badges and not badge_base:
         raise SettingsError("HEALTHCHECKS_BADGE_BASE_URL", "must be set when HEALTHCHECKS_BADGE_CSV is")
     cloudwatch = v.get("CLOUDWATCH_METRICS", "auto").strip().lower() or "auto"
@@ -580,7 +381,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         # As the original, where AWS is configured: keys given to the hub.
         cloudwatch_on = bool(v.get("AWS_ACCESS_KEY_ID", "").strip())
     else:
-        cloudwatch_on = _bool(v, "CLOUDWATCH_METRICS")
+        cloudwatch_on = parse.boolean(v, "CLOUDWATCH_METRICS")
     syslog = v.get("SYSLOG_ADDRESS", "").strip()
     if syslog:
         try:
@@ -590,7 +391,7 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
     quiet: dict[str, dt.time] = {}
     for name in ("QUIET_HOURS_NOT_BEFORE", "QUIET_HOURS_NOT_AFTER"):
         try:
-            quiet[name] = parse_hhmm(_text(v, name))
+            quiet[name] = parse_hhmm(parse.text(v, name))
         except ValueError as exc:
             raise SettingsError(name, str(exc)) from None
     ha = _ha(v, database_url, exchange)
@@ -598,116 +399,116 @@ def load(env: dict[str, str] | None = None, dotenv_path: str | os.PathLike[str] 
         **ha,
         quiet_hours_not_before=quiet["QUIET_HOURS_NOT_BEFORE"],
         quiet_hours_not_after=quiet["QUIET_HOURS_NOT_AFTER"],
-        app_name=_text(v, "APP_NAME"),
-        device_name=_text(v, "DEVICE_NAME"),
+        app_name=parse.text(v, "APP_NAME"),
+        device_name=parse.text(v, "DEVICE_NAME"),
         user_tz=tz,
         log_level=level,
-        max_message_validity=_int(v, "MAX_MESSAGE_VALIDITY_SECONDS", 1),
-        max_heartbeat_delay=_int(v, "MAX_HEARTBEAT_DELAY_SECONDS", 1),
-        clock_offset_warning=_int(v, "CLOCK_OFFSET_WARNING_SECONDS", 1, 86400),
-        rabbitmq_servers=_servers("RABBITMQ_SERVER_ADDRESS", _text(v, "RABBITMQ_SERVER_ADDRESS")),
+        max_message_validity=parse.whole(v, "MAX_MESSAGE_VALIDITY_SECONDS", 1),
+        max_heartbeat_delay=parse.whole(v, "MAX_HEARTBEAT_DELAY_SECONDS", 1),
+        clock_offset_warning=parse.whole(v, "CLOCK_OFFSET_WARNING_SECONDS", 1, 86400),
+        rabbitmq_servers=parse.servers("RABBITMQ_SERVER_ADDRESS", parse.text(v, "RABBITMQ_SERVER_ADDRESS")),
         rabbitmq_exchange=exchange,
-        rabbitmq_user=_text(v, "RABBITMQ_USER"),
+        rabbitmq_user=parse.text(v, "RABBITMQ_USER"),
         rabbitmq_password=v.get("RABBITMQ_PASSWORD", ""),
-        rabbitmq_vhost=_text(v, "RABBITMQ_VHOST"),
-        rabbitmq_max_message_bytes=_int(v, "RABBITMQ_MAX_MESSAGE_BYTES", 1024, 64 * 1024 * 1024),
-        control_message_ttl=_int(v, "CONTROL_MESSAGE_TTL_SECONDS", 1, 86400),
+        rabbitmq_vhost=parse.text(v, "RABBITMQ_VHOST"),
+        rabbitmq_max_message_bytes=parse.whole(v, "RABBITMQ_MAX_MESSAGE_BYTES", 1024, 64 * 1024 * 1024),
+        control_message_ttl=parse.whole(v, "CONTROL_MESSAGE_TTL_SECONDS", 1, 86400),
         output_types=output_types,
-        default_activation_interval=_int(v, "DEFAULT_ACTIVATION_INTERVAL", 0),
-        default_multi_trigger_rate=_int(v, "DEFAULT_MULTI_TRIGGER_RATE", 1, 120),
-        default_trigger_window=_int(v, "DEFAULT_TRIGGER_WINDOW", 1),
+        default_activation_interval=parse.whole(v, "DEFAULT_ACTIVATION_INTERVAL", 0),
+        default_multi_trigger_rate=parse.whole(v, "DEFAULT_MULTI_TRIGGER_RATE", 1, 120),
+        default_trigger_window=parse.whole(v, "DEFAULT_TRIGGER_WINDOW", 1),
         database_url=database_url,
-        db_timeout=_int(v, "DB_TIMEOUT", 1),
-        event_log_retention_days=_int(v, "EVENT_LOG_RETENTION_DAYS", 1),
-        event_log_max_rows=_int(v, "EVENT_LOG_MAX_ROWS", 100),
-        audit_buffer_size=_int(v, "AUDIT_BUFFER_SIZE", 1, 1_000_000),
-        http_port=_int(v, "APP_FLASK_HTTP_PORT", 0, 65535),
+        db_timeout=parse.whole(v, "DB_TIMEOUT", 1),
+        event_log_retention_days=parse.whole(v, "EVENT_LOG_RETENTION_DAYS", 1),
+        event_log_max_rows=parse.whole(v, "EVENT_LOG_MAX_ROWS", 100),
+        audit_buffer_size=parse.whole(v, "AUDIT_BUFFER_SIZE", 1, 1_000_000),
+        http_port=parse.whole(v, "APP_FLASK_HTTP_PORT", 0, 65535),
         http_bind=bind,
-        admin_user=_text(v, "APP_ADMIN_USER"),
+        admin_user=parse.text(v, "APP_ADMIN_USER"),
         admin_password_hash=admin_hash,
         secret_key=v.get("APP_SECRET_KEY", "").strip(),
-        login_max_failures=_int(v, "APP_LOGIN_MAX_FAILURES", 1, 1000),
-        login_lockout_seconds=_int(v, "APP_LOGIN_LOCKOUT_SECONDS", 1, 86400),
+        login_max_failures=parse.whole(v, "APP_LOGIN_MAX_FAILURES", 1, 1000),
+        login_lockout_seconds=parse.whole(v, "APP_LOGIN_LOCKOUT_SECONDS", 1, 86400),
         session_cookie_secure=cookie_secure,
-        trusted_proxies=_proxies(v.get("APP_TRUSTED_PROXIES", "")),
+        trusted_proxies=parse.proxies(v.get("APP_TRUSTED_PROXIES", "")),
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
         mqtt_username=v.get("MQTT_USERNAME", "").strip(),
         mqtt_password=v.get("MQTT_PASSWORD", ""),
-        mqtt_tls=_bool(v, "MQTT_TLS"),
+        mqtt_tls=parse.boolean(v, "MQTT_TLS"),
         mqtt_ca_certs=ca_certs,
         mqtt_subscriptions=subscriptions,
-        mqtt_meter_reset_topic=_text(v, "MQTT_METER_RESET_TOPIC"),
-        mqtt_outbox_size=_int(v, "MQTT_OUTBOX_SIZE", 1, 1_000_000),
+        mqtt_meter_reset_topic=parse.text(v, "MQTT_METER_RESET_TOPIC"),
+        mqtt_outbox_size=parse.whole(v, "MQTT_OUTBOX_SIZE", 1, 1_000_000),
         influxdb_url=influx_url,
         influxdb_token=v.get("INFLUXDB_TOKEN", "").strip(),
         influxdb_org=v.get("INFLUXDB_ORG", "").strip(),
         influxdb_bucket=v.get("INFLUXDB_BUCKET", "").strip(),
-        influxdb_buffer_size=_int(v, "INFLUXDB_BUFFER_SIZE", 1, 10_000_000),
+        influxdb_buffer_size=parse.whole(v, "INFLUXDB_BUFFER_SIZE", 1, 10_000_000),
         influxdb_layout=influx_layout,
         sms_country_code=("+" + country.lstrip("+")) if country else "",
         mdash_api_key=v.get("MDASH_API_KEY", "").strip(),
         mdash_api_base_url=mdash_url,
-        mdash_device_tags=_csv(v.get("MDASH_DEVICE_TAGS_CSV", "")),
-        mdash_app_config_mqtt_pub_topic=_text(v, "MDASH_APP_CONFIG_MQTT_PUB_TOPIC"),
-        mdash_poll_seconds=_int(v, "MDASH_POLL_SECONDS", 10, 86400),
+        mdash_device_tags=parse.csv_list(v.get("MDASH_DEVICE_TAGS_CSV", "")),
+        mdash_app_config_mqtt_pub_topic=parse.text(v, "MDASH_APP_CONFIG_MQTT_PUB_TOPIC"),
+        mdash_poll_seconds=parse.whole(v, "MDASH_POLL_SECONDS", 10, 86400),
         telegram_bot_token=telegram_token,
         telegram_chat_room=chat_room_id,
         telegram_users=tuple(users),
         telegram_api_base_url=telegram_url,
-        telegram_image_only_with_people=_bool(v, "TELEGRAM_IMAGE_SEND_ONLY_WITH_PEOPLE"),
-        telegram_sms_fallback=_bool(v, "TELEGRAM_SMS_FALLBACK_ENABLED"),
+        telegram_image_only_with_people=parse.boolean(v, "TELEGRAM_IMAGE_SEND_ONLY_WITH_PEOPLE"),
+        telegram_sms_fallback=parse.boolean(v, "TELEGRAM_SMS_FALLBACK_ENABLED"),
         telegram_min_send_interval=min_interval,
-        telegram_send_retries=_int(v, "TELEGRAM_SEND_RETRIES", 0, 100),
-        aws_region=_text(v, "AWS_DEFAULT_REGION"),
+        telegram_send_retries=parse.whole(v, "TELEGRAM_SEND_RETRIES", 0, 100),
+        aws_region=parse.text(v, "AWS_DEFAULT_REGION"),
         offline_alert_factor=factor,
-        offline_alert_floor=_int(v, "OFFLINE_ALERT_FLOOR_SECONDS", 1, 86400),
+        offline_alert_floor=parse.whole(v, "OFFLINE_ALERT_FLOOR_SECONDS", 1, 86400),
         log_format=log_format,
         sentry_dsn=sentry_dsn,
         sentry_environment=v.get("SENTRY_ENVIRONMENT", "").strip(),
-        hc_ping_url=_url(v, "HC_PING_URL").rstrip("/"),
+        hc_ping_url=parse.url(v, "HC_PING_URL").rstrip("/"),
         cronitor_monitor_key=cronitor_key,
         cronitor_telemetry_key=cronitor_telemetry,
         cronitor_ping_url=cronitor_url.rstrip("/"),
-        health_ping_seconds=_seconds(v, "HEALTH_PING_SECONDS", 0.05, 86400),
-        health_down_grace_seconds=_seconds(v, "HEALTH_DOWN_GRACE_SECONDS", 0, 86400),
-        heartbeat_row_seconds=_seconds(v, "HEARTBEAT_ROW_SECONDS", 0.05, 86400),
+        health_ping_seconds=parse.seconds(v, "HEALTH_PING_SECONDS", 0.05, 86400),
+        health_down_grace_seconds=parse.seconds(v, "HEALTH_DOWN_GRACE_SECONDS", 0, 86400),
+        heartbeat_row_seconds=parse.seconds(v, "HEARTBEAT_ROW_SECONDS", 0.05, 86400),
         aws_access_key_id=v.get("AWS_ACCESS_KEY_ID", "").strip(),
         aws_secret_access_key=v.get("AWS_SECRET_ACCESS_KEY", "").strip(),
-        aws_endpoint_url=_url(v, "AWS_ENDPOINT_URL"),
+        aws_endpoint_url=parse.url(v, "AWS_ENDPOINT_URL"),
         backup_s3_bucket=bucket,
-        backup_retention_days=_int(v, "BACKUP_RETENTION_DAYS", 1, 3650),
+        backup_retention_days=parse.whole(v, "BACKUP_RETENTION_DAYS", 1, 3650),
         backup_status_path=status_path,
-        backup_max_age_hours=_int(v, "BACKUP_MAX_AGE_HOURS", 1, 24 * 365),
-        backup_encryption_key=_fernet_key(v, "BACKUP_ENCRYPTION_KEY"),
+        backup_max_age_hours=parse.whole(v, "BACKUP_MAX_AGE_HOURS", 1, 24 * 365),
+        backup_encryption_key=parse.fernet_key(v, "BACKUP_ENCRYPTION_KEY"),
         sqs_control_enabled=sqs_enabled,
         sqs_queue=sqs_queue,
-        sqs_wait_seconds=_int(v, "SQS_WAIT_SECONDS", 0, 20),
+        sqs_wait_seconds=parse.whole(v, "SQS_WAIT_SECONDS", 0, 20),
         onepassword_source=v.get("_ONEPASSWORD", ""),
-        event_log_prune_migrated=_bool(v, "EVENT_LOG_PRUNE_MIGRATED"),
-        ngrok_enabled=_bool(v, "NGROK_ENABLED"),
-        ngrok_tunnel_name=_text(v, "NGROK_TUNNEL_NAME"),
-        ngrok_client_api_host=_text(v, "NGROK_CLIENT_API_HOST"),
-        ngrok_client_api_port=_int(v, "NGROK_CLIENT_API_PORT", 1, 65535),
-        public_url=_url(v, "DASHBOARD_PUBLIC_URL"),
+        event_log_prune_migrated=parse.boolean(v, "EVENT_LOG_PRUNE_MIGRATED"),
+        ngrok_enabled=parse.boolean(v, "NGROK_ENABLED"),
+        ngrok_tunnel_name=parse.text(v, "NGROK_TUNNEL_NAME"),
+        ngrok_client_api_host=parse.text(v, "NGROK_CLIENT_API_HOST"),
+        ngrok_client_api_port=parse.whole(v, "NGROK_CLIENT_API_PORT", 1, 65535),
+        public_url=parse.url(v, "DASHBOARD_PUBLIC_URL"),
         healthchecks_badges=badges,
         healthchecks_badge_base_url=badge_base,
-        grafana_url=_url(v, "GRAFANA_URL"),
+        grafana_url=parse.url(v, "GRAFANA_URL"),
         cloudwatch_metrics=cloudwatch_on,
-        cloudwatch_namespace=_text(v, "CLOUDWATCH_NAMESPACE"),
-        cloudwatch_seconds=_seconds(v, "CLOUDWATCH_SECONDS", 0.05, 86400),
+        cloudwatch_namespace=parse.text(v, "CLOUDWATCH_NAMESPACE"),
+        cloudwatch_seconds=parse.seconds(v, "CLOUDWATCH_SECONDS", 0.05, 86400),
         syslog_address=syslog,
-        backup_latest_minutes=_int(v, "BACKUP_LATEST_MINUTES", 1, 1440),
-        max_inputs_per_device=_int(v, "MAX_INPUTS_PER_DEVICE", 1, 100_000),
-        max_outputs_per_device=_int(v, "MAX_OUTPUTS_PER_DEVICE", 1, 100_000),
-        max_inputs=_int(v, "MAX_INPUTS", 1, 1_000_000),
-        max_outputs=_int(v, "MAX_OUTPUTS", 1, 1_000_000),
+        backup_latest_minutes=parse.whole(v, "BACKUP_LATEST_MINUTES", 1, 1440),
+        max_inputs_per_device=parse.whole(v, "MAX_INPUTS_PER_DEVICE", 1, 100_000),
+        max_outputs_per_device=parse.whole(v, "MAX_OUTPUTS_PER_DEVICE", 1, 100_000),
+        max_inputs=parse.whole(v, "MAX_INPUTS", 1, 1_000_000),
+        max_outputs=parse.whole(v, "MAX_OUTPUTS", 1, 1_000_000),
     )
 
 
 def _ha(v: dict[str, str], database_url: str, exchange: str) -> dict[str, Any]:
     """The standby-pair settings; HA needs a shared PostgreSQL database (a lease lives there)."""
-    enabled = _bool(v, "HA_ENABLED")
+    enabled = parse.boolean(v, "HA_ENABLED")
     if enabled and not database_url.startswith("postgresql"):
         raise SettingsError(
             "HA_ENABLED", "needs DATABASE_URL to name the PostgreSQL database both hubs share"
@@ -715,18 +516,18 @@ def _ha(v: dict[str, str], database_url: str, exchange: str) -> dict[str, Any]:
     node = v.get("HA_NODE_NAME", "").strip() or socket.gethostname()
     if len(node) > 64 or not node.isprintable():
         raise SettingsError("HA_NODE_NAME", "must be at most 64 printable characters")
-    node_url = _url(v, "HA_NODE_URL")
+    node_url = parse.url(v, "HA_NODE_URL")
     queue = v.get("HA_QUEUE_NAME", "").strip() or f"{exchange}_hub"
     if len(queue.encode()) > 255 or queue.startswith("amq."):
         raise SettingsError("HA_QUEUE_NAME", f"{queue!r} is not a usable queue name")
-    check = _seconds(v, "HA_CHECK_SECONDS", 0.1, 60)
-    fence = _seconds(v, "HA_FENCE_SECONDS", 0.5, 300)
+    check = parse.seconds(v, "HA_CHECK_SECONDS", 0.1, 60)
+    fence = parse.seconds(v, "HA_FENCE_SECONDS", 0.5, 300)
     if check * 2 > fence:
         raise SettingsError(
             "HA_FENCE_SECONDS", f"{fence:g} must be at least twice HA_CHECK_SECONDS ({check:g})"
         )
-    ttl = _int(v, "HA_QUEUE_TTL_SECONDS", 1, 7 * 86400)
-    validity = _int(v, "MAX_MESSAGE_VALIDITY_SECONDS", 1)
+    ttl = parse.whole(v, "HA_QUEUE_TTL_SECONDS", 1, 7 * 86400)
+    validity = parse.whole(v, "MAX_MESSAGE_VALIDITY_SECONDS", 1)
     if enabled and ttl <= validity:
         # a message the broker drops unseen is lost silently; one the hub sees late is recorded stale
         raise SettingsError(
@@ -738,7 +539,7 @@ def _ha(v: dict[str, str], database_url: str, exchange: str) -> dict[str, Any]:
         "ha_node_url": node_url,
         "ha_queue_name": queue,
         "ha_queue_ttl": ttl,
-        "ha_queue_max_length": _int(v, "HA_QUEUE_MAX_LENGTH", 1, 100_000_000),
+        "ha_queue_max_length": parse.whole(v, "HA_QUEUE_MAX_LENGTH", 1, 100_000_000),
         "ha_check_seconds": check,
         "ha_fence_seconds": fence,
     }
