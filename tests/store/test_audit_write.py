@@ -1,4 +1,4 @@
-"""audit_writer.write on SQLite (driver executemany) stores exactly what the Core path stores."""
+"""decision_writes.write on SQLite (driver executemany) stores exactly what the Core path stores."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.channels import AuditRecord
-from app.store import audit_writer, db, registry, store_writes
+from app.store import db, decision_writes, registry, store_writes
 from app.store.models import Decision, DecisionOutput, EventLog
 
 
@@ -73,7 +73,7 @@ def dump(factory: sessionmaker[Session]) -> dict[str, list[tuple[object, ...]]]:
     out = {}
     with factory() as session:
         for model in (Decision, DecisionOutput, EventLog):
-            table = audit_writer._table(model)
+            table = decision_writes.table(model)
             cols = ", ".join(f"{c.name}, typeof({c.name})" for c in table.columns)
             query = text(f"SELECT {cols} FROM {table.name} ORDER BY id")
             out[table.name] = [tuple(r) for r in session.execute(query)]
@@ -86,10 +86,10 @@ def test_the_sqlite_path_stores_what_the_core_path_stores(
     fast, core = factories
     for n, start in enumerate((1_700_000_000.0, 1_700_000_100.5)):
         with fast() as session:
-            audit_writer.write(session, records(start))
+            decision_writes.write(session, records(start))
         with core() as session:
             ids = store_writes.input_ids(session, ["late"])
-            audit_writer._write_core(session, records(start), ids)
+            decision_writes.write_core(session, records(start), ids)
             session.commit()
         assert dump(fast) == dump(core), f"batch {n}"
     stored = dump(fast)
@@ -105,13 +105,13 @@ def test_each_decision_gets_its_own_outputs_after_other_rows_were_deleted(
 ) -> None:
     fast, _ = factories
     with fast() as session:
-        audit_writer.write(session, records(1_700_000_000.0))
+        decision_writes.write(session, records(1_700_000_000.0))
         # the newest go, as audit.prune deletes them: their rowids are given out again
         for table in ("decision_output", "event_log"):
             session.execute(text(f"DELETE FROM {table} WHERE decision_id > 3"))
         session.execute(text("DELETE FROM decision WHERE id > 3"))
         session.commit()
-        audit_writer.write(session, records(1_700_000_200.0))
+        decision_writes.write(session, records(1_700_000_200.0))
         rows = session.execute(
             text(
                 "SELECT d.input_key, o.output_key FROM decision_output o"
