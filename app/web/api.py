@@ -1,143 +1,54 @@
-"""JSON API for the dashboard: reads straight from the database, asks the EventProcessor for every change."""
+"""JSON API for the dashboard: devices, links, meters, switches, health; every change goes to the processor.
+
+The blueprint, its errors and helpers are in api_common, the event history in api_events.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify, request
 from flask_login import current_user
 from sqlalchemy import func, inspect, or_, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed
 
 from app.core import health
-from app.core.channels import Reply
 from app.engine import clocks, commands, config_changes
 from app.engine.config_changes import ChangeError
 from app.engine.presence import seen_online
 from app.ops import backup_status, observability
-from app.store import history, roles
+from app.store import roles
 from app.store.models import (
-    ConfigChange,
-    Decision,
     DeviceRow,
-    EventLog,
     InputConfig,
     InputLink,
     OutputConfig,
     OutputLink,
 )
+from app.web import api_common as common
+from app.web import api_events as api_events  # its routes join bp when the API is imported
 from app.web import auth, masking
+from app.web.api_common import MAX_BODY_BYTES as MAX_BODY_BYTES
+from app.web.api_common import MAX_DEVICE_LIMIT as MAX_DEVICE_LIMIT
+from app.web.api_common import ApiError as ApiError
+from app.web.api_common import api_error as api_error
+from app.web.api_common import bp as bp
+from app.web.api_common import database_error as database_error
+from app.web.api_common import http_error as http_error
+from app.web.api_common import internal_error as internal_error
+from app.web.api_common import json_body as json_body
 from app.web.context import WebContext
 from app.web.context import ctx as web_ctx
-from pylib import decoding
-
-log = logging.getLogger(__name__)
-# Any here is the wire boundary: JSON request bodies (checked before use) and JSON responses.
-
-bp = Blueprint("api", __name__, url_prefix="/api")
-
-DEFAULT_EVENT_LIMIT = 100
-MAX_EVENT_LIMIT = 1000
-MAX_EVENT_OFFSET = 10_000_000
-MAX_DEVICE_LIMIT = 5000  # devices per list in one answer; above the default caps, so one call lists all
-MAX_BODY_BYTES = 1024 * 1024
-
-
-class ApiError(Exception):
-    """An error answered as {"error": ..., "field": ...} with an HTTP status."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-
-# ---- errors ---------------------------------------------------------------------------------
-
-
-def _error(status: int, message: str, field: str | None = None) -> tuple[Response, int]:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return jsonify(body), status
-
-
-def api_error(exc: ApiError) -> tuple[Response, int]:
-    return _error(exc.status, exc.message, exc.field)
-
-
-def http_error(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    response, _ = _error(status, (exc.name or "error").lower())
-    response.status_code = status
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
-
-
-def internal_error(exc: InternalServerError) -> tuple[Response, int]:
-    original = getattr(exc, "original_exception", None) or exc
-    log.error("%s %s failed", request.method, request.path, exc_info=original)
-    return _error(500, "internal error")
-
-
-def database_error(exc: OperationalError) -> tuple[Response, int]:
-    # A locked or vanished database is a passing condition, not a bug: the client should retry.
-    log.warning("%s %s: database unavailable: %s", request.method, request.path, exc.orig)
-    return _error(503, "the database is busy or unavailable; try again")
-
-
-def _raise_for(reply: Reply) -> None:
-    if not reply.ok:
-        raise ApiError(reply.status if reply.status >= 400 else 500, reply.error or "failed", reply.field)
-
-
-# ---- helpers --------------------------------------------------------------------------------
-
-
-def json_body() -> Any:
-    """The request body as JSON, decoded once within pylib.decoding's limits; None when it is not.
-
-    Read whatever the Content-Type says: a client that forgets the header still gets its JSON read.
-    """
-    try:
-        return decoding.loads(request.get_data(cache=True))
-    except decoding.DecodeError:
-        health.count("api.malformed")
-        return None
-
-
-def _json_object() -> dict[str, Any]:
-    body = json_body()
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
-def _iso(epoch: float | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat()
-
-
-def _iso_dt(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    # The database holds naive UTC times.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
 
 def _columns(row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for attr in inspect(row).mapper.column_attrs:
         value = getattr(row, attr.key)
-        out[attr.columns[0].name] = _iso_dt(value) if isinstance(value, datetime) else value
+        out[attr.columns[0].name] = common.iso_dt(value) if isinstance(value, datetime) else value
     return out
 
 
@@ -153,7 +64,7 @@ def _summary(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> di
         "device_type": row.device_type,
         "device_enabled": enabled,
         "online": online,
-        "last_seen": _iso(last),
+        "last_seen": common.iso(last),
         "clock_offset": _offset(row.device_key),
         "location": row.location,
         "origin": row.origin,
@@ -170,7 +81,7 @@ def _detail(ctx: WebContext, row: InputConfig | OutputConfig, now: float) -> dic
         out["device_params"] = masking.mask_params(row.device_params) or None
     last, online = seen_online(ctx.presence, ctx.settings, row, now)
     out["online"] = online
-    out["last_seen"] = _iso(last)
+    out["last_seen"] = common.iso(last)
     out["clock_offset"] = _offset(row.device_key)
     return out
 
@@ -214,7 +125,7 @@ def _output_detail(output_id: int) -> dict[str, Any]:
 
 def _change(action: str, args: dict[str, Any]) -> None:
     """Ask the EventProcessor to apply a change; its refusal becomes an ApiError."""
-    _raise_for(commands.request(action, args, actor=auth.actor()))
+    common.raise_for(commands.request(action, args, actor=auth.actor()))
 
 
 def _checked(check: Callable[..., Any], *args: Any) -> Any:
@@ -275,22 +186,13 @@ def get_health() -> tuple[Response, int]:
     return jsonify(body), 200 if ready and not unhealthy else 503
 
 
-def _whole(name: str, default: int, maximum: int) -> int:
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
-        raise ApiError(400, f"{name} must be a whole number from 0 to {maximum}", name)
-    return int(raw)
-
-
 @bp.get("/devices")
 def get_devices() -> dict[str, Any]:
     """Inputs and outputs by device key; ?q= filters (key, label, type), ?limit=&offset= page each list."""
     ctx = web_ctx()
     now = time.time()
-    limit = _whole("limit", MAX_DEVICE_LIMIT, MAX_DEVICE_LIMIT)
-    offset = _whole("offset", 0, config_changes.MAX_ID)
+    limit = common.whole_param("limit", MAX_DEVICE_LIMIT, MAX_DEVICE_LIMIT)
+    offset = common.whole_param("offset", 0, config_changes.MAX_ID)
     query = request.args.get("q", "").strip()[:100]
     out: dict[str, Any] = {}
     total: dict[str, int] = {}
@@ -350,7 +252,7 @@ def _unmasked_params(row_id: int, body: dict[str, Any]) -> None:
 @bp.patch("/<any(inputs, outputs):kind>/<int:row_id>")
 def patch_device(kind: str, row_id: int) -> dict[str, Any]:
     validate, action, detail = _DEVICE_KINDS[kind]
-    body = _json_object()
+    body = common.json_object()
     if kind == "outputs":
         _unmasked_params(row_id, body)
     _checked(validate, body)
@@ -369,7 +271,7 @@ _LINK_KINDS: dict[str, tuple[str, str, Callable[[Session, int], list[int]]]] = {
 @bp.put("/inputs/<int:input_id>/<any(outputs, inputs):linked>")
 def put_links(input_id: int, linked: str) -> dict[str, Any]:
     name, action, saved_ids = _LINK_KINDS[linked]
-    body = _json_object()
+    body = common.json_object()
     ids = _checked(config_changes.validate_id_list, body.get(name), name)
     _change(action, {"input_id": input_id, name: ids})
     with web_ctx().session_factory() as session:
@@ -384,7 +286,7 @@ def get_outputs_enabled() -> dict[str, Any]:
 
 @bp.put("/outputs-enabled")
 def put_outputs_enabled() -> dict[str, Any]:
-    body = _json_object()
+    body = common.json_object()
     if not isinstance(body.get("enabled"), bool):
         raise ApiError(400, "enabled must be true or false", "enabled")
     _change("set_outputs_enabled", {"enabled": body["enabled"]})
@@ -411,7 +313,7 @@ def get_meter(input_id: int) -> dict[str, Any]:
 
 @bp.patch("/meters/<int:input_id>")
 def patch_meter(input_id: int) -> dict[str, Any]:
-    body = _json_object()
+    body = common.json_object()
     _checked(config_changes.validate_meter_fields, body)
     _change("update_meter", {"input_id": input_id, "fields": body})
     return _meter_detail(input_id)
@@ -420,7 +322,7 @@ def patch_meter(input_id: int) -> dict[str, Any]:
 @bp.post("/meters/<int:input_id>/reset")
 def reset_meter(input_id: int) -> dict[str, Any]:
     """Reset a meter's register: {"value": N, "mode": "set"|"adjust"}, both optional."""
-    body = _json_object() if request.content_length else {}
+    body = common.json_object() if request.content_length else {}
     value, mode = body.get("value"), body.get("mode")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise ApiError(400, "value must be a whole number", "value")
@@ -429,163 +331,7 @@ def reset_meter(input_id: int) -> dict[str, Any]:
     reply = commands.request(
         "meter_reset", {"input_id": input_id, "value": value, "mode": mode}, actor=auth.actor()
     )
-    _raise_for(reply)
+    common.raise_for(reply)
     out = _meter_detail(input_id)
     out["reset"] = reply.result
     return out
-
-
-# ---- events ---------------------------------------------------------------------------------
-
-
-def _limit_param() -> int:
-    raw = request.args.get("limit", "").strip()
-    if not raw:
-        return DEFAULT_EVENT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise ApiError(400, f"limit must be a whole number, not {raw!r}", "limit") from None
-    if not 1 <= limit <= MAX_EVENT_LIMIT:
-        raise ApiError(400, f"limit must be from 1 to {MAX_EVENT_LIMIT}", "limit")
-    return limit
-
-
-def _since_param(name: str = "since") -> datetime | None:
-    """since (or until) as naive UTC (as the database stores times), from ISO 8601 or unix seconds."""
-    raw = request.args.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        try:
-            if not math.isfinite(seconds):
-                raise ValueError(raw)
-            return datetime.fromtimestamp(seconds, tz=UTC).replace(tzinfo=None)
-        except (ValueError, OverflowError, OSError):
-            raise ApiError(400, f"{name} {raw!r} is not a usable unix time", name) from None
-    try:
-        when = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} {raw!r} is not ISO 8601 or unix seconds", name) from None
-    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
-
-
-def _decision(row: Decision) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "timestamp": _iso_dt(row.timestamp),
-        "input_id": row.input_device_id,
-        "input_key": row.input_key,
-        "input_label": row.input_label,
-        "origin": row.origin,
-        "event_detail": row.event_detail,
-        "fired": row.fired,
-        "reason": row.reason,
-        "detail": row.detail,
-        "outputs": [
-            {
-                "output_id": out.output_device_id,
-                "output_key": out.output_key,
-                "output_label": out.output_label,
-                "fired": out.fired,
-                "reason": out.reason,
-                "detail": out.detail,
-            }
-            for out in row.outputs
-        ],
-    }
-
-
-def _history_row(row: EventLog) -> dict[str, Any]:
-    return {
-        "kind": "history",
-        "id": row.id,
-        "timestamp": _iso_dt(row.timestamp) if row.timestamp else None,
-        "input_device": row.input_device,
-        "output_device": row.output_device,
-    }
-
-
-def _change_row(row: ConfigChange) -> dict[str, Any]:
-    return {
-        "kind": "change",
-        "id": row.id,
-        "timestamp": _iso_dt(row.timestamp),
-        "actor": row.actor,
-        "action": row.action,
-        "target_kind": row.target_kind,
-        "target_id": row.target_id,
-        "target_key": row.target_key,
-        "summary": row.summary,
-        "before": history.values(row.before),
-        "after": history.values(row.after),
-    }
-
-
-def _entry(entry: history.Entry) -> dict[str, Any]:
-    if entry.kind == "decision":
-        return {"kind": "decision", **_decision(entry.row)}
-    if entry.kind == "history":
-        return _history_row(entry.row)
-    return _change_row(entry.row)
-
-
-def _kinds_param() -> tuple[str, ...]:
-    raw = request.args.get("kind", "").strip()
-    if not raw:
-        return history.KINDS
-    kinds = tuple(dict.fromkeys(k.strip() for k in raw.split(",") if k.strip()))
-    bad = [k for k in kinds if k not in history.KINDS]
-    if bad or not kinds:
-        raise ApiError(400, f"kind must be a comma list of {', '.join(history.KINDS)}", "kind")
-    return kinds
-
-
-def _cursor_param() -> history.Cursor | None:
-    raw = request.args.get("before", "").strip()
-    if not raw:
-        return None
-    try:
-        return history.Cursor.parse(raw)
-    except ValueError:
-        raise ApiError(400, "before must be a cursor from an answer's next", "before") from None
-
-
-@bp.get("/events")
-def get_events() -> dict[str, Any]:
-    """Decisions, the original's migrated event_log rows and configuration changes, newest first.
-
-    `next` is where the following page starts (pass it as `before`): a keyset page costs the same
-    however deep it is, where `offset` reads every row it skips.
-    """
-    limit = _limit_param()
-    before = _cursor_param()
-    since = _since_param()
-    until = _since_param("until")
-    kinds = _kinds_param()
-    search = request.args.get("q", "").strip()
-    if len(search) > history.MAX_SEARCH:
-        raise ApiError(400, f"q must be at most {history.MAX_SEARCH} characters", "q")
-    offset = _whole("offset", 0, MAX_EVENT_OFFSET)
-    if before is not None and offset:
-        raise ApiError(400, "give before or offset, not both", "offset")
-    with web_ctx().session_factory() as session:
-        input_value = request.args.get("input", "").strip()
-        output_value = request.args.get("output", "").strip()
-        filters = history.Filters(
-            input=history.device(session, InputConfig, input_value) if input_value else None,
-            output=history.device(session, OutputConfig, output_value) if output_value else None,
-            since=since,
-            until=until,
-            search=search,
-            kinds=kinds,
-        )
-        shown = history.window(session, filters, limit, before=before, offset=offset)
-        return {
-            "events": [_entry(e) for e in shown.entries],
-            "next": shown.older.text() if shown.older else None,
-        }

@@ -7,7 +7,8 @@ from typing import Any
 from flask import Blueprint
 
 from app.engine import config_changes, rules
-from app.web.api import ApiError, _change, _json_object
+from app.web.api import ApiError, _change
+from app.web.api_common import json_object as _json_object
 from app.web.context import ctx as web_ctx
 
 bp = Blueprint("quiet_hours", __name__, url_prefix="/api")
