@@ -18,6 +18,9 @@ SECRET_FIELDS = frozenset({"device_params"})
 HIDDEN = "(hidden)"
 
 
+# Any here: the before/after values of a change, of whatever type each column has (shown as JSON).
+
+
 def shown_value(value: Any) -> str:
     """A before/after value of a configuration change as a person reads it (pages and Telegram)."""
     if value is None:

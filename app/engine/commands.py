@@ -14,6 +14,9 @@ from pylib import inproc
 _local = threading.local()
 
 
+# Any here: a command's args, checked by the processor as untrusted input (see config_changes).
+
+
 def _push() -> inproc.Socket:
     # One long-lived PUSH per calling thread: closing a socket right after send could lose the message.
     sock = getattr(_local, "push", None)

@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 _Row = TypeVar("_Row", InputConfig, OutputConfig)
 
 
+# Any here is the wire boundary: a Command's args come from JSON bodies, the bot and SQS, and each
+# validator checks its value before it reaches a row.
+
+
 def _row_id(args: dict[str, Any], field: str) -> int:
     value = args.get(field)
     if isinstance(value, bool) or not isinstance(value, int):

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 DIGEST_MAX = 200  # entries listed in one digest; later ones are only counted
 
 
+# Any here: the digest's items are stored as a rule_state JSON document and checked on restore.
+
+
 class QuietDigest:
     def __init__(self, tz: tzinfo) -> None:
         self._tz = tz

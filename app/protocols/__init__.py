@@ -27,6 +27,9 @@ DEFAULT = G1
 __all__ = ["DEFAULT", "G1", "G2", "G3", "GENERATIONS", "Inbound", "Outbound", "Refused", "Trigger"]
 
 
+# Any here is the wire boundary: a device's decoded payload.
+
+
 @dataclass(frozen=True)
 class Outbound:
     """A control message ready for the ControlPublisher: routing key and the exact body."""

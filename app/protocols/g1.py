@@ -14,6 +14,8 @@ from app.protocols import checks
 from app.protocols.inbound import Inbound
 from pylib import wire
 
+# Any here is the wire boundary: a device's decoded payload, checked field by field.
+
 
 def device_list(value: Any, what: str, problems: list[str]) -> list[Any]:
     if value is None:

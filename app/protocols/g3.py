@@ -23,6 +23,9 @@ TRIGGERED = "triggered"
 LONG_PULSE_SECONDS = 5.0
 
 
+# Any here is the wire boundary: a device's decoded payload and the JSON body sent back.
+
+
 def read(data: dict[str, Any], inbound: Inbound) -> None:
     for device in g1.device_list(data.get("inputs"), "inputs", inbound.problems):
         if not isinstance(device, dict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Any here: device lists as decoded from the wire, checked by the generation's reader.
+
 
 @dataclass
 class Inbound:

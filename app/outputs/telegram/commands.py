@@ -72,6 +72,10 @@ CALLBACK_PREFIX = "cfm"
 GROUP_CHATS = ("group", "supergroup")
 
 
+# Any here: command args (checked by the processor), python-telegram-bot's keyword arguments and
+# its generics over context and user data we do not use.
+
+
 class CommandBot(TimedReenables):
     """The command handlers and their state (pending confirmations, timed re-enables), in the bot's loop."""
 
