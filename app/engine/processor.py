@@ -10,6 +10,9 @@ the digest: app/engine/quiet_digest.py) to the AuditWriter. The ConfigApplier st
 changes; this thread reloads after each one and answers the caller. Rule state is handed over at
 most every FLUSH_SECONDS and at shutdown (a crash can lose that much latch/window state); a
 deferred alert at once, being the alert itself.
+
+Just over ~400 lines as one cohesive thing: the thread's dispatch of every message kind it receives,
+and the activation path, which is kept in one place so a decision reads top to bottom.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""One timeline: the hub's decisions, the original's event_log rows (migrated) and configuration changes."""
+"""One timeline: the hub's decisions, the original's event_log rows (migrated) and configuration changes.
+
+Over ~400 lines as one cohesive thing: one keyset-paged query over three tables, whose filters, legs,
+cursor and ordering only make sense together; the pages and the API only call window(), count(),
+values() and recent_changes().
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The dashboard page: devices with their toggles, meters, the outputs switch, health and the panic button."""
+"""The dashboard page: devices with their toggles, meters, the outputs switch, health and the panic button.
+
+Over ~400 lines as one cohesive thing: one page, its view (device rows, meters, health badges) and
+the form posts made from it (toggles, the outputs switch, meter reset, panic), which redirect back to
+it and share its row and paging helpers; the JSON API and the configuration pages live elsewhere.
+"""
 
 from __future__ import annotations
 
