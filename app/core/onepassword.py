@@ -1,4 +1,9 @@
-"""Settings and secrets from 1Password Connect: the ENV.<app> item plus the original's secret items."""
+"""Settings and secrets from 1Password Connect: the ENV.<app> item plus the original's secret items.
+
+Just over ~400 lines as one cohesive thing: the reader and its command line (`python -m
+app.core.onepassword check|dotenv`, as the README gives it), which prints what the reader found;
+moving the command out would change the command people type.
+"""
 
 from __future__ import annotations
 
