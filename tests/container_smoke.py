@@ -118,6 +118,8 @@ def timed(name: str) -> Iterator[None]:
 
 def cleanup() -> None:
     """Every container and volume an earlier or this run left (by label)."""
+    if shutil.which("podman") is None:
+        return  # a machine without podman yet (setup.sh installs it) has nothing of ours to remove
     ids = run("podman", "ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
     if ids:
         run("podman", "rm", "-f", "-t", "0", *ids, check=False)
