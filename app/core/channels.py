@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from pylib.inproc import message
 
@@ -83,13 +83,47 @@ class ControlMessage:
     output_key: str = ""
 
 
+class OutputOutcome(TypedDict):
+    """One linked output's part of a decision (models.DecisionOutput): fired, or why not."""
+
+    output_device_id: int
+    output_key: str
+    output_label: str
+    fired: NotRequired[bool]
+    reason: NotRequired[str | None]
+    detail: NotRequired[str | None]
+
+
+class DecisionRecord(TypedDict):
+    """One input event's decision as the processor made it (models.Decision, with its outputs)."""
+
+    timestamp: float
+    input_device_id: int  # negative for a device registered a moment ago, until the writer has its id
+    input_key: str
+    input_label: str
+    origin: str
+    event_detail: str | None
+    fired: bool
+    reason: str | None
+    detail: str | None
+    outputs: list[OutputOutcome]
+
+
+class EventLogRow(TypedDict):
+    """An event_log row, the original's record of an output that fired for an input."""
+
+    input_device: str
+    output_device: str
+    timestamp: float
+
+
 @message
 @dataclass
 class AuditRecord:
-    """One decision (see models.Decision, with 'outputs') and the event_log rows of what fired."""
+    """One decision and the event_log rows of what fired (TypedDicts: msgpack carries them as maps)."""
 
-    decision: dict[str, Any]
-    event_log: list[dict[str, Any]] = field(default_factory=list)
+    decision: DecisionRecord
+    event_log: list[EventLogRow] = field(default_factory=list)
 
 
 @message

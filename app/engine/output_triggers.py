@@ -14,7 +14,7 @@ from typing import Any
 
 from app import protocols
 from app.core import health
-from app.core.channels import ControlMessage, Notification
+from app.core.channels import ControlMessage, Notification, OutputOutcome
 from app.core.settings import Settings
 from app.engine import rules
 from app.engine.processor_state import ProcessorState
@@ -65,11 +65,11 @@ class OutputTriggers:
 
     def trigger(
         self, act: Activation, output: rules.OutputRule, quiet_hours: rules.QuietHours, enabled: bool
-    ) -> dict[str, Any]:
+    ) -> OutputOutcome:
         """Run one linked output; returns its part of the decision record."""
         state = self._state.outputs.setdefault(output.id, rules.OutputState())
         verdict = rules.evaluate_output(output, state, act.now, enabled)
-        result: dict[str, Any] = {
+        result: OutputOutcome = {
             "output_device_id": output.id,
             "output_key": output.device_key,
             "output_label": output.label,
@@ -82,14 +82,16 @@ class OutputTriggers:
                 self._state.mark("digest")
                 health.count(f"processor.blocked.{rules.QUIET_HOURS}")
                 when = self._digest.hhmm(act.quiet)
-                result.update(fired=False, reason=rules.QUIET_HOURS, detail=f"deferred to {when} digest")
+                result.update(
+                    {"fired": False, "reason": rules.QUIET_HOURS, "detail": f"deferred to {when} digest"}
+                )
                 return result
             else:
                 self._notify(act, output)
                 state.last_fired = act.now
                 self._state.mark("output", output.id)
                 health.count("processor.notifications")
-                result.update(fired=True, reason=None, detail="telegram")
+                result.update({"fired": True, "reason": None, "detail": "telegram"})
                 return result
         if verdict.fire and act.quiet is not None and quiet_hours.all_outputs:
             # Switches and cameras only make sense now, so they are held back, not deferred.
@@ -139,10 +141,10 @@ class OutputTriggers:
                 # by handler (ioboard, snapshot, tts, bluetooth) or "topic" for a trigger_topic output
                 health.count(f"{TRIGGERS_BY_TYPE}{handler or 'topic'}")
                 health.count(f"processor.triggers_by_generation.{outbound.generation}")
-                result.update(fired=True, reason=None, detail=outbound.routing_key)
+                result.update({"fired": True, "reason": None, "detail": outbound.routing_key})
                 return result
         health.count(f"processor.blocked.{verdict.reason}")
-        result.update(fired=False, reason=verdict.reason, detail=verdict.detail)
+        result.update({"fired": False, "reason": verdict.reason, "detail": verdict.detail})
         return result
 
     def _notify(self, act: Activation, output: rules.OutputRule) -> None:

@@ -38,7 +38,9 @@ from app.core.channels import (
     Applied,
     AuditRecord,
     Command,
+    DecisionRecord,
     Envelope,
+    EventLogRow,
     MeterPoint,
     MeterReading,
     Notification,
@@ -310,7 +312,7 @@ class EventProcessor(threads.AppThread):
                 # A routine reading: stored and charted, not an event for the audit trail.
                 return {"fired": False, "reason": "meter_reading"}
             detail = entered
-        decision: dict[str, Any] = {
+        decision: DecisionRecord = {
             "timestamp": now,
             "input_device_id": rule.id,
             "input_key": rule.device_key,
@@ -334,7 +336,7 @@ class EventProcessor(threads.AppThread):
             verdict = rules.evaluate_input(rule, state, detail, now, self._defaults, linked)
         if not verdict.fire:
             health.count(f"processor.blocked.{verdict.reason}")
-            decision.update(fired=False, reason=verdict.reason, detail=verdict.detail)
+            decision.update({"fired": False, "reason": verdict.reason, "detail": verdict.detail})
             self._send_audit(decision, [])
             return {"fired": False, "reason": verdict.reason, "detail": verdict.detail}
 
@@ -344,7 +346,7 @@ class EventProcessor(threads.AppThread):
         # (Events page, API); SIGHUP switches the log to DEBUG to see them there too.
         log.debug("input %r fired (%s)", rule.device_key, detail or "no detail")
         decision["fired"] = True
-        event_log = []
+        event_log: list[EventLogRow] = []
         quiet = rules.quiet_until(now, snap.quiet, self._tz) if rule.info_notify else None
         message = f"{rule.label} {detail}" if detail else rule.label
         act = Activation(rule, now, message, device, detail, quiet)
@@ -354,7 +356,9 @@ class EventProcessor(threads.AppThread):
             decision["outputs"].append(result)
             if result["fired"]:
                 when = event_ts if event_ts is not None else now
-                event_log.append(dict(input_device=rule.label, output_device=output.label, timestamp=when))
+                event_log.append(
+                    EventLogRow(input_device=rule.label, output_device=output.label, timestamp=when)
+                )
         recent = self._state.recent
         recent.pop(rule.device_key, None)
         recent[rule.device_key] = (rule.label, now)
@@ -368,7 +372,7 @@ class EventProcessor(threads.AppThread):
             self._flush()  # a deferred alert is handed over at once: it is the alert itself
         return {"fired": True, "outputs": decision["outputs"]}
 
-    def _send_audit(self, decision: dict[str, Any], event_log: list[dict[str, Any]]) -> None:
+    def _send_audit(self, decision: DecisionRecord, event_log: list[EventLogRow]) -> None:
         inproc.send(inproc.made(self._out.audit), AuditRecord(decision=decision, event_log=event_log))
 
     def _store(self, reading: MeterReading) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from app.core.channels import AuditRecord
+from app.core.channels import AuditRecord, DecisionRecord
 from app.store import store_writes
 from app.store.models import Base, Decision, DecisionOutput, EventLog
 
@@ -199,7 +198,7 @@ def _write_sqlite(session: Session, records: list[AuditRecord], ids_by_key: dict
     return True
 
 
-def _input_id(decision: dict[str, Any], ids_by_key: dict[str, int]) -> int | None:
+def _input_id(decision: DecisionRecord, ids_by_key: dict[str, int]) -> int | None:
     ident = decision.get("input_device_id")
     if ident is None or ident >= 0:
         return ident
