@@ -234,14 +234,18 @@ def _set_group_enabled(session: Session, args: dict[str, Any]) -> _Done:
     )
 
 
-def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
+def _set_general_switch(session: Session, args: dict[str, Any], key: str, on: str, off: str) -> _Done:
+    """A general_config on/off switch stored as "1"/"0"; `on`/`off` are its change summaries."""
     enabled = args.get("enabled")
     if not isinstance(enabled, bool):
         raise ChangeError("enabled", "enabled must be true or false")
     diff = Diff()
-    general_config.set_value(session, OUTPUTS_ENABLED_KEY, "1" if enabled else "0", diff)
-    summary = f"outputs {'enabled' if enabled else 'disabled'}"
-    return _Done({"enabled": enabled}, summary, "general", None, OUTPUTS_ENABLED_KEY, diff)
+    general_config.set_value(session, key, "1" if enabled else "0", diff)
+    return _Done({"enabled": enabled}, on if enabled else off, "general", None, key, diff)
+
+
+def _set_outputs_enabled(session: Session, args: dict[str, Any]) -> _Done:
+    return _set_general_switch(session, args, OUTPUTS_ENABLED_KEY, "outputs enabled", "outputs disabled")
 
 
 def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
@@ -282,13 +286,9 @@ def _set_schedule(session: Session, args: dict[str, Any]) -> _Done:
 
 
 def _set_scheduler_enabled(session: Session, args: dict[str, Any]) -> _Done:
-    enabled = args.get("enabled")
-    if not isinstance(enabled, bool):
-        raise ChangeError("enabled", "enabled must be true or false")
-    diff = Diff()
-    general_config.set_value(session, SCHEDULER_ENABLED_KEY, "1" if enabled else "0", diff)
-    summary = f"auto-scheduler {'on' if enabled else 'off'}"
-    return _Done({"enabled": enabled}, summary, "general", None, SCHEDULER_ENABLED_KEY, diff)
+    return _set_general_switch(
+        session, args, SCHEDULER_ENABLED_KEY, "auto-scheduler on", "auto-scheduler off"
+    )
 
 
 def _set_quiet_hours(session: Session, args: dict[str, Any]) -> _Done:
