@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections import deque
 from typing import TypeAlias, TypeVar
 
 import msgpack
@@ -18,6 +19,15 @@ _registry: dict[str, type] = {}
 _field_names: dict[str, tuple[str, ...]] = {}  # per registered type, looked up once
 
 T = TypeVar("T")
+
+# A frame that starts with this byte carries several frames. msgpack never starts a value with
+# 0xc1, so no single message can be mistaken for a batch. A hop that drained a burst hands it on
+# in one send: one wake-up (a system call and a GIL handover) for the burst instead of one each,
+# which under load cost more than the messages' own work (docs/performance.md, session 5).
+BATCH_MARK = b"\xc1"
+# Messages a hop takes before it hands on what they produced: bounds the wait the first of them
+# has for the last (a few milliseconds), and the size of one frame.
+MAX_BATCH = 32
 
 
 def context() -> zmq.Context[Socket]:
@@ -85,15 +95,80 @@ def connect_push(url: str) -> Socket:
     return sock
 
 
-def made(sock: Socket | None) -> Socket:
+S = TypeVar("S", "zmq.Socket[bytes]", "Outbox")
+
+
+def made(sock: S | None) -> S:
     """A socket its thread makes in work(): None there means it was used before then (a bug)."""
     if sock is None:
         raise RuntimeError("a socket was used before its thread made it")
     return sock
 
 
-def send(sock: Socket, msg: object) -> None:
+def send(sock: Socket | Outbox, msg: object) -> None:
     sock.send(encode(msg))
+
+
+def pack_frames(frames: list[bytes]) -> bytes:
+    """One frame for several: the frame itself when alone, else a batch frame."""
+    if len(frames) == 1:
+        return frames[0]
+    packed: bytes = msgpack.packb(frames, use_bin_type=True)
+    return BATCH_MARK + packed
+
+
+def frames_of(frame: bytes) -> list[bytes]:
+    """The frames one received frame carries: itself, or a batch's.
+
+    A batch that does not unpack comes back whole, so decoding it fails as any bad frame does
+    (logged and counted by the thread that reads it).
+    """
+    if not frame.startswith(BATCH_MARK):
+        return [frame]
+    try:
+        frames = msgpack.unpackb(frame[1:], raw=False)
+    except (ValueError, TypeError):
+        return [frame]
+    if not isinstance(frames, list) or not all(isinstance(f, bytes) for f in frames):
+        return [frame]
+    return frames
+
+
+class Outbox:
+    """Frames for one PUSH socket, held until flush() hands them over as one frame.
+
+    Its send() takes a frame as a socket's does, so code that sends messages (inproc.send) can send
+    into it unchanged; the thread that owns it flushes once it has handled what it drained.
+    """
+
+    __slots__ = ("sock", "frames")
+
+    def __init__(self, sock: Socket) -> None:
+        self.sock = sock
+        self.frames: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        self.frames.append(frame)
+
+    def flush(self, give_up: threading.Event | None = None) -> bool:
+        """Send what is held, waiting while the peer's queue is full (but not past `give_up`).
+
+        Returns False when it gave up; the frames are then dropped, as a blocked send's would be.
+        """
+        if not self.frames:
+            return True
+        frame = pack_frames(self.frames)
+        self.frames = []
+        if give_up is None:
+            self.sock.send(frame)
+            return True
+        return send_patiently(self.sock, frame, give_up)
+
+    def close(self, linger: int | None = None) -> None:
+        self.sock.close(linger)
 
 
 def send_patiently(sock: Socket, frame: bytes, give_up: threading.Event, wait_ms: int = 100) -> bool:
@@ -128,6 +203,52 @@ def recv_frame(sock: Socket, timeout_ms: int | None = None) -> bytes | None:
     if not sock.poll(timeout_ms, zmq.POLLIN):
         return None
     return sock.recv()
+
+
+def recv_frames(sock: Socket, timeout_ms: int | None = None, limit: int = MAX_BATCH) -> list[bytes]:
+    """What is waiting, batches unpacked, after waiting up to timeout_ms for the first frame.
+
+    Stops taking more once `limit` messages are in hand (a batch is never split), so the thread
+    hands on what the first of them produced within a few milliseconds even in a flood.
+    """
+    first = recv_frame(sock, timeout_ms)
+    if first is None:
+        return []
+    out = frames_of(first)
+    while len(out) < limit:
+        try:
+            frame = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        out.extend(frames_of(frame))
+    return out
+
+
+class Inbox:
+    """A PULL socket read one message at a time, whether its peers sent them alone or in batches."""
+
+    __slots__ = ("sock", "_frames")
+
+    def __init__(self, sock: Socket) -> None:
+        self.sock = sock
+        self._frames: deque[bytes] = deque()
+
+    def recv_frame(self, timeout_ms: int | None = None) -> bytes | None:
+        if self._frames:
+            return self._frames.popleft()
+        frame = recv_frame(self.sock, timeout_ms)
+        if frame is None or not frame.startswith(BATCH_MARK):
+            return frame
+        self._frames.extend(frames_of(frame))
+        return self._frames.popleft()
+
+    def recv(self, timeout_ms: int | None = None) -> object | None:
+        """The next message, or None when nothing arrives within timeout_ms."""
+        frame = self.recv_frame(timeout_ms)
+        return None if frame is None else decode(frame)
+
+    def close(self, linger: int | None = None) -> None:
+        self.sock.close(linger)
 
 
 def recv(sock: Socket, timeout_ms: int | None = None) -> object | None:

@@ -34,8 +34,8 @@ class Outlets:
     """The processor's PUSH sockets: work() makes them in its thread; None before that (and when
     that consumer is not configured)."""
 
-    control: inproc.Socket | None = None
-    audit: inproc.Socket | None = None
+    control: inproc.Outbox | None = None
+    audit: inproc.Outbox | None = None
     config: inproc.Socket | None = None
     meter_writer: inproc.Socket | None = None
     notifier: inproc.Socket | None = None

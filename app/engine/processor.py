@@ -121,8 +121,9 @@ class EventProcessor(threads.AppThread):
     # ---- loop -------------------------------------------------------------------------------
 
     def work(self) -> None:
-        self._out.control = inproc.connect_push(CONTROL_PUBLISHER)
-        self._out.audit = inproc.connect_push(AUDIT)
+        # Outboxes: the triggers and records of what one recv_frames() drained go on in one frame each.
+        self._out.control = inproc.Outbox(inproc.connect_push(CONTROL_PUBLISHER))
+        self._out.audit = inproc.Outbox(inproc.connect_push(AUDIT))
         self._out.config = inproc.connect_push(CONFIG)
         # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
         if self._settings.influxdb_enabled:
@@ -137,24 +138,30 @@ class EventProcessor(threads.AppThread):
         next_reload = time.monotonic() + RELOAD_SECONDS
         try:
             while not threads.shutting_down.is_set():
-                try:
-                    msg = inproc.recv(self._pull, timeout_ms=200)
-                except inproc.MessageError as exc:
-                    log.warning("dropping undecodable frame: %s", exc)
-                    continue
-                if self._acting != roles.acting():
+                frames = inproc.recv_frames(self._pull, timeout_ms=200)
+                if not frames and self._acting != roles.acting():
                     self._role_changed()
-                try:
-                    self._dispatch(msg)
-                except Exception:
-                    # One bad message must never stop the hub; it is logged, counted and skipped.
-                    health.count("processor.errors")
-                    log.exception("failed to process %s", type(msg).__name__)
+                for frame in frames:
+                    try:
+                        msg = inproc.decode(frame)
+                    except inproc.MessageError as exc:
+                        log.warning("dropping undecodable frame: %s", exc)
+                        continue
+                    if self._acting != roles.acting():
+                        self._role_changed()
+                    try:
+                        self._dispatch(msg)
+                    except Exception:
+                        # One bad message must never stop the hub; it is logged, counted and skipped.
+                        health.count("processor.errors")
+                        log.exception("failed to process %s", type(msg).__name__)
+                self._hand_on()
                 if time.monotonic() >= next_reload:
                     self._reload()
                     next_reload = time.monotonic() + RELOAD_SECONDS
                 if self._acting:
                     self._housekeeping()
+                    self._hand_on()
         finally:
             # everything, not just what changed since the last flush: a queued StateWrite may
             # still be on its way, and this snapshot (newest version) must win over it.
@@ -162,11 +169,18 @@ class EventProcessor(threads.AppThread):
             if self._acting and roles.acting():
                 self._state.mark_all()
                 self._flush()
+            self._hand_on()
             if self._out.audit is not None:
-                self._out.audit.setsockopt(zmq.LINGER, 1000)  # the last flush must reach the AuditWriter
+                self._out.audit.sock.setsockopt(zmq.LINGER, 1000)  # the last flush must reach the AuditWriter
             for sock in (self._pull, *vars(self._out).values()):
                 if sock is not None:
                     sock.close()
+
+    def _hand_on(self) -> None:
+        """Send what the messages just handled produced: the triggers first, then their records."""
+        for box in (self._out.control, self._out.audit):
+            if box is not None:
+                box.flush()
 
     def _dispatch(self, msg: object) -> None:
         if isinstance(msg, Applied):

@@ -153,24 +153,27 @@ class ControlPublisher(AppThread):
             return
         for _ in range(RECEIVE_BATCH):
             try:
-                frame = pull.recv(zmq.NOBLOCK)
+                received = pull.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                msg = inproc.decode(frame)
-            except inproc.MessageError as exc:
-                log.error("ControlPublisher dropped an undecodable inproc frame: %s", exc)
-                health.count("control.invalid")
-                continue
-            if not isinstance(msg, channels.ControlMessage):
-                log.error(
-                    "ControlPublisher dropped a %s: only ControlMessage belongs here", type(msg).__name__
-                )
-                health.count("control.invalid")
-                continue
-            if len(self._pending) >= MAX_PENDING:
-                self._lose(self._pending.popleft(), f"{MAX_PENDING} triggers were already waiting")
-            self._pending.append(msg)
+            for frame in inproc.frames_of(received):
+                self._take(frame)
+
+    def _take(self, frame: bytes) -> None:
+        """Queue one ControlMessage for publishing; anything else is logged, counted and dropped."""
+        try:
+            msg = inproc.decode(frame)
+        except inproc.MessageError as exc:
+            log.error("ControlPublisher dropped an undecodable inproc frame: %s", exc)
+            health.count("control.invalid")
+            return
+        if not isinstance(msg, channels.ControlMessage):
+            log.error("ControlPublisher dropped a %s: only ControlMessage belongs here", type(msg).__name__)
+            health.count("control.invalid")
+            return
+        if len(self._pending) >= MAX_PENDING:
+            self._lose(self._pending.popleft(), f"{MAX_PENDING} triggers were already waiting")
+        self._pending.append(msg)
 
     def _expire(self) -> None:
         if not self._pending:

@@ -83,10 +83,13 @@ class HeartbeatFilter(threads.AppThread):
         self._change_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
         # The AuditWriter stores registrations and last-seen; its loop never waits long on a lock.
+        # Sent at once, not batched: registrations are rare, and each must be on its way before the
+        # envelope that names its devices reaches the processor.
         self._store = inproc.connect_push(AUDIT)
 
     def work(self) -> None:
-        push = inproc.connect_push(PROCESSOR)
+        # What one drained burst produced goes on to the processor in one frame.
+        push = inproc.Outbox(inproc.connect_push(PROCESSOR))
         with self._sessions() as session:
             self._learn_known(registry.load_known(session))
             self._generations = registry.load_generations(session)
@@ -94,8 +97,7 @@ class HeartbeatFilter(threads.AppThread):
         next_flush = time.monotonic() + FLUSH_SECONDS
         try:
             while not threads.shutting_down.is_set():
-                frame = inproc.recv_frame(self._pull, 200)
-                if frame is not None:
+                for frame in inproc.recv_frames(self._pull, 200):
                     try:
                         msg = inproc.decode(frame)
                     except inproc.MessageError as exc:
@@ -103,11 +105,13 @@ class HeartbeatFilter(threads.AppThread):
                         continue
                     if isinstance(msg, Envelope):
                         self._handle(msg, frame, push)
+                push.flush()
                 if time.monotonic() >= next_flush:
                     self._flush()
                     next_flush = time.monotonic() + FLUSH_SECONDS
         finally:
             self._flush()
+            push.flush()
             self._pull.close()
             push.close()
             self._store.setsockopt(zmq.LINGER, 1000)  # the last flush must reach the AuditWriter
@@ -119,7 +123,7 @@ class HeartbeatFilter(threads.AppThread):
         for kind, _ in known:
             self._totals[kind] = self._totals.get(kind, 0) + 1
 
-    def _handle(self, env: Envelope, frame: bytes, push: inproc.Socket) -> None:
+    def _handle(self, env: Envelope, frame: bytes, push: inproc.Socket | inproc.Outbox) -> None:
         data = env.payload.get("data") or {}
         inbound = protocols.read(env.routing_key, env.origin, data)
         described, active, problems = adverts(inbound)

@@ -53,7 +53,9 @@ class RabbitSource(AppThread):
             heartbeat = min(heartbeat, max(1, round(settings.ha_fence_seconds / 2)))
         spec = broker_spec(settings, "RabbitSource", settings.rabbitmq_exchange, heartbeat)
         self._connector = rabbit.Connector(spec, "RabbitSource", on_state=self._on_state)
-        self._push: inproc.Socket | None = None
+        # Envelopes of one delivery burst, handed to the HeartbeatFilter in one frame (and always
+        # before the deliveries they came from are acked).
+        self._push: inproc.Outbox | None = None
         self._last_tag = 0
         self._unacked = 0
         self._acked_at = 0.0  # time.monotonic() of the last ack
@@ -72,7 +74,7 @@ class RabbitSource(AppThread):
         health.set_state(COMPONENT, state, detail)
 
     def work(self) -> None:
-        self._push = inproc.connect_push(channels.HEARTBEAT_FILTER)
+        self._push = inproc.Outbox(inproc.connect_push(channels.HEARTBEAT_FILTER))
         try:
             while not threads.shutting_down.is_set():
                 connection = self._connector.connect()
@@ -84,6 +86,7 @@ class RabbitSource(AppThread):
                     if not threads.shutting_down.is_set():
                         self._connector.lost(exc)
                 finally:
+                    self._hand_on()  # what was received before the connection went
                     self.connected.clear()
                     rabbit.close(connection)
         finally:
@@ -114,6 +117,7 @@ class RabbitSource(AppThread):
         log.info("RabbitSource consuming %s on exchange %s", BINDING_KEY, exchange)
         while not threads.shutting_down.is_set():
             connection.process_data_events(time_limit=SLICE_SECONDS)
+            self._hand_on()
             if self._window is not None or time.monotonic() - self._acked_at >= ACK_INTERVAL:
                 self._flush_acks(channel)
             if not roles.acting():
@@ -150,6 +154,7 @@ class RabbitSource(AppThread):
         return False
 
     def _flush_acks(self, channel: BlockingChannel) -> None:
+        self._hand_on()  # a delivery is acked only once its envelope is with the HeartbeatFilter
         if self._window is not None:
             tag = self._window.ackable()
             if tag is not None:
@@ -213,4 +218,10 @@ class RabbitSource(AppThread):
 
     def _send(self, frame: bytes) -> None:
         assert self._push is not None
-        inproc.send_patiently(self._push, frame, threads.shutting_down)
+        self._push.send(frame)
+        if len(self._push) >= inproc.MAX_BATCH:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        if self._push is not None:
+            self._push.flush(threads.shutting_down)

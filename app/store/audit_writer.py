@@ -81,6 +81,7 @@ class AuditWriter(threads.AppThread):
         self._settings = settings
         self._sessions = session_factory
         self._pull = inproc.bind_pull(AUDIT)
+        self._inbox = inproc.Inbox(self._pull)  # its peers send alone or in batches
         self._to_processor: zmq.Socket[bytes] | None = None
         self._next_prune = time.monotonic() + FIRST_PRUNE_SECONDS
         self._held: deque[AuditRecord] = deque()
@@ -119,7 +120,7 @@ class AuditWriter(threads.AppThread):
                     # (a poll, a thread switch, a GIL handover) cost more than the record's insert.
                     wait_ms = 0 if batch else max(0, int(left * 1000))
                     try:
-                        msg = inproc.recv(self._pull, timeout_ms=wait_ms)
+                        msg = self._inbox.recv(timeout_ms=wait_ms)
                     except inproc.MessageError as exc:
                         log.warning("dropping undecodable frame: %s", exc)
                         continue
@@ -186,7 +187,7 @@ class AuditWriter(threads.AppThread):
 
     def _drain(self) -> list[AuditRecord]:
         out: list[AuditRecord] = []
-        while (msg := inproc.recv(self._pull, timeout_ms=0)) is not None:
+        while (msg := self._inbox.recv(timeout_ms=0)) is not None:
             self._take(msg, out)
         return out
 

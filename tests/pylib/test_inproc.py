@@ -61,3 +61,79 @@ def test_threads_encoding_at_once_each_get_their_own_frames() -> None:
     for worker in workers:
         worker.join()
     assert failures == []
+
+
+def _control(i: int) -> channels.ControlMessage:
+    return channels.ControlMessage(f"event.control.o{i}", b"\x81\xa1a\x01", float(i), f"o{i}")
+
+
+def test_an_outbox_hands_over_what_it_holds_in_one_frame_and_an_inbox_reads_it_back_in_order() -> None:
+    pull = inproc.bind_pull("inproc://test-outbox")
+    box = inproc.Outbox(inproc.connect_push("inproc://test-outbox"))
+    try:
+        assert box.flush() is True  # nothing held: nothing sent
+        for i in range(5):
+            inproc.send(box, _control(i))
+        assert len(box) == 5
+        box.flush()
+        assert len(box) == 0
+        frame = inproc.recv_frame(pull, 1000)
+        assert frame is not None and frame.startswith(inproc.BATCH_MARK)
+        assert inproc.recv_frame(pull, 0) is None  # five messages, one frame
+        assert [inproc.decode(f) for f in inproc.frames_of(frame)] == [_control(i) for i in range(5)]
+        # one message alone travels as it always did, so older readers and single sends still match
+        inproc.send(box, _control(9))
+        box.flush()
+        alone = inproc.recv_frame(pull, 1000)
+        assert alone == inproc.encode(_control(9)) and inproc.frames_of(alone) == [alone]
+        inbox = inproc.Inbox(pull)
+        inproc.send(box, _control(1))
+        box.flush()
+        for i in (2, 3):
+            inproc.send(box, _control(i))
+        box.flush()
+        assert [inbox.recv(1000) for _ in range(3)] == [_control(1), _control(2), _control(3)]
+        assert inbox.recv(0) is None
+    finally:
+        box.close(linger=0)
+        pull.close(linger=0)
+
+
+def test_recv_frames_takes_what_waits_up_to_its_limit_and_never_splits_a_batch() -> None:
+    pull = inproc.bind_pull("inproc://test-recv-frames")
+    push = inproc.connect_push("inproc://test-recv-frames")
+    box = inproc.Outbox(push)
+    try:
+        assert inproc.recv_frames(pull, 0) == []
+        for i in range(3):
+            push.send(inproc.encode(_control(i)))
+        for i in range(3, 8):
+            inproc.send(box, _control(i))
+        box.flush()
+        push.send(inproc.encode(_control(8)))
+        first = inproc.recv_frames(pull, 1000, limit=4)
+        # three single frames, then the batch of five whole: seven, past the limit of four
+        assert [inproc.decode(f) for f in first] == [_control(i) for i in range(8)]
+        assert [inproc.decode(f) for f in inproc.recv_frames(pull, 1000)] == [_control(8)]
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+
+
+def test_a_batch_that_does_not_unpack_fails_to_decode_like_any_bad_frame_and_the_next_is_whole() -> None:
+    pull = inproc.bind_pull("inproc://test-bad-batch")
+    push = inproc.connect_push("inproc://test-bad-batch")
+    try:
+        for bad in (inproc.BATCH_MARK, inproc.BATCH_MARK + b"\x92\x01\x02", inproc.BATCH_MARK + b"\xff"):
+            assert inproc.frames_of(bad) == [bad]
+            with pytest.raises(inproc.MessageError):
+                inproc.decode(bad)
+        inbox = inproc.Inbox(pull)
+        push.send(inproc.BATCH_MARK + b"\x92\x01\x02")  # a list, but not of frames
+        push.send(inproc.encode(_control(1)))
+        with pytest.raises(inproc.MessageError):
+            inbox.recv(1000)
+        assert inbox.recv(1000) == _control(1)
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)

@@ -112,11 +112,13 @@ class Sink:
     def __init__(self, url: str) -> None:
         self.pull = inproc.bind_pull(url)
         self.push = inproc.connect_push(url)
+        self.outbox = inproc.Outbox(self.push)  # as the threads on the event path send
 
     def frames(self) -> list[bytes]:
+        self.outbox.flush()
         out = []
         while (frame := inproc.recv_frame(self.pull, 0)) is not None:
-            out.append(frame)
+            out.extend(inproc.frames_of(frame))
         return out
 
 
@@ -131,7 +133,7 @@ def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator
         registry.ensure_builtin(session, settings.device_name)
     source = RabbitSource(settings)
     to_filter = Sink("inproc://fuzz-to-filter")
-    source._push = to_filter.push
+    source._push = to_filter.outbox
     hb = HeartbeatFilter(
         sessions, Presence(), limits.Caps(inputs_per_device=20, inputs=200), limits.Refusals()
     )
@@ -142,7 +144,8 @@ def pipeline(tmp_path: Path, make_settings: Callable[..., Settings]) -> Iterator
     to_processor = Sink("inproc://fuzz-to-processor")
     processor = EventProcessor(settings, sessions)
     outs = [Sink(f"inproc://fuzz-out-{i}") for i in range(3)]
-    processor._out.control, processor._out.audit, processor._out.config = (s.push for s in outs)
+    processor._out.control, processor._out.audit = outs[0].outbox, outs[1].outbox
+    processor._out.config = outs[2].push
     processor._reload()
     outs.append(to_store)  # drained with the processor's outputs
     yield source, to_filter, hb, to_processor, processor, outs
@@ -157,7 +160,7 @@ def test_rabbitmq_bodies(pipeline: tuple[Any, ...], body: bytes) -> None:
     source, to_filter, hb, to_processor, processor, outs = pipeline
     source._handle("event.notify.ioboard.fuzz", body, time.time())
     for frame in to_filter.frames():
-        hb._handle(inproc.decode(frame), frame, to_processor.push)
+        hb._handle(inproc.decode(frame), frame, to_processor.outbox)
     for frame in to_processor.frames():
         processor._on_envelope(inproc.decode(frame))
     for sink in outs:
