@@ -28,6 +28,10 @@ BATCH_MARK = b"\xc1"
 # Messages a hop takes before it hands on what they produced: bounds the wait the first of them
 # has for the last (a few milliseconds), and the size of one frame.
 MAX_BATCH = 32
+# Queued frames per side of a pipe that carries batches (ZeroMQ's inproc pipe holds the sender's
+# send HWM plus the receiver's receive HWM). 32 + 32 frames of up to 32 messages keep a hop's
+# queue at about the 2,000 messages that two default HWMs of single frames held.
+BATCH_HWM = 32
 
 
 def context() -> zmq.Context[Socket]:
@@ -81,9 +85,12 @@ def decode(frame: bytes) -> object:
         raise MessageError(f"undecodable inproc frame: {exc}") from exc
 
 
-def bind_pull(url: str) -> Socket:
+def bind_pull(url: str, batched: bool = False) -> Socket:
+    """A PULL socket; `batched`: its busy peers send batches, so it queues fewer frames of them."""
     sock = context().socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
+    if batched:
+        sock.setsockopt(zmq.RCVHWM, BATCH_HWM)
     sock.bind(url)
     return sock
 
@@ -93,6 +100,15 @@ def connect_push(url: str) -> Socket:
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(url)
     return sock
+
+
+def connect_outbox(url: str) -> Outbox:
+    """An Outbox on a PUSH socket that queues BATCH_HWM frames (each up to MAX_BATCH messages)."""
+    sock = context().socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, BATCH_HWM)
+    sock.connect(url)
+    return Outbox(sock)
 
 
 S = TypeVar("S", "zmq.Socket[bytes]", "Outbox")

@@ -112,7 +112,7 @@ class EventProcessor(threads.AppThread):
         # False on a standby hub: it decides nothing, changes nothing and writes no rule state
         self._acting = True
         # Bound here, before any thread starts, so nothing sent early is lost.
-        self._pull = inproc.bind_pull(PROCESSOR)
+        self._pull = inproc.bind_pull(PROCESSOR, batched=True)
 
     @property
     def _snap(self) -> Snapshot:
@@ -122,8 +122,8 @@ class EventProcessor(threads.AppThread):
 
     def work(self) -> None:
         # Outboxes: the triggers and records of what one recv_frames() drained go on in one frame each.
-        self._out.control = inproc.Outbox(inproc.connect_push(CONTROL_PUBLISHER))
-        self._out.audit = inproc.Outbox(inproc.connect_push(AUDIT))
+        self._out.control = inproc.connect_outbox(CONTROL_PUBLISHER)
+        self._out.audit = inproc.connect_outbox(AUDIT)
         self._out.config = inproc.connect_push(CONFIG)
         # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
         if self._settings.influxdb_enabled:

@@ -71,7 +71,7 @@ class ControlPublisher(AppThread):
         health.set_state(COMPONENT, state, detail)
 
     def work(self) -> None:
-        pull = inproc.bind_pull(channels.CONTROL_PUBLISHER)
+        pull = inproc.bind_pull(channels.CONTROL_PUBLISHER, batched=True)
         try:
             while not threads.shutting_down.is_set():
                 if self._channel is None and self._connector.due():

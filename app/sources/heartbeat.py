@@ -81,7 +81,7 @@ class HeartbeatFilter(threads.AppThread):
         self._warned_generation: set[str] = set()
         self._bad_log = ratelog.RateLimitedLog(log)
         self._change_log = ratelog.RateLimitedLog(log)
-        self._pull = inproc.bind_pull(HEARTBEAT_FILTER)
+        self._pull = inproc.bind_pull(HEARTBEAT_FILTER, batched=True)
         # The AuditWriter stores registrations and last-seen; its loop never waits long on a lock.
         # Sent at once, not batched: registrations are rare, and each must be on its way before the
         # envelope that names its devices reaches the processor.
@@ -89,7 +89,7 @@ class HeartbeatFilter(threads.AppThread):
 
     def work(self) -> None:
         # What one drained burst produced goes on to the processor in one frame.
-        push = inproc.Outbox(inproc.connect_push(PROCESSOR))
+        push = inproc.connect_outbox(PROCESSOR)
         with self._sessions() as session:
             self._learn_known(registry.load_known(session))
             self._generations = registry.load_generations(session)

@@ -74,7 +74,7 @@ class RabbitSource(AppThread):
         health.set_state(COMPONENT, state, detail)
 
     def work(self) -> None:
-        self._push = inproc.Outbox(inproc.connect_push(channels.HEARTBEAT_FILTER))
+        self._push = inproc.connect_outbox(channels.HEARTBEAT_FILTER)
         try:
             while not threads.shutting_down.is_set():
                 connection = self._connector.connect()

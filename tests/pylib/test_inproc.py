@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 
 import pytest
+import zmq
 
 from app.core import channels
 from pylib import inproc
@@ -136,4 +137,33 @@ def test_a_batch_that_does_not_unpack_fails_to_decode_like_any_bad_frame_and_the
         assert inbox.recv(1000) == _control(1)
     finally:
         push.close(linger=0)
+        pull.close(linger=0)
+
+
+def test_a_batched_pipe_queues_about_as_many_messages_as_a_pipe_of_single_frames() -> None:
+    pull = inproc.bind_pull("inproc://test-batched-hwm", batched=True)
+    box = inproc.connect_outbox("inproc://test-batched-hwm")
+    try:
+        frames = 0
+        while True:
+            for i in range(inproc.MAX_BATCH):
+                inproc.send(box, _control(i))
+            try:
+                box.sock.send(inproc.pack_frames(box.frames), zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            box.frames = []
+            frames += 1
+            assert frames <= 10 * inproc.BATCH_HWM, "the pipe did not fill up"
+        # ZeroMQ's inproc pipe holds the sender's HWM plus the receiver's: 64 frames of 32 messages,
+        # about the 2,000 single frames two default HWMs held before batches
+        assert frames == 2 * inproc.BATCH_HWM
+        assert 1500 <= frames * inproc.MAX_BATCH <= 2500
+        # a full pipe stops the sender (send_patiently waits, a plain send blocks); nothing is lost
+        taken = 0
+        while inproc.recv_frame(pull, 0) is not None:
+            taken += 1
+        assert taken == frames
+    finally:
+        box.close(linger=0)
         pull.close(linger=0)
