@@ -26,7 +26,8 @@ from app.sources.mqtt_source import MqttSource
 from app.sources.rabbit_source import RabbitSource
 from app.store import db, db_writes, original, registry, roles
 from app.store.audit_writer import AuditWriter
-from app.web import create_app
+from app.web import auth_keys, create_app
+from app.web.lazy import LazyWebApp
 from app.web.server import WebServer
 from pylib import inproc, threads
 
@@ -62,6 +63,7 @@ class Hub:
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
         self.web: WebServer | None = None
+        self.web_app: LazyWebApp | None = None  # what the web server serves (app.web.lazy)
         self.started_at = time.monotonic()
 
     @property
@@ -90,6 +92,15 @@ class Hub:
             registry.ensure_builtin(session, self.settings.device_name)
         db_writes.mark_ok_detail(db.current_revision(self.engine))
 
+    def make_web_app(self) -> LazyWebApp:
+        """The dashboard and the API, built on the first request that needs them (app.web.lazy); the
+        admin user (a first start prints its generated password) and the signing key are made now."""
+        settings, sessions = self.settings, self.sessions
+        assert sessions is not None
+        auth_keys.start_up(settings, sessions)
+        self.web_app = LazyWebApp(lambda: create_app(settings, sessions, presence), settings, sessions)
+        return self.web_app
+
     def start_threads(self) -> None:
         assert self.sessions is not None
         clocks.offsets.configure(self.settings.clock_offset_warning)
@@ -100,7 +111,7 @@ class Hub:
         applier = ConfigApplier(self.settings, self.sessions)
         heartbeat = HeartbeatFilter(self.sessions, presence, limits.Caps.from_settings(self.settings))
         rabbit = RabbitSource(self.settings)
-        self.web = WebServer(self.settings, create_app(self.settings, self.sessions, presence))
+        self.web = WebServer(self.settings, self.make_web_app())
         started: list[threads.AppThread] = [
             audit_writer,
             publisher,

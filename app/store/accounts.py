@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
-from werkzeug.security import generate_password_hash
 
 from app.store.models import User, WebSession
 
@@ -42,6 +41,9 @@ def utc_now() -> datetime:
 
 
 def hash_password(password: str) -> str:
+    # Here, not at the top: the hub imports this module at start-up, and Werkzeug only with the dashboard.
+    from werkzeug.security import generate_password_hash
+
     return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
@@ -98,9 +100,19 @@ def reset_password(session: Session, username: str) -> str:
     return password
 
 
+# The module's docstring, kept for --help: `python -OO` (as the hub runs) strips docstrings.
+DESCRIPTION = (
+    "Dashboard accounts outside the web app: one-time unlock codes, password resets and ending sessions.\n"
+    "\n"
+    "The owner's way in while a stranger keeps the login delayed: `/unlock` to the Telegram bot or\n"
+    "`python -m app.store.accounts unlock` on the console gives a code that, with the password, "
+    "skips the delays.\n"
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m app.store.accounts unlock|password [user]`: prints to the console only, never to a log."""
-    parser = argparse.ArgumentParser(prog="python -m app.store.accounts", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app.store.accounts", description=DESCRIPTION)
     parser.add_argument("command", choices=("unlock", "password"))
     parser.add_argument("user", nargs="?", help="the dashboard user (default: APP_ADMIN_USER)")
     args = parser.parse_args(argv)

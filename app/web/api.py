@@ -15,12 +15,9 @@ from flask_login import current_user
 from sqlalchemy import func, inspect, or_, select
 from sqlalchemy.orm import Session
 
-from app.core import health
 from app.engine import clocks, commands, config_changes
 from app.engine.config_changes import ChangeError
 from app.engine.presence import seen_online
-from app.ops import backup_status, observability
-from app.store import roles
 from app.store.models import (
     DeviceRow,
     InputConfig,
@@ -30,7 +27,7 @@ from app.store.models import (
 )
 from app.web import api_common as common
 from app.web import api_events as api_events  # its routes join bp when the API is imported
-from app.web import auth, masking
+from app.web import auth, health_status, masking
 from app.web.api_common import MAX_BODY_BYTES as MAX_BODY_BYTES
 from app.web.api_common import MAX_DEVICE_LIMIT as MAX_DEVICE_LIMIT
 from app.web.api_common import ApiError as ApiError
@@ -153,37 +150,12 @@ def _may_see_details() -> bool:
 
 @bp.get("/health")
 def get_health() -> tuple[Response, int]:
-    """Status for anyone (Docker's health check, a monitor); broker details only after login."""
-    ready = health.is_ready()
-    components = health.components()
-    down = observability.down_components(components, web_ctx().settings)
-    # RabbitMQ or MQTT down for longer than HEALTH_DOWN_GRACE_SECONDS: what turns this (and the
-    # container's health check) into a 503; a shorter outage (a broker restart) is only "degraded"
-    unhealthy = health.critical_down(web_ctx().settings.health_down_grace_seconds)
-    body: dict[str, Any] = {
-        "status": "starting" if not ready else "unhealthy" if unhealthy else "degraded" if down else "ok",
-        "ready": ready,
-        "down": down,
-        "unhealthy": unhealthy,
-    }
-    if _may_see_details():
-        # addresses, users, vhosts and versions sit in the components' details and the counters
-        body.update(
-            components=components,
-            counters=health.counters(),
-            # shown, never part of the status code: a stale backup must not make Docker restart the hub
-            backup=backup_status.read_status(web_ctx().settings).as_dict(),
-            # device clocks that differ from the hub's, learned from heartbeats (app.engine.clocks)
-            clocks=clocks.offsets.summary(),
-        )
-    if web_ctx().settings.ha_enabled:  # the standby pair: both hubs, which is active and since when
-        pair = roles.status(web_ctx().session_factory, web_ctx().settings)
-        if not _may_see_details():
-            # which hub is active is status (a monitor asks it); where each hub is reached is not
-            for node in (*pair.get("nodes", []), pair.get("active") or {}):
-                node.pop("url", None)
-        body["ha"] = pair
-    return jsonify(body), 200 if ready and not unhealthy else 503
+    """Status for anyone (Docker's health check, a monitor); broker details only after login.
+
+    Anonymous calls normally never reach Flask: app.web.lazy answers them from the same function.
+    """
+    body, status = health_status.answer(web_ctx().settings, web_ctx().session_factory, _may_see_details())
+    return jsonify(body), status
 
 
 @bp.get("/devices")

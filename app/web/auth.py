@@ -29,10 +29,10 @@ from werkzeug.wrappers import Response as BaseResponse
 from app.store import accounts
 from app.store.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
 from app.store.models import ApiToken, User, WebSession
-from app.web import security
+from app.web import auth_keys, security
 from app.web.api_tokens import TOKEN_NAME_MAX, TOKEN_ROLES, TokenError, validate_token_name
 from app.web.api_tokens import create_token as create_token  # re-exported for scripts and tests
-from app.web.auth_keys import bootstrap_admin, load_secret_key, secret_key_path
+from app.web.auth_keys import secret_key_path as secret_key_path  # re-exported for tests
 from app.web.auth_users import (
     AuthState,
     bearer,
@@ -282,10 +282,8 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         context = ctx()
     settings = context.settings
-    # Once at start: the admin row, and the signing key (a setting, or its own 0600 file).
-    with context.session_factory() as s:
-        bootstrap_admin(s, settings)
-        app.secret_key = settings.secret_key or load_secret_key(s, secret_key_path(settings))
+    # The admin row, and the signing key (a setting, or its own 0600 file); the hub has made both at start.
+    app.secret_key = auth_keys.start_up(settings, context.session_factory)
 
     # The client address and scheme (for Secure cookies) from X-Forwarded-* of trusted proxies only.
     security.init_app(app, security.TrustedProxies(settings.trusted_proxies))

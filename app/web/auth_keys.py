@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import delete, select
@@ -21,6 +22,14 @@ log = logging.getLogger("app.web.auth")
 
 SECRET_KEY_CONFIG = "flask-secret-key"  # where the signing key lived before it got a file of its own
 SECRET_KEY_FILE = "secret_key"
+
+
+def start_up(settings: Settings, session_factory: Callable[[], Session]) -> str:
+    """The admin user and the session-signing key, at the hub's start (the web app may come much later);
+    returns the key. Again when the web app is built: the second time finds both and changes nothing."""
+    with session_factory() as session:
+        bootstrap_admin(session, settings)
+        return settings.secret_key or load_secret_key(session, secret_key_path(settings))
 
 
 def bootstrap_admin(session: Session, settings: Settings) -> None:

@@ -1,4 +1,7 @@
-"""Security headers on every response, and the client address from X-Forwarded-For of trusted proxies only."""
+"""Security headers on every response, and the client address from X-Forwarded-For of trusted proxies only.
+
+Flask only for type hints: app.web.lazy sends the same headers with the health answer it gives without Flask.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response
-
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from flask import Flask, Response
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,12 @@ import pytest
 from app.core.settings import SettingsError
 from app.store import roles
 from app.store.lease import Lease, LeaseLost, lock_key
+from app.web.lazy import LazyWebApp
 from tests import hapair
 from tests.support import wait_for
 from tests.telegram_standin import TelegramStandIn
 from tests.web.test_auth import CSRF_FIELD, FAST_HASH, PASSWORD
+from tests.web.test_lazy import call
 
 TOKEN = "4242:standby-pair-token"
 CHAT = "-1001234"
@@ -401,8 +403,14 @@ def test_health_and_telegram_status_list_both_hubs(make_settings, pg_url: str) -
             "pi-b (this hub): active since 06 Dec 21:05",
             "pi-old: unreachable since 06 Dec 21:05",
         ]
-        body = create_app(settings, sessions).test_client().get("/api/health").get_json()
+        flask_app = create_app(settings, sessions)
+        body = flask_app.test_client().get("/api/health").get_json()
         assert body["ha"]["node"] == "pi-b" and body["ha"]["active"]["node"] == "pi-b"
+        # the web server's answer without Flask (app.web.lazy) is Flask's, byte for byte, the URLs hidden
+        light = call(LazyWebApp(lambda: flask_app, settings, sessions))
+        full = call(flask_app)
+        assert (light[0], sorted(light[1]), light[2]) == (full[0], sorted(full[1]), full[2])
+        assert b'"ha":' in light[2] and b"http://b/" not in light[2]
         assert {n["node"]: n["role"] for n in body["ha"]["nodes"]} == {
             "pi-a": "standby",
             "pi-b": "active",
