@@ -10,10 +10,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from app.core import file_modes
+from app.core import file_modes, health
 from app.core import settings as settings_module
 from app.core.settings import sqlite_file
 from app.core.settings_defaults import SettingsError
@@ -35,6 +36,59 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
+
+
+# The main thread looks this often whether the hub has gone quiet after a burst (MallocTrim).
+TRIM_CHECK_SECONDS = 2.0
+# ... and gives memory back once at least this many counted events happened since it last did.
+TRIM_AFTER_EVENTS = 1000
+
+
+class MallocTrim:
+    """malloc_trim(0) once the hub goes quiet after a burst of events.
+
+    A burst leaves glibc's heaps with free memory it keeps (pika's frames, ZeroMQ's queued messages,
+    SQLite's pages, Python's larger objects came and went): 2-3 MB after 20,000 activations, which
+    malloc_trim gives back in under a millisecond (docs/performance.md, session 5). Only when nothing
+    was counted for a whole check (health's counters, which every event moves), so no event waits on
+    it, and only after TRIM_AFTER_EVENTS, so a quiet house does not trim for every heartbeat.
+    """
+
+    def __init__(
+        self,
+        activity: Callable[[], int],
+        trim: Callable[[], object] | None = None,
+        after_events: int = TRIM_AFTER_EVENTS,
+    ) -> None:
+        self._activity = activity
+        self._trim = trim if trim is not None else _malloc_trim()
+        self._after = after_events
+        self._last = activity()
+        self._trimmed_at = self._last
+
+    def tick(self) -> bool:
+        """Called every TRIM_CHECK_SECONDS; True when it trimmed."""
+        now = self._activity()
+        quiet = now == self._last
+        self._last = now
+        if self._trim is None or not quiet or now - self._trimmed_at < self._after:
+            return False
+        self._trimmed_at = now
+        self._trim()
+        return True
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0); None off glibc (musl has none)."""
+    try:
+        trim: Callable[[int], object] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
+
+
+def counted_events() -> int:
+    return sum(health.counters().values())
 
 
 # Generation 0 is collected after this many new container objects (CPython's default is 700).
@@ -62,8 +116,11 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def run(hub: Stoppable, nanny_interval: float = 0.5) -> int:
-    """Supervise a started hub until a signal or a thread death; returns the exit code."""
+def run(hub: Stoppable, nanny_interval: float = 0.5, trimmer: MallocTrim | None = None) -> int:
+    """Supervise a started hub until a signal or a thread death; returns the exit code.
+
+    Meanwhile the main thread, idle otherwise, gives memory back after bursts (trimmer).
+    """
     exit_code = 0
     died = threading.Event()
 
@@ -76,7 +133,9 @@ def run(hub: Stoppable, nanny_interval: float = 0.5) -> int:
             on_fatal()
 
     threads.Nanny(on_death, nanny_interval).start()
-    threads.shutting_down.wait()
+    while not threads.shutting_down.wait(TRIM_CHECK_SECONDS):
+        if trimmer is not None:
+            trimmer.tick()
     if died.is_set():
         exit_code = 1
     log.info("shutting down")
@@ -155,7 +214,7 @@ def main() -> int:
         hub.stop()
         return 1
     tune_gc()
-    return run(hub)
+    return run(hub, trimmer=MallocTrim(counted_events))
 
 
 if __name__ == "__main__":
