@@ -90,6 +90,7 @@ ENV PATH=/opt/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
     VIRTUAL_ENV=/opt/app/.venv \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONOPTIMIZE=2 \
     DATA_DIR=/data \
     BAD_SETTING_EXIT_DELAY_SECONDS=30 \
     TABLESPACE_PATH=/data/event_processor.db
@@ -119,11 +120,18 @@ COPY config ./config
 COPY templates ./templates
 COPY static ./static
 COPY backup_db.sh ./backup_db.sh
-# Byte code for the hub's own source only. The dependencies' would add ~15 MB (a fifth of the image
-# above its base) to save a few seconds of compiling at each start on a Pi; the hub starts rarely, and
-# its user cannot write the venv, so nothing is cached there at run time either.
+# Every python here runs as `python -OO` (PYTHONOPTIMIZE=2 above; `make run` does the same): without the
+# docstrings of SQLAlchemy & co. the hub needs ~5 MB less memory (docs/performance.md, session 5). Its
+# byte code is made here, for the hub's source, the venv and the base's standard library (its tests and
+# GUI modules aside): nobody can write it at run time (the app user, PYTHONDONTWRITEBYTECODE), and
+# without it every start would compile each imported module from source again, which costs the hub
+# seconds of CPU on a Pi and memory it keeps. ~37 MB of .opt-2.pyc files (27 the venv's, 10 the
+# standard library's).
 RUN chmod 0755 /opt/app/backup_db.sh /opt/app/config/docker-entrypoint.sh \
-    && /opt/app/.venv/bin/python -m compileall -q app pylib
+    && stdlib="$(/opt/app/.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')" \
+    && /opt/app/.venv/bin/python -OO -m compileall -q -j0 \
+        -x '/(test|tests|idlelib|tkinter|turtledemo|lib2to3|ensurepip|pydoc_data)/' \
+        "$stdlib" /opt/app/.venv/lib app pylib
 
 VOLUME /data
 EXPOSE 8080

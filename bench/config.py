@@ -28,6 +28,8 @@ IDLE_TIMEOUT = 10.0  # a leg gives up when no control message has arrived for th
 LEG_TIMEOUT = 60.0  # and in any case this long after its last publish
 QUIET_SECONDS = 0.5  # listened for after the last expected message, to catch duplicates
 HEALTH_POLL = 0.02
+# How the hub runs, as `make run` and the image (Dockerfile ENV) start it: python -OO.
+HUB_PYTHON_ENV = {"PYTHONOPTIMIZE": "2"}
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 

@@ -24,6 +24,7 @@ from bench.config import (
     BROKER_PORT,
     CREATED_EXCHANGES,
     HEALTH_POLL,
+    HUB_PYTHON_ENV,
     MQTT_HOST,
     REPO,
     START_TIMEOUT,
@@ -70,6 +71,7 @@ class Hub:
             APP_FLASK_HTTP_PORT=str(self.port),
             LOG_LEVEL="INFO",  # the default, as its owner runs it: a line per activation would show here
         )
+        env.update(HUB_PYTHON_ENV)  # python -OO, as `make run` and the image run it
         if self.mqtt_port is not None:
             env["MQTT_SERVER_ADDRESS"] = f"{MQTT_HOST}:{self.mqtt_port}"
         env.update(self.extra_env)

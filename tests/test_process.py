@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ import pytest
 
 from app import __main__ as entry
 from app.core import health
+from app.store import db
+from app.web import auth
 from pylib import threads
 from tests.hubtools import Api, ControlConsumer, Device, start_hub
 from tests.sources.test_rabbit_source import close_connection_named
@@ -220,3 +223,114 @@ def test_hub_reconnects_after_broker_closes_its_connections(make_settings) -> No
         device.close()
         consumer.close()
         hub.stop()
+
+
+def test_malloc_trim_runs_once_the_hub_goes_quiet_after_enough_events() -> None:
+    count = [0]
+    trims: list[int] = []
+    trimmer = entry.MallocTrim(lambda: count[0], lambda: trims.append(count[0]), after_events=100)
+    assert not trimmer.tick()  # nothing happened
+    count[0] = 50
+    assert not trimmer.tick() and not trimmer.tick()  # busy, then quiet: too few events to bother
+    count[0] = 500
+    assert not trimmer.tick()  # still busy
+    assert trimmer.tick() and trims == [500]  # quiet after a burst: trimmed once
+    assert not trimmer.tick()  # and not again until the next burst
+    count[0] = 650
+    assert not trimmer.tick() and trimmer.tick() and trims == [500, 650]
+    assert entry.MallocTrim(lambda: 0).tick() is False  # glibc's own trim, when there is nothing to do
+
+
+def make_run_command() -> tuple[dict[str, str], list[str]]:
+    """The environment and python arguments `make run` starts the hub with (the Makefile's run recipe)."""
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    assert recipe is not None
+    line = next(line.strip() for line in recipe.group(1).splitlines() if "-m app" in line)
+    words = line.split()
+    python = next(i for i, word in enumerate(words) if word.endswith("/python"))
+    return dict(word.split("=", 1) for word in words[:python]), [sys.executable, *words[python + 1 :]]
+
+
+def raw_health(port: int, extra_headers: str = "") -> tuple[str, list[str], bytes]:
+    """GET /api/health over a plain socket: (status line, header lines without Date, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            f"GET /api/health HTTP/1.1\r\nHost: hub\r\n{extra_headers}Connection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    status, *headers = head.decode("latin-1").split("\r\n")
+    return status, sorted(h for h in headers if not h.startswith("Date:")), body
+
+
+def flask_loaded(pid: int) -> bool:
+    """Whether the process has loaded MarkupSafe's C module, which Flask (via Jinja and Werkzeug) imports."""
+    return "markupsafe/_speedups" in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_the_hub_as_make_run_starts_it_needs_no_flask_for_health_and_fires_an_output(
+    tmp_path: Path, unique_name, make_settings
+) -> None:
+    env, argv = make_run_command()
+    assert env == {"PYTHONOPTIMIZE": "2"}  # python -OO, as the image runs it (Dockerfile ENV)
+    exchange = unique_name("ep")
+    settings = make_settings(RABBITMQ_EXCHANGE=exchange)
+    proc = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env={**hub_env(tmp_path, exchange), "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        port = None
+        for line in proc.stdout:
+            output.append(line)
+            match = re.search(r"API on [\d.]+:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        assert port, "hub never reported start-up:\n" + "".join(output)
+        reader = threading.Thread(target=lambda: output.extend(proc.stdout or []), daemon=True)
+        reader.start()
+        wait_for(lambda: json.loads(raw_health(port)[2])["status"] == "ok", 30, 0.1, "every component up")
+        # Anonymous health (the container's check) comes from app.web.lazy: no Flask in the process yet.
+        light = raw_health(port)
+        assert light[0] == "HTTP/1.1 200 OK" and not flask_loaded(proc.pid)
+        # A cookie that is no session: still anonymous, but Flask answers it (and is loaded for it).
+        full = raw_health(port, "Cookie: unrelated=1\r\n")
+        assert flask_loaded(proc.pid)
+        assert light == full
+
+        # an activation, end to end, in the hub started as `make run` starts it
+        engine = db.make_engine(f"sqlite:///{tmp_path / 'hub.db'}")
+        try:
+            with db.session_factory(engine)() as session:
+                token = auth.create_token(session, settings.admin_user, "make run")
+        finally:
+            engine.dispose()
+        api = Api.__new__(Api)
+        api.base, api.token = f"http://127.0.0.1:{port}", token
+        device, consumer = Device(settings), ControlConsumer(settings)
+        try:
+            device.publish("event.heartbeat.ioboard.pi-hallway", IOBOARD_HEARTBEAT)
+            wait_for(lambda: any(d["device_key"] == FRONT for d in api.get("/api/devices")["inputs"]), 20)
+            arm(api, activation_interval=0)
+            device.publish("event.notify.ioboard.pi-hallway", notify())
+            routing_key, _props, _body = consumer.wait(1, timeout=20)[0]
+            assert routing_key == "event.control.ioboard"
+        finally:
+            device.close()
+            consumer.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in "".join(output), "".join(output)

@@ -394,9 +394,13 @@ def _print_check(found: Found, environ: dict[str, str]) -> int:
     return 0
 
 
+# main's docstring, kept for --help: `python -OO` (as the hub runs) strips docstrings.
+DESCRIPTION = "`dotenv`: the ENV item as .env lines on stdout. `check`: which settings come from where."
+
+
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:
     """`dotenv`: the ENV item as .env lines on stdout. `check`: which settings come from where."""
-    parser = argparse.ArgumentParser(prog="python -m app.core.onepassword", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app.core.onepassword", description=DESCRIPTION)
     parser.add_argument("command", choices=("dotenv", "check"))
     args = parser.parse_args(argv)
     env = dict(os.environ if environ is None else environ)

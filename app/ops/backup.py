@@ -68,8 +68,14 @@ def _configure_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# The module's docstring, kept for --help: `python -OO` (as the hub runs) strips docstrings.
+DESCRIPTION = (
+    "SQLite backups to S3, restore and the restore drill: `python -m app.ops.backup backup|restore|verify`."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app.ops.backup", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m app.ops.backup", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("backup", help="upload the latest copy (and a dated one with date or time)")
     make.add_argument(
