@@ -24,7 +24,7 @@ from bench.clients import Publisher
 from bench.devices import make_devices
 from bench.hub import Hub
 from bench.legs import run_throughput, run_warmup
-from bench.processes import cpu_seconds, rss_mb, stop_process
+from bench.processes import compile_bytecode, cpu_seconds, rss_mb, stop_process
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -39,6 +39,7 @@ def main() -> int:
     parser.add_argument("--spy", help="write py-spy's raw samples of the leg here")
     parser.add_argument("--gil", action="store_true", help="py-spy: only the thread holding the GIL")
     args = parser.parse_args()
+    compile_bytecode()  # the -OO byte code the hub reads, as the bench makes it
     hub = Hub(Path(tempfile.mkdtemp(prefix="probe-")), extra_env=LEG_CAPS)
     print(f"start-up {hub.start():.3f} s, RSS {rss_mb(hub.pid):.1f} MB", flush=True)
     spy = None
