@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +19,9 @@ from app.core.settings import Settings
 from app.engine import commands, config_changes
 from app.store.models import InputConfig, OutputConfig
 from pylib import threads
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 log = logging.getLogger(__name__)
 
@@ -168,16 +171,27 @@ class AutoScheduler(threads.AppThread):
         self.tz = zones.zone(settings.user_tz)
         self._clock = clock or (lambda: datetime.now(self.tz))
         self._poll = poll_seconds
-        self.scheduler = BackgroundScheduler(
+        self._jobs: dict[str, Job] = {}
+        self._warned: dict[str, str | None] = {}
+        self._enabled: bool | None = None
+        self.syncs = 0  # completed syncs, for tests waiting for a change to be picked up
+
+    @cached_property
+    def scheduler(self) -> BackgroundScheduler:
+        """APScheduler's scheduler, made on first use: in work(), on this thread, after the hub's start.
+
+        Its module scans every installed distribution's entry points as its BaseScheduler class is
+        defined: ~15 ms that were on the main thread's path to ready when the hub imported it.
+        """
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        return BackgroundScheduler(
             timezone=self.tz,
             # One worker: an enable and a disable at the same minute are sent in order, never raced.
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_SECONDS},
         )
-        self._jobs: dict[str, Job] = {}
-        self._warned: dict[str, str | None] = {}
-        self._enabled: bool | None = None
-        self.syncs = 0  # completed syncs, for tests waiting for a change to be picked up
 
     # ---- thread -----------------------------------------------------------------------------
 
