@@ -14,6 +14,7 @@ from app.core import health, limits
 from app.core.settings import Settings
 from app.engine.output_triggers import TRIGGERS_BY_TYPE
 from app.engine.presence import Presence
+from app.ops import queue_depths
 from app.ops.health_pinger import HEALTHY_STATES, critical_components
 
 # logs as app.ops.observability, whichever of its modules speaks
@@ -33,17 +34,6 @@ OUTPUT_COUNTERS = {
     "offline.alerts": "offline_alert",
 }
 SOURCE_COUNTERS = {"rabbitmq_source.received": "rabbitmq", "mqtt.received": "mqtt"}
-# Queue depths that live inside thread objects (not in health): the hub registers a reader for
-# each one it starts, and the collector calls them at scrape time.
-_depths: dict[str, Callable[[], int]] = {}
-
-
-def register_depth(queue: str, read: Callable[[], int]) -> None:
-    _depths[queue] = read
-
-
-def clear_depths() -> None:
-    _depths.clear()
 
 
 def rss_bytes(path: str = "/proc/self/status") -> int | None:
@@ -142,7 +132,7 @@ class HubCollector(Collector):
         depth = GaugeMetricFamily(
             "event_processor_queue_depth", "Items waiting in a queue.", labels=["queue"]
         )
-        for queue, read in sorted(_depths.items()):
+        for queue, read in queue_depths.readers():
             try:
                 depth.add_metric([queue], float(read()))
             except Exception:  # a thread mid-shutdown: leave this queue out of the scrape

@@ -1,7 +1,8 @@
-"""The hub's observability in one import: logging and Sentry, health pings, Prometheus metrics.
+"""The hub's observability in one import: logging and Sentry, health pings, the queue depths for metrics.
 
-Each lives in a module of its own (app.ops.log_setup, app.ops.health_pinger, app.ops.hub_metrics); this one
-names them together for the hub's start-up, the web pages and the tests.
+Each lives in a module of its own (app.ops.log_setup, app.ops.health_pinger, app.ops.queue_depths); this
+one names them together for the hub's start-up, the web pages and the tests. The Prometheus metrics
+themselves (app.ops.hub_metrics) are imported by /metrics only: prometheus_client stays off start-up.
 """
 
 from __future__ import annotations
@@ -14,16 +15,6 @@ from app.ops.health_pinger import (
     HealthPinger,
     critical_components,
     down_components,
-)
-from app.ops.hub_metrics import (
-    DROP_REASONS,
-    OUTPUT_COUNTERS,
-    SOURCE_COUNTERS,
-    HubCollector,
-    clear_depths,
-    make_registry,
-    register_depth,
-    rss_bytes,
 )
 from app.ops.log_setup import (
     LEVELS,
@@ -43,22 +34,19 @@ from app.ops.log_setup import (
     syslog_handler,
     toggle_debug,
 )
+from app.ops.queue_depths import clear_depths, register_depth
 
 __all__ = [
     "CRITICAL_COMPONENTS",
-    "DROP_REASONS",
     "HEALTHY_STATES",
     "HEARTBEAT_ROW_ID",
     "LEVELS",
     "MIN_SECRET_LENGTH",
-    "OUTPUT_COUNTERS",
     "PING_TIMEOUT",
     "REDACTED",
-    "SOURCE_COUNTERS",
     "SYSLOG_MAX_BYTES",
     "TEXT_FORMAT",
     "HealthPinger",
-    "HubCollector",
     "JsonFormatter",
     "Redactor",
     "SecretFilter",
@@ -69,9 +57,7 @@ __all__ = [
     "current_level",
     "down_components",
     "init_sentry",
-    "make_registry",
     "register_depth",
-    "rss_bytes",
     "secret_values",
     "set_level",
     "syslog_handler",

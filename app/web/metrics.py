@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.core.settings import Settings
-from app.ops import backup_status, observability
+from app.ops import backup_status, hub_metrics, observability
 from app.web.api import ApiError, json_body
 from app.web.context import ctx
 
@@ -70,7 +70,7 @@ def init_app(app: Flask) -> None:
     with app.app_context():
         presence = ctx().presence
         settings = ctx().settings
-    registry = observability.make_registry(presence, settings)
+    registry = hub_metrics.make_registry(presence, settings)
     registry.register(BackupCollector(settings))
     app.extensions[_REGISTRY] = registry
     app.register_blueprint(bp)
