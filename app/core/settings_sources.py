@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dotenv import dotenv_values
-
 from app.core import settings_parsers
 from app.core.settings_defaults import OP_CONNECT_NAMES, SettingsError, config_defaults
 
@@ -17,6 +15,8 @@ def raw_values(env: dict[str, str] | None, dotenv_path: str | os.PathLike[str] |
     local: dict[str, str] = {}
     path = Path(dotenv_path) if dotenv_path is not None else Path(".env")
     if path.is_file():
+        from dotenv import dotenv_values  # python-dotenv (~2 ms of start-up): only where a .env file is
+
         local.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     source = os.environ if env is None else env
     local.update({k: v for k, v in source.items() if k in defaults or k.startswith(("OUTPUT_TYPE_",))})
