@@ -56,6 +56,8 @@ def _secret(env: str, part: str = WHOLE, default: Any = MISSING) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
+    """The hub's settings, one field per variable (load() builds them; a secret is flagged on its field)."""
+
     app_name: str
     device_name: str
     user_tz: str
