@@ -104,7 +104,7 @@ def tune_gc() -> None:
     The hot path makes little cyclic garbage (reference counting frees the rest), so a larger
     generation-0 threshold means fewer collections for the same memory.
     main() runs start-up with the collector off and freezes the imported modules as soon as they are
-    loaded, so the collection here walks only what the hub's start built (~2 ms, not ~65 ms: it
+    loaded, so the collection here walks only what the hub's start built (~3-5 ms, not ~65 ms: it
     runs while the first GET /api/health waits for the GIL).
     """
     gc.collect()  # garbage made during start-up is freed, not frozen
@@ -175,8 +175,8 @@ def wait_before_failing(code: int) -> int:
 
 def main() -> int:
     # No cyclic collections during start-up (tune_gc() enables them once the hub is ready): the
-    # imports alone ran ~230 collections, ~65 ms on this 2-core box whose last ones walked ~90,000
-    # live objects, and freed nothing that the imports' own garbage (below) does not cover.
+    # imports alone ran ~230 of them, ~65 ms on a 2-core box (the last ones walk ~90,000 live
+    # objects); all they freed is the imports' own cyclic garbage, which the freeze below keeps.
     gc.disable()
     # Before anything creates a file: the database, its WAL, the signing key are the hub user's alone.
     file_modes.private_umask()
@@ -191,7 +191,7 @@ def main() -> int:
         admin_password.prepare()
     # The migration child (if the schema is not current) runs while this process imports the rest.
     migration = early_migration.start(settings.database_url)
-    from app.ops import observability  # heavy (SQLAlchemy, Prometheus): after the child has started
+    from app.ops import observability  # heavy (SQLAlchemy): after the child has started
 
     # text or JSON lines, with every configured secret redacted from every record
     observability.configure_logging(settings)
