@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +28,7 @@ from tests.support import wait_for
 from tests.web.test_api import StandInProcessor
 
 LONDON = ZoneInfo("Europe/London")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def utc(*args: int) -> datetime:
@@ -76,6 +79,18 @@ def test_fall_back_repeated_time_fires_once() -> None:
         utc(2026, 10, 26, 2, 30),
         utc(2026, 10, 27, 2, 30),
     ]
+
+
+def test_the_hubs_import_leaves_apschedulers_scheduler_to_the_thread() -> None:
+    """BaseScheduler scans every installed distribution's entry points as it is defined: not at start-up."""
+    code = (
+        "import sys, app.hub; from app.engine import scheduler; "
+        "assert 'apscheduler.schedulers.base' not in sys.modules, 'imported with the hub'; "
+        "from app.core.settings import load; "
+        "auto = scheduler.AutoScheduler(load(env={'RABBITMQ_EXCHANGE': 'x'}), None); auto.scheduler; "
+        "assert 'apscheduler.schedulers.base' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
 def test_next_transition_picks_the_earlier_edge() -> None:

@@ -9,10 +9,13 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -116,6 +119,16 @@ def restore_logging() -> Iterator[None]:
 
 
 # ---- logs -----------------------------------------------------------------------------------
+
+
+def test_observabilitys_import_leaves_prometheus_to_the_metrics_page() -> None:
+    """The hub's start-up (logging, pings, queue depths) does not import prometheus_client; /metrics does."""
+    code = (
+        "import sys; from app.ops import observability; "
+        "assert not any(m.startswith('prometheus_client') for m in sys.modules), 'imported at start-up'"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 
 def test_no_secret_reaches_the_log_in_text_or_json(make_settings, restore_logging) -> None:
