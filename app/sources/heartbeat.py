@@ -8,6 +8,7 @@ tells the processor what changed so it knows a new device at once.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections import OrderedDict
 
@@ -251,7 +252,8 @@ class HeartbeatFilter(threads.AppThread):
         for cap, keys in by_cap.items():
             self._refusals.refuse(device, cap, self._cap_limit(cap), keys)
         for ad in new.values():
-            self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
+            key = sys.intern(ad.device_key)  # kept, as registry.load_known's: msgpack finds it
+            self._known[(ad.kind, key)] = (ad.label, ad.device_type, ad.location, origin)
             log.info(
                 "new %s %r (%s) from %s, registered %s",
                 ad.kind,
@@ -261,7 +263,8 @@ class HeartbeatFilter(threads.AppThread):
                 "disabled" if ad.kind == "input" else "enabled",
             )
         for ad in refreshed:
-            self._known[(ad.kind, ad.device_key)] = (ad.label, ad.device_type, ad.location, origin)
+            key = sys.intern(ad.device_key)  # kept, as registry.load_known's: msgpack finds it
+            self._known[(ad.kind, key)] = (ad.label, ad.device_type, ad.location, origin)
             self._change_log.info("%s %r changed its description", ad.kind, ad.device_key)
         return list(new.values()), refreshed, refused_inputs
 

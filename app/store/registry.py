@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +77,11 @@ def load_known(session: Session) -> dict[tuple[str, str], tuple[str | None, str,
             select(model.device_key, model.device_label, model.device_type, model.location, model.origin)
         )
         for key, label, dtype, location, origin in rows:
-            known[(kind, key)] = (label, dtype, location, origin)
+            # Interned and kept: msgpack interns every map key it decodes, and a device payload's
+            # `samples` map is keyed by these. With the key held here each decode finds it, instead
+            # of adding and dropping an entry in CPython's interned-strings dict per message (its
+            # dummies made the dict resize in a burst: docs/performance.md, session 5).
+            known[(kind, sys.intern(key))] = (label, dtype, location, origin)
     return known
 
 
