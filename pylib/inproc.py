@@ -85,12 +85,13 @@ def decode(frame: bytes) -> object:
         raise MessageError(f"undecodable inproc frame: {exc}") from exc
 
 
-def bind_pull(url: str, batched: bool = False) -> Socket:
-    """A PULL socket; `batched`: its busy peers send batches, so it queues fewer frames of them."""
+def bind_pull(url: str, batched: bool = False, hwm: int | None = None) -> Socket:
+    """A PULL socket; `batched`: its busy peers send batches, so it queues fewer frames of them
+    (BATCH_HWM, or `hwm` for a reader that stops reading for a while)."""
     sock = context().socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     if batched:
-        sock.setsockopt(zmq.RCVHWM, BATCH_HWM)
+        sock.setsockopt(zmq.RCVHWM, BATCH_HWM if hwm is None else hwm)
     sock.bind(url)
     return sock
 
@@ -102,11 +103,11 @@ def connect_push(url: str) -> Socket:
     return sock
 
 
-def connect_outbox(url: str) -> Outbox:
-    """An Outbox on a PUSH socket that queues BATCH_HWM frames (each up to MAX_BATCH messages)."""
+def connect_outbox(url: str, hwm: int = BATCH_HWM) -> Outbox:
+    """An Outbox on a PUSH socket that queues `hwm` frames (each up to MAX_BATCH messages)."""
     sock = context().socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, BATCH_HWM)
+    sock.setsockopt(zmq.SNDHWM, hwm)
     sock.connect(url)
     return Outbox(sock)
 

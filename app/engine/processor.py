@@ -30,6 +30,7 @@ from app import protocols
 from app.core import delivery, health, zones
 from app.core.channels import (
     AUDIT,
+    AUDIT_HWM,
     CONFIG,
     CONTROL_PUBLISHER,
     METER_WRITER,
@@ -123,7 +124,7 @@ class EventProcessor(threads.AppThread):
     def work(self) -> None:
         # Outboxes: the triggers and records of what one recv_frames() drained go on in one frame each.
         self._out.control = inproc.connect_outbox(CONTROL_PUBLISHER)
-        self._out.audit = inproc.connect_outbox(AUDIT)
+        self._out.audit = inproc.connect_outbox(AUDIT, hwm=AUDIT_HWM)
         self._out.config = inproc.connect_push(CONFIG)
         # Nobody reads METER_WRITER unless InfluxDB is configured; a PUSH without a peer would fill up.
         if self._settings.influxdb_enabled:

@@ -140,9 +140,11 @@ def test_a_batch_that_does_not_unpack_fails_to_decode_like_any_bad_frame_and_the
         pull.close(linger=0)
 
 
-def test_a_batched_pipe_queues_about_as_many_messages_as_a_pipe_of_single_frames() -> None:
-    pull = inproc.bind_pull("inproc://test-batched-hwm", batched=True)
-    box = inproc.connect_outbox("inproc://test-batched-hwm")
+@pytest.mark.parametrize("hwm", [inproc.BATCH_HWM, channels.AUDIT_HWM])
+def test_a_batched_pipe_queues_a_bounded_number_of_frames(hwm: int) -> None:
+    url = f"inproc://test-batched-hwm-{hwm}"
+    pull = inproc.bind_pull(url, batched=True, hwm=hwm)
+    box = inproc.connect_outbox(url, hwm=hwm)
     try:
         frames = 0
         while True:
@@ -154,11 +156,12 @@ def test_a_batched_pipe_queues_about_as_many_messages_as_a_pipe_of_single_frames
                 break
             box.frames = []
             frames += 1
-            assert frames <= 10 * inproc.BATCH_HWM, "the pipe did not fill up"
-        # ZeroMQ's inproc pipe holds the sender's HWM plus the receiver's: 64 frames of 32 messages,
-        # about the 2,000 single frames two default HWMs held before batches
-        assert frames == 2 * inproc.BATCH_HWM
-        assert 1500 <= frames * inproc.MAX_BATCH <= 2500
+            assert frames <= 10 * hwm, "the pipe did not fill up"
+        # ZeroMQ's inproc pipe holds the sender's HWM plus the receiver's: for the hops, 64 frames of
+        # 32 messages, about the 2,000 single frames two default HWMs held before batches; for the
+        # AuditWriter's pipe (it stops reading while it writes) 500 frames, 16,000 records at most
+        assert frames == 2 * hwm
+        assert frames * inproc.MAX_BATCH <= 16_000
         # a full pipe stops the sender (send_patiently waits, a plain send blocks); nothing is lost
         taken = 0
         while inproc.recv_frame(pull, 0) is not None:
