@@ -11,6 +11,7 @@ this saves and what the first page then costs.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -72,6 +73,10 @@ class LazyWebApp:
                 if self._app is None:
                     log.info("building the dashboard's web app on its first request")
                     self._app = self._build()
+                    # The app and the modules it imported live as long as the process: out of the
+                    # collector's generations, as start-up's are (app.__main__.tune_gc); else each full
+                    # collection walks them all again while an event waits for the GIL.
+                    gc.freeze()
                 app = self._app
         return app
 

@@ -3,6 +3,7 @@ everything else to the Flask app, built once on the first request that needs it.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
@@ -98,6 +99,23 @@ def test_everything_else_goes_to_the_full_app(
     app = lazy.LazyWebApp(factory, make_settings(), sessions)
     assert call(app, **request_kwargs) == ("299 FULL APP", [("Content-Type", "text/plain")], b"full")
     assert factory.builds == 1 and app.built
+
+
+def test_the_full_app_and_what_it_imported_are_frozen_out_of_the_collector_once_built(
+    make_settings: Callable[..., Settings], sessions: Any
+) -> None:
+    # as start-up's objects are (app.__main__.tune_gc): full collections then never walk them again
+    factory = Factory()
+    app = lazy.LazyWebApp(factory, make_settings(), sessions)
+    gc.unfreeze()
+    try:
+        call(app, path="/")
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and app.built
+        call(app, path="/")  # built once, frozen once
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_the_full_app_is_built_once_when_requests_race_for_it(
