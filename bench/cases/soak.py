@@ -14,6 +14,8 @@ from bench.legs import run_throughput
 from bench.processes import cpu_seconds, rss_mb
 from bench.report import fmt
 
+QUIET_SECONDS = 5.0  # after the soak, before RSS is read again (information only)
+
 
 class SoakDone(Exception):
     """Nothing left to publish in the soak."""
@@ -50,6 +52,10 @@ def soak(hub: Hub, total: int, done: int) -> dict[str, Any]:
         rss_after_mb=rss_mb(hub.pid),
         peak_rss_mb=rss_mb(hub.pid, "VmHWM"),
     )
+    # Information, not the target: the hub gives freed memory back (malloc_trim) once it has been
+    # quiet for a 2 s check after a burst; the target reads RSS at once, above.
+    time.sleep(QUIET_SECONDS)
+    out["rss_quiet_mb"] = rss_mb(hub.pid)
     return out
 
 
@@ -62,7 +68,8 @@ def soak_report(runs: list[dict[str, Any]]) -> list[str]:
         "",
         f"soak (last run's hub): {s['activations']:,} activations in all;"
         f" RSS {fmt(s['rss_before_mb'], ' MB')} before the soak burst,"
-        f" {fmt(s['rss_after_mb'], ' MB')} after (peak {fmt(s['peak_rss_mb'], ' MB')});"
+        f" {fmt(s['rss_after_mb'], ' MB')} after (peak {fmt(s['peak_rss_mb'], ' MB')};"
+        f" {fmt(s.get('rss_quiet_mb'), ' MB')} after {QUIET_SECONDS:.0f} s quiet);"
         f" {fmt(s['rate'])} msg/s, {s['missing']} missing, {s['extra']} extra"
         + (f" (disrupted: {s['error']})" if "error" in s else ""),
     ]
