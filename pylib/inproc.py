@@ -85,31 +85,30 @@ def decode(frame: bytes) -> object:
         raise MessageError(f"undecodable inproc frame: {exc}") from exc
 
 
-def bind_pull(url: str, batched: bool = False, hwm: int | None = None) -> Socket:
-    """A PULL socket; `batched`: its busy peers send batches, so it queues fewer frames of them
-    (BATCH_HWM, or `hwm` for a reader that stops reading for a while)."""
+def bind_pull(url: str, hwm: int | None = None) -> Socket:
+    """A PULL socket; `hwm`: the frames it queues, when not ZeroMQ's default (BATCH_HWM where its
+    busy peers send batches)."""
     sock = context().socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
-    if batched:
-        sock.setsockopt(zmq.RCVHWM, BATCH_HWM if hwm is None else hwm)
+    if hwm is not None:
+        sock.setsockopt(zmq.RCVHWM, hwm)
     sock.bind(url)
     return sock
 
 
-def connect_push(url: str) -> Socket:
+def connect_push(url: str, hwm: int | None = None) -> Socket:
+    """A PUSH socket; `hwm`: the frames it queues, when not ZeroMQ's default."""
     sock = context().socket(zmq.PUSH)
     sock.setsockopt(zmq.LINGER, 0)
+    if hwm is not None:
+        sock.setsockopt(zmq.SNDHWM, hwm)
     sock.connect(url)
     return sock
 
 
 def connect_outbox(url: str, hwm: int = BATCH_HWM) -> Outbox:
     """An Outbox on a PUSH socket that queues `hwm` frames (each up to MAX_BATCH messages)."""
-    sock = context().socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.connect(url)
-    return Outbox(sock)
+    return Outbox(connect_push(url, hwm))
 
 
 S = TypeVar("S", "zmq.Socket[bytes]", "Outbox")

@@ -113,7 +113,7 @@ class EventProcessor(threads.AppThread):
         # False on a standby hub: it decides nothing, changes nothing and writes no rule state
         self._acting = True
         # Bound here, before any thread starts, so nothing sent early is lost.
-        self._pull = inproc.bind_pull(PROCESSOR, batched=True)
+        self._pull = inproc.bind_pull(PROCESSOR, inproc.BATCH_HWM)
 
     @property
     def _snap(self) -> Snapshot:

@@ -82,7 +82,7 @@ class HeartbeatFilter(threads.AppThread):
         self._warned_generation: set[str] = set()
         self._bad_log = ratelog.RateLimitedLog(log)
         self._change_log = ratelog.RateLimitedLog(log)
-        self._pull = inproc.bind_pull(HEARTBEAT_FILTER, batched=True)
+        self._pull = inproc.bind_pull(HEARTBEAT_FILTER, inproc.BATCH_HWM)
         # The AuditWriter stores registrations and last-seen; its loop never waits long on a lock.
         # Sent at once, not batched: registrations are rare, and each must be on its way before the
         # envelope that names its devices reaches the processor.

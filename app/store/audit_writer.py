@@ -81,7 +81,7 @@ class AuditWriter(threads.AppThread):
         super().__init__("AuditWriter")
         self._settings = settings
         self._sessions = session_factory
-        self._pull = inproc.bind_pull(AUDIT, batched=True, hwm=AUDIT_HWM)
+        self._pull = inproc.bind_pull(AUDIT, AUDIT_HWM)
         self._inbox = inproc.Inbox(self._pull)  # its peers send alone or in batches
         self._to_processor: zmq.Socket[bytes] | None = None
         self._next_prune = time.monotonic() + FIRST_PRUNE_SECONDS

@@ -143,7 +143,7 @@ def test_a_batch_that_does_not_unpack_fails_to_decode_like_any_bad_frame_and_the
 @pytest.mark.parametrize("hwm", [inproc.BATCH_HWM, channels.AUDIT_HWM])
 def test_a_batched_pipe_queues_a_bounded_number_of_frames(hwm: int) -> None:
     url = f"inproc://test-batched-hwm-{hwm}"
-    pull = inproc.bind_pull(url, batched=True, hwm=hwm)
+    pull = inproc.bind_pull(url, hwm)
     box = inproc.connect_outbox(url, hwm=hwm)
     try:
         frames = 0
