@@ -9,7 +9,6 @@ from collections import deque
 
 import pika
 import pika.exceptions
-import zmq
 from pika.adapters.blocking_connection import BlockingChannel
 
 from app.core import channels, health
@@ -71,7 +70,7 @@ class ControlPublisher(AppThread):
         health.set_state(COMPONENT, state, detail)
 
     def work(self) -> None:
-        pull = inproc.bind_pull(channels.CONTROL_PUBLISHER, batched=True)
+        pull = inproc.bind_pull(channels.CONTROL_PUBLISHER, inproc.BATCH_HWM)
         try:
             while not threads.shutting_down.is_set():
                 if self._channel is None and self._connector.due():
@@ -149,15 +148,8 @@ class ControlPublisher(AppThread):
             timeout = min(IDLE_POLL_MS, int(self._connector.seconds_until_due() * 1000))
         else:
             timeout = IDLE_POLL_MS
-        if not pull.poll(timeout, zmq.POLLIN):
-            return
-        for _ in range(RECEIVE_BATCH):
-            try:
-                received = pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            for frame in inproc.frames_of(received):
-                self._take(frame)
+        for frame in inproc.recv_frames(pull, timeout, limit=RECEIVE_BATCH):
+            self._take(frame)
 
     def _take(self, frame: bytes) -> None:
         """Queue one ControlMessage for publishing; anything else is logged, counted and dropped."""
