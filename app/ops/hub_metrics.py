@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -14,7 +14,7 @@ from app.core import health, limits
 from app.core.settings import Settings
 from app.engine.output_triggers import TRIGGERS_BY_TYPE
 from app.engine.presence import Presence
-from app.ops import queue_depths
+from app.ops import backup_status, queue_depths
 from app.ops.health_pinger import HEALTHY_STATES, critical_components
 
 # logs as app.ops.observability, whichever of its modules speaks
@@ -169,9 +169,39 @@ class HubCollector(Collector):
             )
 
 
+class BackupCollector(Collector):
+    """The backup status file at scrape time: its age, and whether the state is ok."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        status = backup_status.read_status(self.settings)
+        if status.state == "not configured":
+            return
+        if status.age_seconds is not None:
+            yield GaugeMetricFamily(
+                "event_processor_backup_age_seconds",
+                "Seconds since the last good database backup to S3.",
+                value=status.age_seconds,
+            )
+        yield GaugeMetricFamily(
+            "event_processor_backup_ok",
+            "1 when the last backup and the last restore drill succeeded and the backup is recent.",
+            value=1.0 if status.state == "ok" else 0.0,
+        )
+
+
 def make_registry(presence: Presence, settings: Settings | None = None) -> CollectorRegistry:
     """A registry of its own per web app, so tests can run several hubs in one process."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(presence, settings=settings))
+    if settings is not None:
+        registry.register(BackupCollector(settings))
     ProcessCollector(registry=registry)  # the standard process_* metrics (CPU, fds, start time)
     return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry in Prometheus' text format, and that format's content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST

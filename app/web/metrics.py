@@ -2,28 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, current_app
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from app.core.settings import Settings
-from app.ops import backup_status, hub_metrics, observability
+from app.ops import observability
 from app.web.api import ApiError, json_body
 from app.web.context import ctx
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 bp = Blueprint("observability", __name__)
 _REGISTRY = "event_processor_metrics"
 
 
+class LazyRegistry:
+    """The app's metrics registry, built by the first scrape.
+
+    prometheus_client and the hub's collectors (app.ops.hub_metrics) cost ~0.8 MB, which a hub whose
+    dashboard is opened but never scraped would carry for nothing (docs/performance.md, session 6).
+    """
+
+    def __init__(self) -> None:
+        self._registry: CollectorRegistry | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> CollectorRegistry:
+        with self._lock:
+            if self._registry is None:
+                from app.ops import hub_metrics
+
+                # in the scrape's request: its app's presence and settings
+                self._registry = hub_metrics.make_registry(ctx().presence, ctx().settings)
+            return self._registry
+
+
 @bp.get("/metrics")
 def get_metrics() -> Response:
     # auth's guard has already checked the session or the API bearer token: no public scrape.
-    registry: CollectorRegistry = current_app.extensions[_REGISTRY]
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    from app.ops import hub_metrics
+
+    lazy: LazyRegistry = current_app.extensions[_REGISTRY]
+    body, content_type = hub_metrics.exposition(lazy.get())
+    return Response(body, mimetype=content_type)
 
 
 @bp.get("/api/logging")
@@ -42,35 +65,8 @@ def put_logging() -> dict[str, Any]:
     return {"level": observability.set_level(level)}
 
 
-class BackupCollector(Collector):
-    """The backup status file at scrape time: its age, and whether the state is ok."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        status = backup_status.read_status(self.settings)
-        if status.state == "not configured":
-            return
-        if status.age_seconds is not None:
-            yield GaugeMetricFamily(
-                "event_processor_backup_age_seconds",
-                "Seconds since the last good database backup to S3.",
-                value=status.age_seconds,
-            )
-        yield GaugeMetricFamily(
-            "event_processor_backup_ok",
-            "1 when the last backup and the last restore drill succeeded and the backup is recent.",
-            value=1.0 if status.state == "ok" else 0.0,
-        )
-
-
 def init_app(app: Flask) -> None:
-    """Register the routes and the app's own metrics registry (read at scrape time, nothing stored)."""
-    with app.app_context():
-        presence = ctx().presence
-        settings = ctx().settings
-    registry = hub_metrics.make_registry(presence, settings)
-    registry.register(BackupCollector(settings))
-    app.extensions[_REGISTRY] = registry
+    """Register the routes and the app's own metrics registry (built by the first scrape, read at
+    scrape time, nothing stored)."""
+    app.extensions[_REGISTRY] = LazyRegistry()
     app.register_blueprint(bp)

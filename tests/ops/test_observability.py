@@ -131,6 +131,37 @@ def test_observabilitys_import_leaves_prometheus_to_the_metrics_page() -> None:
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)
 
 
+def test_the_dashboards_app_leaves_prometheus_to_the_first_scrape(tmp_path: Path) -> None:
+    """Building the web app (the first dashboard look) does not import prometheus_client; the first
+    /metrics scrape does, and answers with the hub's metrics and the backup's."""
+    code = f"""
+import sys
+from app.core import settings
+from app.store import db
+from app.web import api_tokens, auth_keys, create_app
+
+conf = settings.load(env={{"DATABASE_URL": "sqlite:///{tmp_path}/hub.db"}})
+engine = db.make_engine(conf.database_url)
+db.upgrade(engine)
+sessions = db.session_factory(engine)
+auth_keys.start_up(conf, sessions)
+app = create_app(conf, sessions)
+assert not [m for m in sys.modules if m.startswith("prometheus_client")], "imported with the app"
+with sessions() as session:
+    token = api_tokens.create_token(session, conf.admin_user, "scrape")
+client = app.test_client()
+answer = client.get("/metrics", headers={{"Authorization": "Bearer " + token}})
+assert answer.status_code == 200, answer.status_code
+assert answer.mimetype == "text/plain", answer.mimetype
+assert b"event_processor_ready" in answer.data and b"process_cpu_seconds_total" in answer.data
+assert "prometheus_client" in sys.modules
+assert client.get("/metrics").status_code == 401
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_no_secret_reaches_the_log_in_text_or_json(make_settings, restore_logging) -> None:
     for fmt in ("text", "json"):
         out = io.StringIO()
