@@ -220,7 +220,8 @@ def init_sentry(settings: Settings) -> bool:
     sentry_sdk.init(
         dsn=settings.sentry_dsn,
         environment=settings.sentry_environment or None,
-        send_default_pii=False,
+        # No personal data (IP addresses, cookies, users): send_default_pii's default, False. Not passed,
+        # because newer 2.x SDKs warn that it is deprecated for data_collection, which older ones lack.
         # An AppThread logs its crash with log.exception; ERROR records become Sentry events.
         integrations=[
             LoggingIntegration(level=logging.INFO, event_level=logging.ERROR),

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -231,7 +232,10 @@ def test_an_error_logged_in_a_thread_reaches_the_sentry_stand_in(
         SENTRY_DSN=f"http://public@127.0.0.1:{recorder.port}/1",
         **{k: v for k, v in SECRETS.items() if k not in ("SENTRY_DSN",)},
     )
-    assert observability.init_sentry(settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no option the SDK has deprecated
+        assert observability.init_sentry(settings)
+    assert sentry_sdk.get_client().should_send_default_pii() is False  # no IP addresses, cookies, users
     try:
 
         def fail() -> None:
