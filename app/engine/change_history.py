@@ -70,16 +70,40 @@ def record(session: Session, cmd: Command, done: Done) -> None:
     """
     if not done.diff.after:
         return
+    _add(session, cmd.actor, cmd.action, done.kind, done.target_id, done.target_key, done.summary, done.diff)
+
+
+# Changes to a person's account (API tokens, the password) are not configuration commands, but who
+# made a token or changed the password matters as much in a security hub's history.
+ACCOUNT_KIND = "account"
+
+
+def record_account(session: Session, actor: str, action: str, name: str, summary: str, diff: Diff) -> None:
+    """An account change's history entry, in the caller's transaction. `name` is what it concerns (a
+    token's name, a user name); `diff` must hold no secret (a token or a password is never in it)."""
+    _add(session, actor, action, ACCOUNT_KIND, None, name, summary, diff)
+
+
+def _add(
+    session: Session,
+    actor: str | None,
+    action: str,
+    kind: str | None,
+    target_id: int | None,
+    target_key: str | None,
+    summary: str,
+    diff: Diff,
+) -> None:
     session.add(
         ConfigChange(
             timestamp=datetime.now(UTC).replace(tzinfo=None),
-            actor=(cmd.actor or "unknown")[:200],
-            action=cmd.action[:50],
-            target_kind=done.kind,
-            target_id=done.target_id,
-            target_key=(done.target_key or "")[:100] or None,
-            summary=done.summary,
-            before=_json(done.diff.before),
-            after=_json(done.diff.after),
+            actor=(actor or "unknown")[:200],
+            action=action[:50],
+            target_kind=kind,
+            target_id=target_id,
+            target_key=(target_key or "")[:100] or None,
+            summary=summary,
+            before=_json(diff.before),
+            after=_json(diff.after),
         )
     )

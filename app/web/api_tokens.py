@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.engine import change_history
 from app.store.models import ApiToken, User
 
 TOKEN_PREFIX = "ep_"
@@ -36,8 +37,14 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, username: str, name: str, role: str = "admin") -> str:
-    """A new API token for `username`; only its SHA-256 is stored, so the caller must keep it."""
+def create_token(
+    session: Session, username: str, name: str, role: str = "admin", actor: str | None = None
+) -> str:
+    """A new API token for `username`; only its SHA-256 is stored, so the caller must keep it.
+
+    With `actor` (a person through the dashboard) the history records who made it, with its name and
+    role; scripts that write the database directly pass none.
+    """
     name = validate_token_name(name)
     if role not in TOKEN_ROLES:
         raise TokenError("Choose read-only or admin.")
@@ -55,5 +62,11 @@ def create_token(session: Session, username: str, name: str, role: str = "admin"
             role=role,
         )
     )
+    if actor is not None:
+        diff = change_history.Diff()
+        diff.note("token", None, name)
+        diff.note("role", None, TOKEN_ROLES[role])
+        summary = f"API token {name!r} ({TOKEN_ROLES[role]}) created for {username}"
+        change_history.record_account(session, actor, "token_created", name, summary, diff)
     session.commit()
     return token

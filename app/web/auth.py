@@ -26,6 +26,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response as BaseResponse
 
+from app.engine import change_history
 from app.store import accounts
 from app.store.accounts import PASSWORD_METHOD, hash_password  # noqa: F401  (PASSWORD_METHOD: re-exported)
 from app.store.models import ApiToken, User, WebSession
@@ -188,6 +189,10 @@ def change_password() -> BaseResponse | tuple[str, int]:
         row.password_hash = hash_password(form["new_password"])
         row.failed_logins = 0
         row.locked_until = None
+        diff = change_history.Diff()
+        diff.note("password", change_history.HIDDEN, change_history.HIDDEN + " changed")
+        summary = f"password of {row.username} changed; other browsers signed out"
+        change_history.record_account(s, actor(), "password_changed", row.username, summary, diff)
         s.commit()
         forget_unsaved(user_id=row.id)
         ended = accounts.end_sessions(s, row.id)
@@ -240,7 +245,7 @@ def tokens() -> BaseResponse | tuple[str, int]:
     try:
         name = validate_token_name(raw_name)
         with ctx().session_factory() as s:
-            token = create_token(s, current_user.username, name, role)
+            token = create_token(s, current_user.username, name, role, actor=actor())
     except TokenError as exc:
         return _tokens_page(error=str(exc), name=raw_name[:TOKEN_NAME_MAX], role=role)
     log.info("API token %r (%s) created by %s", name, role, actor())
@@ -258,6 +263,10 @@ def revoke_token(token_id: int) -> BaseResponse:
             raise NotFound()
         if row.revoked_at is None:
             row.revoked_at = utc(state().clock())
+            diff = change_history.Diff()
+            diff.note("revoked", False, True)
+            summary = f"API token {row.name!r} of {current_user.username} revoked"
+            change_history.record_account(s, actor(), "token_revoked", row.name, summary, diff)
             s.commit()
             log.info("API token %r revoked by %s", row.name, actor())
         name = row.name

@@ -482,6 +482,57 @@ def test_tokens_page_creates_shows_once_and_revokes(app: Flask, client: FlaskCli
     assert "revoked" in client.get("/settings/tokens").get_data(as_text=True)
 
 
+def test_token_and_password_changes_are_in_the_history_without_secrets(
+    make_web: Callable[..., tuple[Flask, Settings]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Who made or revoked an API token, and who changed the password, is in the change history
+    (the events page and /api/events) as an account change; neither the token nor a password is."""
+    app, password = _generated_password(make_web, capsys)
+    client = app.test_client()
+    login(client, password=password)
+    csrf = csrf_from(client, "/settings/tokens")
+    form = {"name": "nightly export", "role": "read", "csrf_token": csrf}
+    page = client.post("/settings/tokens", data=form)
+    match = re.search(r'id="new-token" value="(ep_[^"]+)"', page.get_data(as_text=True))
+    assert match is not None
+    new_token = match.group(1)
+    assert client.post("/settings/tokens", data={"name": " ", "csrf_token": csrf}).status_code == 400
+    with sessions_of(app)() as s:
+        token_id = s.scalars(sa.select(ApiToken.id)).one()
+    for _ in range(2):  # the second revoke changes nothing: no second entry
+        revoke = client.post(f"/settings/tokens/{token_id}/revoke", data={"csrf_token": csrf})
+        assert revoke.status_code == 302
+    new_password = "a much longer new passphrase"
+    form = {
+        "current_password": password,
+        "new_password": new_password,
+        "new_password_again": new_password,
+        "csrf_token": csrf,
+    }
+    assert client.post("/settings/password", data=form).status_code == 302
+
+    entries = client.get("/api/events?kind=change").get_json()["events"]
+    assert [(e["action"], e["target_key"]) for e in entries] == [
+        ("password_changed", "admin"),
+        ("token_revoked", "nightly export"),
+        ("token_created", "nightly export"),
+    ]
+    assert {e["actor"] for e in entries} == {"web:admin"}
+    assert {e["target_kind"] for e in entries} == {"account"}
+    created = entries[2]
+    assert created["after"] == {"token": "nightly export", "role": "read-only (GET)"}
+    assert created["before"] == {"token": None, "role": None}
+    assert entries[1]["before"] == {"revoked": False} and entries[1]["after"] == {"revoked": True}
+    assert entries[0]["after"] == {"password": "(hidden) changed"}
+    shown = client.get("/events?kind=change").get_data(as_text=True)
+    assert "token_created" in shown and "password_changed" in shown
+    with sessions_of(app)() as s:
+        stored = " ".join(str(v) for row in s.execute(sa.text("SELECT * FROM config_change")) for v in row)
+    for secret in (new_token, new_token[:10], password, new_password):
+        assert secret not in stored and secret not in shown
+        assert secret not in str(entries)
+
+
 def test_token_name_is_validated(app: Flask, client: FlaskClient) -> None:
     login(client)
     csrf = csrf_from(client, "/settings/tokens")
