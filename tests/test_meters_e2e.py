@@ -64,6 +64,12 @@ def test_meter_registered_with_settings_row_and_reading_kept_current(meter_rig) 
     device.publish("event.notify.meterboard.esp", reading(123456, metered=0))
     meter = wait_for(lambda: (m := api.get(f"/api/meters/{meter_id}"))["meter_reading"] == "123.46 kWh" and m)
     assert meter["register_value"] == 123456 and meter["meter_value"] == 0
+    # The input's own answer carries the same meter, minus the input's key and label it already has.
+    as_input = api.get(f"/api/inputs/{meter_id}")
+    assert as_input["meter"] == {k: v for k, v in meter.items() if k not in ("device_key", "device_label")}
+    assert as_input["meter"]["meter_reading_unit_factor"] == 1000
+    plain = next(d for d in api.get("/api/devices")["inputs"] if d["device_key"] != METER)
+    assert api.get(f"/api/inputs/{plain['id']}")["meter"] is None
     device.publish("event.notify.meterboard.esp", reading(-1))  # unset register: shown as such, value kept
     meter = wait_for(lambda: (m := api.get(f"/api/meters/{meter_id}"))["meter_reading"] == "unset" and m)
     assert meter["register_value"] == 123456

@@ -108,6 +108,8 @@ def _input_detail(input_id: int) -> dict[str, Any]:
         out = _detail(ctx, row, time.time())
         out["output_ids"] = _output_ids(session, input_id)
         out["input_ids"] = _input_ids(session, input_id)
+        # a meter's settings and reading, as GET /api/meters/<id> shows them; null for other inputs
+        out["meter"] = _columns(row.meter) if row.meter is not None else None
         return out
 
 
