@@ -40,6 +40,12 @@ KIND_NAMES = {"decision": "Decisions", "history": "Migrated history", "change": 
 INPUT_CHANGE_KINDS = ("input", "meter", "links")
 OUTPUT_CHANGE_KINDS = ("output",)
 MAX_SEARCH = 100
+# A search text is matched inside text columns, which no index can find: a search reads every row
+# (1.6 s over 1,000,000 decisions on a 2-core x86, several times that on a Pi). So without a device
+# filter a page reads at most this many of the newest decisions, and of the original's event_log
+# rows, before its place; where it stopped is the next page's place, so a search goes back further
+# a page at a time, and a page may hold fewer entries and still have an older one.
+SEARCH_ROWS = 20_000
 # Entries with the same time and id (from different tables) go change, decision, history.
 RANK = {"change": 2, "decision": 1, "history": 0}
 COUNT_CAP = 1_000
@@ -127,6 +133,8 @@ class Window:
     entries: list[Entry]
     older: Cursor | None  # the last entry: pass as `before` for the next page
     newer: Cursor | None  # the first entry: pass as `after` for the previous page
+    # A bounded search (SEARCH_ROWS) read back to here and no further: the oldest row it read
+    searched_to: Cursor | None = None
 
 
 @dataclass
@@ -284,6 +292,52 @@ def _legs(session: Session, f: Filters, wanted: int) -> list[_Leg]:
     return legs or [_Leg("decision", Decision.timestamp, Decision.id, [false()])]
 
 
+_Time = QueryableAttribute[datetime | None]
+
+
+def _search_floor(session: Session, f: Filters, at: Cursor | None) -> Cursor | None:
+    """Where a page of a search stops reading: the SEARCH_ROWS-th decision or migrated event_log row
+    before `at` (the newer of the two, so neither table is read further); None when the search reads
+    everything (no search text, a device filter whose index bounds it, or fewer rows than that)."""
+    if not f.search or f.input is not None or f.output is not None:
+        return None
+    tables: tuple[tuple[str, _Time, QueryableAttribute[int], list[ColumnElement[bool]]], ...] = (
+        ("decision", Decision.timestamp, Decision.id, []),
+        ("history", EventLog.timestamp, EventLog.id, [EventLog.decision_id.is_(None)]),
+    )
+    floors = []
+    for kind, ts, row_id, where in tables:
+        if kind not in f.kinds:
+            continue
+        leg = _Leg(kind, ts, row_id, [*where, ts.is_not(None)])
+        if f.until is not None:
+            leg.where.append(ts <= f.until)
+        if at is not None and (place := _after_place(leg, at, True)) is not None:
+            leg.where.append(place)
+        stmt = select(ts, row_id).where(*leg.where).order_by(ts.desc(), row_id.desc())
+        row = session.execute(stmt.offset(SEARCH_ROWS - 1).limit(1)).first()
+        if row is not None and row[0] is not None:
+            floors.append(Cursor(row[0], row[1], kind))
+    return max(floors, key=lambda c: (c.ts, c.id, RANK[c.kind])) if floors else None
+
+
+def _from_floor(leg: _Leg, floor: Cursor) -> ColumnElement[bool]:
+    """A timed leg's rows at the floor or newer: exactly those _after_place(leg, floor, older) leaves
+    out, so a page read down to its floor and the next page, read from it, share no row and miss none."""
+    here = tuple_(leg.ts, leg.id)
+    there = tuple_(literal(floor.ts, DateTime()), literal(floor.id, Integer()))
+    return here > there if RANK[leg.kind] < RANK[floor.kind] else here >= there
+
+
+def _bounded(legs: list[_Leg], floor: Cursor | None) -> list[_Leg]:
+    """The legs down to the floor; rows without a time come after every timed one, so their legs go."""
+    if floor is None:
+        return legs
+    return [
+        _Leg(leg.kind, leg.ts, leg.id, [*leg.where, _from_floor(leg, floor)]) for leg in legs if leg.timed
+    ]
+
+
 def _after_place(leg: _Leg, at: Cursor, older: bool) -> ColumnElement[bool] | None:
     """The leg's rows on the far side of `at` (older or newer): None for all of them, false() for none.
 
@@ -330,12 +384,21 @@ def _leg_select(leg: _Leg, at: Cursor | None, older: bool, n: int) -> Select[str
     return select(stmt.c.kind, stmt.c.rank, stmt.c.id, stmt.c.ts)
 
 
-def _keys(session: Session, f: Filters, at: Cursor | None, older: bool, offset: int, n: int) -> list[Cursor]:
-    """The timeline's next n entries from `at` (from the newest without it), in reading order.
+def _keys(
+    session: Session,
+    f: Filters,
+    at: Cursor | None,
+    older: bool,
+    offset: int,
+    n: int,
+    floor: Cursor | None = None,
+) -> list[Cursor]:
+    """The timeline's next n entries from `at` (from the newest without it), in reading order; with a
+    floor, none older than it.
 
     Each leg takes its own first offset + n rows straight from an index, so the union sorts few rows.
     """
-    legs = _legs(session, f, offset + n)
+    legs = _bounded(_legs(session, f, offset + n), floor)
     union = union_all(*(_leg_select(leg, at, older, offset + n) for leg in legs)).subquery()
     if older:
         order = [union.c.ts.desc().nulls_last(), union.c.id.desc(), union.c.rank.desc()]
@@ -347,9 +410,14 @@ def _keys(session: Session, f: Filters, at: Cursor | None, older: bool, offset: 
     return [Cursor(ts, row_id, kind) for kind, row_id, ts in rows]
 
 
-def count(session: Session, f: Filters, cap: int = COUNT_CAP) -> int:
+def count(session: Session, f: Filters, cap: int = COUNT_CAP, before: Cursor | None = None) -> int:
     """How many entries match, counting no further than cap + 1 (more than cap: a number would cost
-    a scan of every row, and nobody pages through a thousand events)."""
+    a scan of every row, and nobody pages through a thousand events).
+
+    A search without a device filter counts what the page at `before` reads (see SEARCH_ROWS); every
+    other count is of the whole timeline.
+    """
+    floor = _search_floor(session, f, before)
     quick = f.input is None and f.since is None and f.until is None and not f.search
     # More than 2 x cap of the output's rows (at most two a decision): more than cap decisions,
     # known from its index where counting its decisions may read most of the table.
@@ -360,8 +428,9 @@ def count(session: Session, f: Filters, cap: int = COUNT_CAP) -> int:
         and _output_rows(session, f.output, 2 * cap) > 2 * cap
     ):
         return cap + 1
-    legs = _legs(session, f, cap + 1)
-    union = union_all(*(_leg_select(leg, None, True, cap + 1) for leg in legs)).subquery()
+    legs = _bounded(_legs(session, f, cap + 1), floor)
+    at = before if floor is not None else None
+    union = union_all(*(_leg_select(leg, at, True, cap + 1) for leg in legs)).subquery()
     found = session.scalar(select(func.count()).select_from(union)) or 0
     return min(found, cap + 1)
 
@@ -399,18 +468,24 @@ def window(
 ) -> Window:
     """A page of entries newest first: the newest, those older than `before`, or those newer than
     `after` (rows without a time, possible in the original's event_log, last). offset skips entries
-    (the old page numbers); it costs a read of every skipped row, a cursor does not."""
+    (the old page numbers); it costs a read of every skipped row, a cursor does not. A search reads
+    SEARCH_ROWS rows at most (searched_to says where it stopped; older starts there)."""
     if after is not None:
         keys = _keys(session, f, after, False, 0, limit + 1)
         if len(keys) <= limit:  # the newest page is reached: show it whole
             return window(session, f, limit)
         keys = keys[:limit][::-1]
         return Window(_load(session, keys), keys[-1], keys[0])
-    keys = _keys(session, f, before, True, offset, limit + 1)
+    floor = _search_floor(session, f, before)
+    keys = _keys(session, f, before, True, offset, limit + 1, floor)
     more = len(keys) > limit
     keys = keys[:limit]
     newer = keys[0] if keys and (before is not None or offset) else None
-    return Window(_load(session, keys), keys[-1] if more else None, newer)
+    if newer is None and before is not None and floor is not None:
+        newer = before  # nothing matched down to the floor: the way back is to what was before it
+    # Not all read: the next page starts at the floor when this one did not fill before it.
+    older = keys[-1] if more else floor
+    return Window(_load(session, keys), older, newer, floor)
 
 
 def values(text: str | None) -> dict[str, Any]:

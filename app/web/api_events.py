@@ -174,4 +174,6 @@ def get_events() -> dict[str, Any]:
         return {
             "events": [_entry(e) for e in shown.entries],
             "next": shown.older.text() if shown.older else None,
+            # a search read this far back and no further (history.SEARCH_ROWS); null when it read all
+            "searched_to": iso_dt(shown.searched_to.ts) if shown.searched_to else None,
         }

@@ -132,7 +132,7 @@ def index() -> ResponseReturnValue:
         if "to" in errors:
             total, shown = 0, history.Window([], None, None)
         else:
-            total = history.count(session, filters_)
+            total = history.count(session, filters_, before=before)
             offset = (page - 1) * PAGE_SIZE
             shown = history.window(session, filters_, PAGE_SIZE, before, after, offset)
             if offset and not shown.entries:
@@ -146,6 +146,8 @@ def index() -> ResponseReturnValue:
             entries=shown.entries,
             older=shown.older.text() if shown.older else None,
             newer=shown.newer.text() if shown.newer else None,
+            searched_to=shown.searched_to.ts if shown.searched_to else None,
+            search_rows=history.SEARCH_ROWS,
             inputs=sorted(((i, lbl or key) for i, lbl, key in inputs), key=lambda t: t[1].lower()),
             outputs=sorted(((i, lbl or key) for i, lbl, key in outputs), key=lambda t: t[1].lower()),
             kinds=history.KIND_NAMES,

@@ -245,3 +245,77 @@ def test_filtered_pages_read_the_device_indexes(planned: Planned) -> None:
     # an output with few: found through its own rows (by id or key), then those few sorted
     idle = assert_indexed(plans_of(planned, f"/api/events?output={planned.ids['idle']}"), sorted_legs_ok=True)
     assert {"ix_decision_output_output_device_id", "ix_decision_output_output_key"} <= idle
+
+
+# ---- a search reads a bounded window a page ------------------------------------------------
+
+
+def test_a_bounded_search_pages_through_every_match_once_in_order(
+    any_url: str,  # noqa: F811
+    engines: Callable[..., Engine],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a search text each page reads SEARCH_ROWS decisions (and migrated rows) at most and the
+    next page starts where it stopped: walked to the end, the pages hold exactly what one unbounded
+    read finds, in the same order, however the window falls across ties in time and id."""
+    engine = engines(any_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as session:
+        ids = _timeline(session)
+        door = history.device(session, InputConfig, str(ids["door"]))
+        searches = [
+            history.Filters(search="door"),
+            history.Filters(search="siren"),
+            history.Filters(search="hall"),
+            history.Filters(search="Front", kinds=("decision", "history")),
+            history.Filters(search="door", until=T0 + timedelta(minutes=3)),
+            history.Filters(search="zzz"),
+        ]
+        everything: list[list[tuple[str, int]]] = []
+        monkeypatch.setattr(history, "SEARCH_ROWS", 10_000)
+        for f in searches:
+            everything.append([(e.kind, e.row.id) for e in history.window(session, f, 1000).entries])
+            assert history.window(session, f, 1000).searched_to is None  # fewer rows than the bound
+        assert all(everything[:-1]) and everything[-1] == []
+        for rows in (1, 2, 3, 5):
+            monkeypatch.setattr(history, "SEARCH_ROWS", rows)
+            for f, expected in zip(searches, everything, strict=True):
+                for size in (1, 2, 50):
+                    windows = _walk(session, f, size)
+                    found = [key for w in windows for key in _keys(w)]
+                    assert found == expected, (f, rows, size)
+                    assert len(windows) > 1  # the bound made even a search with no match page
+                    for shown, before in zip(windows, [None, *(w.older for w in windows)], strict=False):
+                        assert len(shown.entries) <= size
+                        if shown.searched_to is not None and shown.older == shown.searched_to:
+                            # the page stopped at its floor: the count is of what it read
+                            counted = history.count(session, f, before=before)
+                            assert counted == len(shown.entries), (f, rows, size)
+        # A device filter reads the device's own index ranges: no bound, one page.
+        monkeypatch.setattr(history, "SEARCH_ROWS", 1)
+        by_device = history.window(session, history.Filters(search="door", input=door), 1000)
+        assert by_device.searched_to is None and by_device.older is None and by_device.entries
+
+
+def test_a_search_page_reads_indexes_and_says_where_it_stopped(
+    planned: Planned, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history, "SEARCH_ROWS", 1000)  # the house holds 5,000 decisions
+    assert_indexed(plans_of(planned, "/events?q=no-such-text"))
+    html = planned.client.get("/events?q=no-such-text").get_data(as_text=True)
+    assert "No events match." in html and "search-bound" in html and "Search older events" in html
+    # the link goes on from where the page stopped, through the 5,000 decisions, to the end
+    pages = 1
+    while 'class="search-bound"' in html or "search-bound" in html:
+        link = re.search(r'<a href="([^"]+)">Search older events', html)
+        assert link is not None
+        html = planned.client.get(link.group(1).replace("&amp;", "&")).get_data(as_text=True)
+        pages += 1
+        assert pages <= 6
+    # five pages of 1,000 decisions each (the fifth ends at the oldest), then one that reads what is
+    # left after it (rows without a time would be there) and finds nothing
+    assert pages == 6
+    answer = planned.client.get("/api/events?q=no-such-text").get_json()
+    assert answer["events"] == [] and answer["searched_to"] is not None and answer["next"] is not None
+    following = planned.client.get(f"/api/events?q=no-such-text&before={answer['next']}").get_json()
+    assert following["searched_to"] is not None and following["searched_to"] < answer["searched_to"]
