@@ -32,7 +32,7 @@ CONNECT_TIMEOUT = 1.0
 # re-sent after a reconnect (see Connection._flush), and what waits beyond that waits, bounded, in
 # our outbox rather than unbounded inside paho.
 MAX_INFLIGHT = 20
-READ_BURST = 64  # packets read per wake-up beyond the first
+READ_BURST = 64  # messages read per wake-up beyond the first
 # How long close() waits for the DISCONNECT packet to go out.
 _CLOSE_SECONDS = 0.5
 
@@ -112,6 +112,7 @@ class Connection:
         self.connect_count = 0  # successful connections (tests use it to see a reconnect)
         self.attempts = 0
         self._handler = on_message
+        self._delivered = 0  # messages handed to on_message (how _read_burst sees the socket run dry)
         self._on_count = on_count
         self._retry = Reconnects(component, "MQTT", spec.describe(), log, on_state, backoff)
         self._outbox: deque[Outgoing] = deque()
@@ -183,12 +184,8 @@ class Connection:
         if self._socket_open:
             try:
                 rc = self._client.loop(timeout=timeout)
-                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._client.socket() is not None:
-                    # loop() reads one packet; take what else has already arrived in the same wake-up
-                    # rather than paying a select() and a thread switch per message in a burst.
-                    more = self._client.loop_read(max_packets=READ_BURST)
-                    if more not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                        rc = more
+                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    rc = self._read_burst()
             except Exception as exc:
                 # not expected from paho, but a connection is cheaper to replace than the thread
                 log.exception("%s: the MQTT network loop failed", self.component)
@@ -318,9 +315,29 @@ class Connection:
         else:
             self._retry.failed(f"connection closed before it was ready: {reason}")
 
+    def _read_burst(self) -> MQTTErrorCode:
+        """After loop(), which reads one packet: read on while each read delivers a message, up to
+        READ_BURST, rather than pay a select() and a thread switch per message in a burst.
+
+        paho's loop_read(max_packets) ignores its argument (it reads as many packets as its own
+        queues hold, one when they are empty) and answers "success" whether or not a packet came, so
+        the messages handed to on_message tell when the socket has run dry.
+        """
+        for _ in range(READ_BURST):
+            if self._client.socket() is None:
+                break
+            delivered = self._delivered
+            rc = self._client.loop_read()
+            if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                return rc
+            if self._delivered == delivered:
+                break
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     # --- messages ------------------------------------------------------------------------------
 
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        self._delivered += 1
         # A topic that is not UTF-8 raises here; brokers refuse such topics, and _guard logs it.
         # paho types payload bytes | bytearray; a received one is always bytes (struct.unpack's), and
         # bytes() of a bytes object is that object, not a copy.
