@@ -206,7 +206,8 @@ class MqttSource(AppThread):
         self.connected = self._connection.connected
         # device_id -> (origin, descriptions) from its last reading, so a heartbeat refreshes them
         self._devices: OrderedDict[str, tuple[str, list[dict[str, Any]]]] = OrderedDict()
-        self._push: inproc.Socket | None = None
+        # Envelopes of one wake-up's messages, handed to the HeartbeatFilter in one frame
+        self._push: inproc.Outbox | None = None
         self._bad_log = ratelog.RateLimitedLog(log)
         self._pull = inproc.bind_pull(channels.MQTT_PUBLISH)
 
@@ -227,7 +228,7 @@ class MqttSource(AppThread):
         return self._connection.unacknowledged
 
     def work(self) -> None:
-        self._push = inproc.connect_push(channels.HEARTBEAT_FILTER)
+        self._push = inproc.connect_outbox(channels.HEARTBEAT_FILTER)
         log.info(
             "MqttSource: broker %s, client id %s, subscriptions %s",
             self._connection.spec.describe(),
@@ -237,6 +238,7 @@ class MqttSource(AppThread):
         try:
             while not threads.shutting_down.is_set():
                 self._connection.step(LOOP_SECONDS)
+                self._hand_on()
                 self._take_publish_requests()
         finally:
             self._connection.close()
@@ -365,4 +367,11 @@ class MqttSource(AppThread):
 
     def _send(self, frame: bytes) -> None:
         assert self._push is not None
-        inproc.send_patiently(self._push, frame, threads.shutting_down)
+        self._push.send(frame)
+        if len(self._push) >= inproc.MAX_BATCH:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Send what the messages just read produced, as one frame (waiting while the filter is full)."""
+        if self._push is not None:
+            self._push.flush(threads.shutting_down)

@@ -95,8 +95,8 @@ def state() -> str | None:
     return health.components().get("mqtt", {}).get("state")
 
 
-def next_envelope(sock: zmq.Socket, timeout_ms: int = 10000) -> channels.Envelope:
-    env = inproc.recv(sock, timeout_ms=timeout_ms)
+def next_envelope(inbox: inproc.Inbox, timeout_ms: int = 10000) -> channels.Envelope:
+    env = inbox.recv(timeout_ms=timeout_ms)
     assert env is not None, "no Envelope arrived"
     assert isinstance(env, channels.Envelope)
     return env
@@ -157,11 +157,12 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-def pull() -> Iterator[zmq.Socket]:
-    """The HeartbeatFilter end, bound before the source starts (the PULL side binds)."""
-    sock = inproc.bind_pull(channels.HEARTBEAT_FILTER)
-    yield sock
-    sock.close(linger=0)
+def pull() -> Iterator[inproc.Inbox]:
+    """The HeartbeatFilter end, bound before the source starts (the PULL side binds); read a
+    message at a time, as the source hands on what one wake-up read in one frame."""
+    inbox = inproc.Inbox(inproc.bind_pull(channels.HEARTBEAT_FILTER))
+    yield inbox
+    inbox.close(linger=0)
 
 
 @pytest.fixture
@@ -209,7 +210,7 @@ def subscriber(broker: Mosquitto, clients: list[Device | Subscriber]) -> Callabl
 
 @pytest.fixture
 def start_source(
-    broker: Mosquitto, make_settings: Callable[..., Settings], pull: zmq.Socket
+    broker: Mosquitto, make_settings: Callable[..., Settings], pull: inproc.Inbox
 ) -> Iterator[Callable[..., MqttSource]]:
     """Start an MqttSource on the private broker with a short backoff; wait=True waits until subscribed."""
     started: list[MqttSource] = []
@@ -234,7 +235,7 @@ def start_source(
 
 
 def test_sensor_board_reading_lists_every_input_and_the_active_one(
-    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: zmq.Socket
+    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: inproc.Inbox
 ) -> None:
     start_source()
     assert state() == "connected"
@@ -254,7 +255,7 @@ def test_sensor_board_reading_lists_every_input_and_the_active_one(
 
 
 def test_meter_reading_becomes_electricity_meter_with_sample_values(
-    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: zmq.Socket
+    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: inproc.Inbox
 ) -> None:
     start_source()
     device().publish(METER_TOPIC, METER_READING)
@@ -272,7 +273,7 @@ def test_meter_reading_becomes_electricity_meter_with_sample_values(
 
 
 def test_heartbeat_after_a_reading_refreshes_that_devices_inputs(
-    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: zmq.Socket
+    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: inproc.Inbox
 ) -> None:
     start_source()
     dev = device()
@@ -299,7 +300,7 @@ def test_heartbeat_after_a_reading_refreshes_that_devices_inputs(
 
 
 def test_heartbeat_before_any_reading_is_only_counted(
-    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: zmq.Socket
+    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: inproc.Inbox
 ) -> None:
     start_source()
     dev = device()
@@ -316,7 +317,7 @@ def test_the_hubs_own_meter_reset_echo_is_ignored(
     start_source: Callable[..., MqttSource],
     device: Callable[[], Device],
     push: Callable[[channels.MqttPublish], None],
-    pull: zmq.Socket,
+    pull: inproc.Inbox,
 ) -> None:
     start_source()
     # published by the source itself and echoed back through its meter/electricity/# subscription
@@ -330,7 +331,7 @@ def test_the_hubs_own_meter_reset_echo_is_ignored(
 
 
 def test_topics_other_than_sensor_and_meter_are_ignored(
-    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: zmq.Socket
+    start_source: Callable[..., MqttSource], device: Callable[[], Device], pull: inproc.Inbox
 ) -> None:
     start_source(MQTT_PUB_TOPIC_CSV="meter/electricity/#,sensor/#,inverter/#")
     dev = device()
@@ -385,7 +386,7 @@ def test_malformed_messages_are_counted_and_the_next_good_one_still_arrives(
     case: str,
     start_source: Callable[..., MqttSource],
     device: Callable[[], Device],
-    pull: zmq.Socket,
+    pull: inproc.Inbox,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic, payload, expected, kept = MALFORMED[case]
@@ -498,7 +499,7 @@ def test_a_publish_the_broker_never_acknowledged_is_sent_again_after_reconnect(
 def test_a_broker_down_at_start_up_is_retried_until_it_comes(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
-    pull: zmq.Socket,
+    pull: inproc.Inbox,
     clients: list[Device | Subscriber],
 ) -> None:
     broker = Mosquitto(tmp_path)  # port chosen, broker not started
@@ -527,7 +528,7 @@ def test_a_broker_restart_reconnects_resubscribes_and_handles_the_next_reading(
     broker: Mosquitto,
     start_source: Callable[..., MqttSource],
     device: Callable[[], Device],
-    pull: zmq.Socket,
+    pull: inproc.Inbox,
 ) -> None:
     source = start_source()
     device().publish(METER_TOPIC, METER_READING)
@@ -560,7 +561,7 @@ def test_shutdown_disconnects_cleanly(broker: Mosquitto, start_source: Callable[
 def test_wrong_credentials_are_retried_and_the_password_is_never_logged(
     tmp_path: Path,
     make_settings: Callable[..., Settings],
-    pull: zmq.Socket,
+    pull: inproc.Inbox,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     password_file = tmp_path / "passwords"
@@ -593,7 +594,7 @@ def test_wrong_credentials_are_retried_and_the_password_is_never_logged(
 
 
 def test_right_credentials_connect(
-    tmp_path: Path, make_settings: Callable[..., Settings], pull: zmq.Socket
+    tmp_path: Path, make_settings: Callable[..., Settings], pull: inproc.Inbox
 ) -> None:
     password_file = tmp_path / "passwords"
     password_file.write_text("")
