@@ -169,6 +169,13 @@ class Outbox:
     def send(self, frame: bytes, flags: int = 0) -> None:
         self.frames.append(frame)
 
+    def add(self, frame: bytes, give_up: threading.Event | None = None) -> None:
+        """send(), then flush() once a whole batch (MAX_BATCH) is held: a source reading a long burst
+        hands it on a batch at a time instead of holding all of it."""
+        self.frames.append(frame)
+        if len(self.frames) >= MAX_BATCH:
+            self.flush(give_up)
+
     def flush(self, give_up: threading.Event | None = None) -> bool:
         """Send what is held, waiting while the peer's queue is full (but not past `give_up`).
 

@@ -218,9 +218,7 @@ class RabbitSource(AppThread):
 
     def _send(self, frame: bytes) -> None:
         assert self._push is not None
-        self._push.send(frame)
-        if len(self._push) >= inproc.MAX_BATCH:
-            self._hand_on()
+        self._push.add(frame, threads.shutting_down)
 
     def _hand_on(self) -> None:
         if self._push is not None:

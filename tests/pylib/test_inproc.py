@@ -95,6 +95,18 @@ def test_an_outbox_hands_over_what_it_holds_in_one_frame_and_an_inbox_reads_it_b
         box.flush()
         assert [inbox.recv(1000) for _ in range(3)] == [_control(1), _control(2), _control(3)]
         assert inbox.recv(0) is None
+        # add(): a long burst goes on a whole batch at a time, the rest waits for the flush
+        for i in range(inproc.MAX_BATCH + 3):
+            box.add(inproc.encode(_control(i)))
+        assert len(box) == 3
+        batch = inproc.recv_frame(pull, 1000)
+        assert batch is not None and len(inproc.frames_of(batch)) == inproc.MAX_BATCH
+        assert inproc.recv_frame(pull, 0) is None
+        box.flush()
+        rest = inproc.recv_frame(pull, 1000)
+        assert rest is not None
+        left = [_control(i) for i in range(inproc.MAX_BATCH, inproc.MAX_BATCH + 3)]
+        assert [inproc.decode(f) for f in inproc.frames_of(rest)] == left
     finally:
         box.close(linger=0)
         pull.close(linger=0)
