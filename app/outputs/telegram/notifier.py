@@ -7,8 +7,8 @@ import contextlib
 import html
 import itertools
 import logging
+import os
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -23,6 +23,11 @@ from app.core.channels import Notification
 from app.core.settings import Settings
 from app.outputs.telegram.sms import SMS_MAX, SmsSender
 from pylib import threads
+
+# PTB 22 gives its time periods (here RetryAfter.retry_after) as timedelta once PTB_TIMEDELTA is set,
+# and warns in every RetryAfter it builds until then; the notifier reads either form. Opting in keeps
+# the warning out of the log and means PTB's next major version changes nothing here.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 log = logging.getLogger(__name__)
 
@@ -295,10 +300,7 @@ class Notifier:
                 if waits_429 > MAX_RETRY_AFTER:
                     log.warning("Telegram kept asking to wait; giving up on %s", what)
                     return "failed"
-                with warnings.catch_warnings():
-                    # PTB 22 warns that retry_after becomes a timedelta; both forms are handled.
-                    warnings.simplefilter("ignore")
-                    ra = exc.retry_after
+                ra = exc.retry_after  # a timedelta (PTB_TIMEDELTA, below), or seconds if a user set it off
                 seconds = ra.total_seconds() if isinstance(ra, timedelta) else float(ra)
                 health.count("telegram.retries")
                 health.set_state("telegram", "retrying", f"rate limited: retry after {seconds:g} s")

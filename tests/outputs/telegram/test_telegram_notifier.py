@@ -267,6 +267,7 @@ def test_min_send_interval_holds_back_the_next_send(
 # ---- errors ---------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("error::telegram.warnings.PTBDeprecationWarning")
 def test_retry_after_is_honoured_then_sent(
     tg_settings: Callable[..., Settings], standin: TelegramStandIn
 ) -> None:
