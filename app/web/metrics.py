@@ -21,7 +21,7 @@ _REGISTRY = "event_processor_metrics"
 class LazyRegistry:
     """The app's metrics registry, built by the first scrape.
 
-    prometheus_client and the hub's collectors (app.ops.hub_metrics) cost ~0.8 MB, which a hub whose
+    prometheus_client and the hub's collectors (app.ops.hub_metrics) cost ~0.9 MB, which a hub whose
     dashboard is opened but never scraped would carry for nothing (docs/performance.md, session 6).
     """
 
