@@ -133,8 +133,12 @@ class Window:
     entries: list[Entry]
     older: Cursor | None  # the last entry: pass as `before` for the next page
     newer: Cursor | None  # the first entry: pass as `after` for the previous page
-    # A bounded search (SEARCH_ROWS) read back to here and no further: the oldest row it read
+    # A bounded search (SEARCH_ROWS) reads no row older than this one; stopped_at_bound() says
+    # whether this page read down to it (it did not when it filled first)
     searched_to: Cursor | None = None
+
+    def stopped_at_bound(self) -> bool:
+        return self.searched_to is not None and self.older == self.searched_to
 
 
 @dataclass

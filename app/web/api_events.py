@@ -175,5 +175,8 @@ def get_events() -> dict[str, Any]:
             "events": [_entry(e) for e in shown.entries],
             "next": shown.older.text() if shown.older else None,
             # a search read this far back and no further (history.SEARCH_ROWS); null when it read all
-            "searched_to": iso_dt(shown.searched_to.ts) if shown.searched_to else None,
+            # (or filled the page first)
+            "searched_to": iso_dt(shown.searched_to.ts)
+            if shown.stopped_at_bound() and shown.searched_to
+            else None,
         }

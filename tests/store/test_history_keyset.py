@@ -319,3 +319,8 @@ def test_a_search_page_reads_indexes_and_says_where_it_stopped(
     assert answer["events"] == [] and answer["searched_to"] is not None and answer["next"] is not None
     following = planned.client.get(f"/api/events?q=no-such-text&before={answer['next']}").get_json()
     assert following["searched_to"] is not None and following["searched_to"] < answer["searched_to"]
+    # A search that fills its page before the bound did not read down to it: no "went back to".
+    common = planned.client.get("/api/events?q=Sensor&limit=20").get_json()
+    assert len(common["events"]) == 20 and common["searched_to"] is None and common["next"] is not None
+    html = planned.client.get("/events?q=Sensor").get_data(as_text=True)
+    assert "search-bound" not in html and "decisions this page searches" in html
