@@ -133,12 +133,15 @@ class Window:
     entries: list[Entry]
     older: Cursor | None  # the last entry: pass as `before` for the next page
     newer: Cursor | None  # the first entry: pass as `after` for the previous page
-    # A bounded search (SEARCH_ROWS) reads no row older than this one; stopped_at_bound() says
-    # whether this page read down to it (it did not when it filled first)
+    # A bounded search (SEARCH_ROWS) reads no row older than this one
     searched_to: Cursor | None = None
 
-    def stopped_at_bound(self) -> bool:
-        return self.searched_to is not None and self.older == self.searched_to
+    def read_back_to(self) -> datetime | None:
+        """The time a bounded search read back to, when this page stopped there (None when it read
+        everything, or filled before it reached the bound)."""
+        if self.searched_to is None or self.older != self.searched_to:
+            return None
+        return self.searched_to.ts
 
 
 @dataclass

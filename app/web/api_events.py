@@ -176,7 +176,5 @@ def get_events() -> dict[str, Any]:
             "next": shown.older.text() if shown.older else None,
             # a search read this far back and no further (history.SEARCH_ROWS); null when it read all
             # (or filled the page first)
-            "searched_to": iso_dt(shown.searched_to.ts)
-            if shown.stopped_at_bound() and shown.searched_to
-            else None,
+            "searched_to": iso_dt(shown.read_back_to()),
         }

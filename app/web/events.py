@@ -147,7 +147,7 @@ def index() -> ResponseReturnValue:
             older=shown.older.text() if shown.older else None,
             newer=shown.newer.text() if shown.newer else None,
             bounded=shown.searched_to is not None,
-            searched_to=shown.searched_to.ts if shown.stopped_at_bound() and shown.searched_to else None,
+            searched_to=shown.read_back_to(),
             search_rows=history.SEARCH_ROWS,
             inputs=sorted(((i, lbl or key) for i, lbl, key in inputs), key=lambda t: t[1].lower()),
             outputs=sorted(((i, lbl or key) for i, lbl, key in outputs), key=lambda t: t[1].lower()),
